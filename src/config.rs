@@ -1,0 +1,437 @@
+//! Configuration: one serde struct with defaults, merged from a TOML file, `INGESTD_*`
+//! environment variables and CLI flags (in that order of precedence), then validated.
+
+use clap::Parser;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// When a request is answered: once queued in ingestd, or once Kafka acknowledged it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    #[default]
+    Queued,
+    Kafka,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The whole configuration. Every field has a default so an empty file is valid.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address every executor binds with SO_REUSEPORT (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Kafka bootstrap servers, or `embedded` for an in-process mock cluster.
+    pub brokers: String,
+    /// Topic for `POST /`; unset disables that route.
+    pub default_topic: Option<String>,
+    /// Topics allowed in `POST /topics/{topic}`; `*` allows any valid topic name.
+    pub topics: Vec<String>,
+    /// Default delivery contract, overridable per request with `Kafka-Ack`.
+    pub ack: AckMode,
+    /// Number of Glommio executors (0 = one per online CPU).
+    pub executors: usize,
+    /// CPUs to pin executors to, in order (empty = CPUs 0..executors).
+    pub cpus: Vec<usize>,
+    /// Request headers copied as Kafka record headers (case-insensitive names).
+    pub forward_headers: Vec<String>,
+    /// Partitions for topics created by the embedded mock cluster.
+    pub embedded_partitions: i32,
+
+    /// Largest accepted request body after de-chunking (413 above it).
+    pub max_body_bytes: usize,
+    /// Largest request head: request line plus headers (431 above it).
+    pub max_header_bytes: usize,
+    /// Most headers in one request (431 above it).
+    pub max_headers: usize,
+    /// Longest request target (414 above it).
+    pub max_uri_bytes: usize,
+    /// Time allowed to receive a complete request head once its first byte arrived (408).
+    pub header_timeout_ms: u64,
+    /// Time allowed between body bytes (408).
+    pub body_timeout_ms: u64,
+    /// Keep-alive connections idle this long are closed.
+    pub idle_timeout_ms: u64,
+    /// Connections per executor; more are closed at once.
+    pub max_connections: usize,
+    /// Bytes of records per executor queued or in flight to Kafka (503 above it).
+    pub queue_max_bytes: usize,
+    /// Records per executor queued or in flight to Kafka (503 above it).
+    pub queue_max_records: usize,
+    /// How long an ack=kafka request waits for the broker before 504.
+    pub ack_timeout_ms: u64,
+    /// Seconds sent in `Retry-After` with 503.
+    pub retry_after_secs: u32,
+    /// Deadline for finishing requests and flushing the producer at shutdown.
+    pub shutdown_timeout_ms: u64,
+
+    /// Bearer tokens accepted in `Authorization`; empty (and no file) = auth off.
+    pub auth_tokens: Vec<String>,
+    /// File with one bearer token per line.
+    pub auth_token_file: Option<PathBuf>,
+
+    pub log_format: LogFormat,
+    /// tracing filter, e.g. `info` or `ingestd=debug`.
+    pub log_level: String,
+
+    /// librdkafka properties, passed through verbatim.
+    pub kafka: BTreeMap<String, toml::Value>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:8080".parse().unwrap(),
+            brokers: "127.0.0.1:9092".into(),
+            default_topic: Some("events".into()),
+            topics: vec!["*".into()],
+            ack: AckMode::Queued,
+            executors: 0,
+            cpus: vec![],
+            forward_headers: vec![],
+            embedded_partitions: 4,
+            max_body_bytes: 1 << 20,
+            max_header_bytes: 16 << 10,
+            max_headers: 64,
+            max_uri_bytes: 4096,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 16_384,
+            queue_max_bytes: 64 << 20,
+            queue_max_records: 200_000,
+            ack_timeout_ms: 10_000,
+            retry_after_secs: 1,
+            shutdown_timeout_ms: 10_000,
+            auth_tokens: vec![],
+            auth_token_file: None,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            kafka: BTreeMap::new(),
+        }
+    }
+}
+
+/// Command line. Each flag also reads `INGESTD_<FLAG>`; flags win over the file.
+#[derive(Debug, Parser)]
+#[command(name = "ingestd", version, about = "HTTP/1.1 to Kafka ingest daemon")]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "INGESTD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration, print it, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Bootstrap servers, or `embedded` for an in-process mock cluster.
+    #[arg(long, value_name = "LIST")]
+    pub brokers: Option<String>,
+    #[arg(long, value_name = "NAME")]
+    pub default_topic: Option<String>,
+    /// Allowed topics, comma separated (`*` = any).
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    pub topics: Option<Vec<String>>,
+    #[arg(long, value_enum)]
+    pub ack: Option<AckMode>,
+    #[arg(long, value_name = "N")]
+    pub executors: Option<usize>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Top-level keys that hold lists: their env values are comma separated.
+const LIST_KEYS: &[&str] = &["topics", "cpus", "forward_headers", "auth_tokens"];
+/// Env variables that are not config keys.
+const NON_KEY_ENV: &[&str] = &["INGESTD_CONFIG"];
+
+impl Config {
+    /// Builds the configuration from file, environment and flags, then validates it.
+    pub fn load(cli: &Cli, env: impl Iterator<Item = (String, String)>) -> Result<Config, String> {
+        let mut table = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix("INGESTD_") else {
+                continue;
+            };
+            if NON_KEY_ENV.contains(&name.as_str()) || key.starts_with("TEST_") {
+                continue;
+            }
+            let key = key.to_ascii_lowercase();
+            table.insert(key.clone(), env_value(&key, &value));
+        }
+        let mut cfg: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("configuration: {}", e.message()))?;
+        cfg.apply_cli(cli);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn apply_cli(&mut self, cli: &Cli) {
+        if let Some(v) = cli.listen {
+            self.listen = v;
+        }
+        if let Some(v) = &cli.brokers {
+            self.brokers = v.clone();
+        }
+        if let Some(v) = &cli.default_topic {
+            self.default_topic = Some(v.clone()).filter(|t| !t.is_empty());
+        }
+        if let Some(v) = &cli.topics {
+            self.topics = v.clone();
+        }
+        if let Some(v) = cli.ack {
+            self.ack = v;
+        }
+        if let Some(v) = cli.executors {
+            self.executors = v;
+        }
+        if let Some(v) = cli.log_format {
+            self.log_format = v;
+        }
+    }
+
+    /// Rejects values that would make the daemon misbehave, with a message naming the key.
+    pub fn validate(&mut self) -> Result<(), String> {
+        if self.executors == 0 {
+            self.executors = std::thread::available_parallelism().map_or(1, |n| n.get());
+        }
+        if self.executors > 255 {
+            return Err("executors: at most 255".into());
+        }
+        if !self.cpus.is_empty() && self.cpus.len() < self.executors {
+            return Err(format!(
+                "cpus: {} listed but executors = {}; list one CPU per executor",
+                self.cpus.len(),
+                self.executors
+            ));
+        }
+        if let Some(t) = &self.default_topic {
+            if !valid_topic(t) {
+                return Err(format!("default_topic: invalid topic name {t:?}"));
+            }
+        }
+        for t in &self.topics {
+            if t != "*" && !valid_topic(t) {
+                return Err(format!("topics: invalid topic name {t:?}"));
+            }
+        }
+        for h in &mut self.forward_headers {
+            if h.is_empty() || !h.bytes().all(is_token_byte) {
+                return Err(format!("forward_headers: invalid header name {h:?}"));
+            }
+            h.make_ascii_lowercase();
+        }
+        let positive = [
+            ("max_body_bytes", self.max_body_bytes as u64),
+            ("max_header_bytes", self.max_header_bytes as u64),
+            ("max_headers", self.max_headers as u64),
+            ("max_uri_bytes", self.max_uri_bytes as u64),
+            ("header_timeout_ms", self.header_timeout_ms),
+            ("body_timeout_ms", self.body_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("max_connections", self.max_connections as u64),
+            ("queue_max_bytes", self.queue_max_bytes as u64),
+            ("queue_max_records", self.queue_max_records as u64),
+            ("ack_timeout_ms", self.ack_timeout_ms),
+            (
+                "embedded_partitions",
+                self.embedded_partitions.max(0) as u64,
+            ),
+        ];
+        if let Some((k, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{k}: must be greater than 0"));
+        }
+        if self.max_headers > crate::http::parse::MAX_HEADERS_LIMIT {
+            return Err(format!(
+                "max_headers: at most {}",
+                crate::http::parse::MAX_HEADERS_LIMIT
+            ));
+        }
+        if self.max_body_bytes > 512 << 20 {
+            return Err("max_body_bytes: at most 512 MiB".into());
+        }
+        if let Some(path) = &self.auth_token_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("auth_token_file: cannot read {}: {e}", path.display()))?;
+            self.auth_tokens.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(String::from),
+            );
+        }
+        for (k, v) in &self.kafka {
+            if v.is_table() || v.is_array() {
+                return Err(format!("kafka.{k}: must be a string, number or boolean"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn topic_allowed(&self, topic: &str) -> bool {
+        self.topics.iter().any(|t| t == "*" || t == topic)
+            || self.default_topic.as_deref() == Some(topic)
+    }
+
+    pub fn embedded(&self) -> bool {
+        self.brokers == "embedded"
+    }
+
+    pub fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    /// librdkafka properties as strings, ingestd's defaults first so `[kafka]` wins.
+    pub fn kafka_properties(&self) -> Vec<(String, String)> {
+        let mut props: BTreeMap<String, String> = [
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            ("compression.codec", "lz4"),
+            ("linger.ms", "2"),
+            ("batch.num.messages", "10000"),
+            ("queue.buffering.max.messages", "2000000"),
+            ("queue.buffering.max.kbytes", "4194304"),
+            ("statistics.interval.ms", "0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        // The record is answered at ack_timeout; librdkafka may keep retrying a little longer.
+        props.insert(
+            "message.timeout.ms".into(),
+            (self.ack_timeout_ms.max(1000) * 3).to_string(),
+        );
+        for (k, v) in &self.kafka {
+            let v = match v {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            props.insert(k.clone(), v);
+        }
+        props.into_iter().collect()
+    }
+}
+
+fn env_value(key: &str, raw: &str) -> toml::Value {
+    if LIST_KEYS.contains(&key) {
+        let items = raw.split(',').map(str::trim).filter(|s| !s.is_empty());
+        return toml::Value::Array(items.map(|s| scalar(s)).collect());
+    }
+    scalar(raw)
+}
+
+/// Parses an env value as a TOML scalar (number, bool) and falls back to a string.
+fn scalar(raw: &str) -> toml::Value {
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| raw.into()),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+/// Kafka's legal topic names: 1..=249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn valid_topic(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// RFC 9110 token characters (header names, methods).
+pub fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::parse_from(std::iter::once("ingestd").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn precedence_file_env_flag() {
+        let dir = std::env::temp_dir().join(format!("ingestd-cfg-{}", std::process::id()));
+        std::fs::write(
+            &dir,
+            "ack = \"kafka\"\nexecutors = 3\nmax_body_bytes = 10\n",
+        )
+        .unwrap();
+        let c = cli(&["--config", dir.to_str().unwrap(), "--executors", "2"]);
+        let env = vec![("INGESTD_MAX_BODY_BYTES".to_string(), "20".to_string())];
+        let cfg = Config::load(&c, env.into_iter()).unwrap();
+        assert_eq!(cfg.ack, AckMode::Kafka);
+        assert_eq!(cfg.executors, 2);
+        assert_eq!(cfg.max_body_bytes, 20);
+        std::fs::remove_file(dir).ok();
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = std::env::temp_dir().join(format!("ingestd-cfg-u-{}", std::process::id()));
+        std::fs::write(&dir, "listen = \"127.0.0.1:1\"\nmax_bodyy = 3\n").unwrap();
+        let err = Config::load(
+            &cli(&["--config", dir.to_str().unwrap()]),
+            std::iter::empty(),
+        )
+        .unwrap_err();
+        assert!(err.contains("max_bodyy"), "{err}");
+        let env = vec![("INGESTD_NOPE".to_string(), "1".to_string())];
+        let err = Config::load(&cli(&[]), env.into_iter()).unwrap_err();
+        assert!(err.contains("nope"), "{err}");
+        std::fs::remove_file(dir).ok();
+    }
+
+    #[test]
+    fn env_lists_and_validation() {
+        let env = vec![
+            ("INGESTD_TOPICS".to_string(), "a,b".to_string()),
+            (
+                "INGESTD_FORWARD_HEADERS".to_string(),
+                "X-Request-Id".to_string(),
+            ),
+        ];
+        let cfg = Config::load(&cli(&[]), env.into_iter()).unwrap();
+        assert_eq!(cfg.topics, vec!["a", "b"]);
+        assert_eq!(cfg.forward_headers, vec!["x-request-id"]);
+        assert!(cfg.topic_allowed("a") && cfg.topic_allowed("events") && !cfg.topic_allowed("c"));
+        let env = vec![("INGESTD_MAX_HEADERS".to_string(), "0".to_string())];
+        assert!(Config::load(&cli(&[]), env.into_iter())
+            .unwrap_err()
+            .contains("max_headers"));
+        assert!(Config::load(&cli(&["--topics", "bad topic"]), std::iter::empty()).is_err());
+    }
+
+    #[test]
+    fn kafka_passthrough_overrides_defaults() {
+        let mut cfg = Config::default();
+        cfg.kafka
+            .insert("linger.ms".into(), toml::Value::Integer(7));
+        cfg.kafka.insert("acks".into(), "1".into());
+        let props: BTreeMap<_, _> = cfg.kafka_properties().into_iter().collect();
+        assert_eq!(props["linger.ms"], "7");
+        assert_eq!(props["acks"], "1");
+        assert_eq!(props["enable.idempotence"], "true");
+    }
+}

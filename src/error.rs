@@ -1,0 +1,193 @@
+//! The one place where failures become HTTP status codes. Parser, router, admission and
+//! Kafka delivery all report an `HttpError`; `status()` decides what the client sees and
+//! `closes()` whether the connection can carry another request afterwards.
+
+/// Why a record could not be delivered; also the `reason` label of
+/// `ingestd_records_failed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FailReason {
+    /// librdkafka gave up (message.timeout.ms) or ingestd's ack timeout fired first.
+    Timeout = 0,
+    UnknownTopic = 1,
+    UnknownPartition = 2,
+    TooLarge = 3,
+    /// Broker down, not enough replicas, authorization, any other broker error.
+    Broker = 4,
+    /// Left in the queue when the shutdown deadline expired.
+    Shutdown = 5,
+}
+
+impl FailReason {
+    pub const ALL: [FailReason; 6] = [
+        FailReason::Timeout,
+        FailReason::UnknownTopic,
+        FailReason::UnknownPartition,
+        FailReason::TooLarge,
+        FailReason::Broker,
+        FailReason::Shutdown,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            FailReason::Timeout => "timeout",
+            FailReason::UnknownTopic => "unknown_topic",
+            FailReason::UnknownPartition => "unknown_partition",
+            FailReason::TooLarge => "too_large",
+            FailReason::Broker => "broker",
+            FailReason::Shutdown => "shutdown",
+        }
+    }
+
+    pub fn from_code(code: rdkafka::types::RDKafkaErrorCode) -> FailReason {
+        use rdkafka::types::RDKafkaErrorCode as E;
+        match code {
+            E::MessageTimedOut | E::RequestTimedOut => FailReason::Timeout,
+            E::UnknownTopic | E::UnknownTopicOrPartition => FailReason::UnknownTopic,
+            E::UnknownPartition => FailReason::UnknownPartition,
+            E::MessageSizeTooLarge | E::InvalidMessageSize => FailReason::TooLarge,
+            _ => FailReason::Broker,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpError {
+    /// Malformed request; the reason is sent as the body.
+    BadRequest(&'static str),
+    /// Malformed framing (lengths, chunks, smuggling shapes): the connection is closed.
+    BadFraming(&'static str),
+    NotFound(&'static str),
+    MethodNotAllowed {
+        allow: &'static str,
+    },
+    Unauthorized,
+    RequestTimeout,
+    LengthRequired,
+    PayloadTooLarge,
+    UriTooLong,
+    ExpectationFailed,
+    HeadersTooLarge,
+    NotImplemented(&'static str),
+    VersionNotSupported,
+    /// The executor's bounded queue cannot take the records now.
+    QueueFull,
+    /// The broker rejected or failed the record(s).
+    Delivery(FailReason),
+    /// No delivery report within ack_timeout.
+    AckTimeout,
+    /// The server is shutting down.
+    ShuttingDown,
+}
+
+impl HttpError {
+    /// Status code and reason phrase.
+    pub fn status(&self) -> (u16, &'static str) {
+        use HttpError::*;
+        match self {
+            BadRequest(_) | BadFraming(_) => (400, "Bad Request"),
+            Unauthorized => (401, "Unauthorized"),
+            NotFound(_) => (404, "Not Found"),
+            MethodNotAllowed { .. } => (405, "Method Not Allowed"),
+            RequestTimeout => (408, "Request Timeout"),
+            LengthRequired => (411, "Length Required"),
+            PayloadTooLarge => (413, "Content Too Large"),
+            UriTooLong => (414, "URI Too Long"),
+            ExpectationFailed => (417, "Expectation Failed"),
+            HeadersTooLarge => (431, "Request Header Fields Too Large"),
+            NotImplemented(_) => (501, "Not Implemented"),
+            VersionNotSupported => (505, "HTTP Version Not Supported"),
+            QueueFull | ShuttingDown => (503, "Service Unavailable"),
+            Delivery(FailReason::UnknownTopic) => (404, "Not Found"),
+            Delivery(FailReason::UnknownPartition) => (400, "Bad Request"),
+            Delivery(FailReason::TooLarge) => (413, "Content Too Large"),
+            Delivery(FailReason::Timeout) | AckTimeout => (504, "Gateway Timeout"),
+            Delivery(FailReason::Broker) | Delivery(FailReason::Shutdown) => {
+                (503, "Service Unavailable")
+            }
+        }
+    }
+
+    /// Short plain-text reason sent as the body.
+    pub fn message(&self) -> &'static str {
+        use HttpError::*;
+        match self {
+            BadRequest(m) | BadFraming(m) | NotFound(m) | NotImplemented(m) => m,
+            MethodNotAllowed { .. } => "method not allowed",
+            Unauthorized => "missing or invalid bearer token",
+            RequestTimeout => "request not received in time",
+            LengthRequired => "Content-Length or chunked Transfer-Encoding required",
+            PayloadTooLarge => "request body too large",
+            UriTooLong => "request target too long",
+            ExpectationFailed => "only 100-continue is supported",
+            HeadersTooLarge => "request headers too large",
+            VersionNotSupported => "only HTTP/1.0 and HTTP/1.1 are supported",
+            QueueFull => "ingest queue full, retry later",
+            ShuttingDown => "shutting down",
+            AckTimeout => "kafka did not acknowledge in time",
+            Delivery(FailReason::Timeout) => "kafka delivery timed out",
+            Delivery(FailReason::UnknownTopic) => "topic does not exist in kafka",
+            Delivery(FailReason::UnknownPartition) => "partition does not exist",
+            Delivery(FailReason::TooLarge) => "record too large for kafka",
+            Delivery(FailReason::Broker) => "kafka delivery failed",
+            Delivery(FailReason::Shutdown) => "not delivered before shutdown",
+        }
+    }
+
+    /// Whether the connection must be closed after this answer: framing is lost, or the
+    /// client is too slow or too big to keep.
+    pub fn closes(&self) -> bool {
+        use HttpError::*;
+        matches!(
+            self,
+            BadFraming(_)
+                | RequestTimeout
+                | LengthRequired
+                | PayloadTooLarge
+                | UriTooLong
+                | HeadersTooLarge
+                | NotImplemented(_)
+                | VersionNotSupported
+                | ExpectationFailed
+                | ShuttingDown
+        )
+    }
+
+    /// Extra header line (with CRLF) this answer needs.
+    pub fn extra_header(&self, retry_after: &'static str) -> &'static str {
+        match self {
+            HttpError::QueueFull
+            | HttpError::ShuttingDown
+            | HttpError::Delivery(FailReason::Broker) => retry_after,
+            HttpError::MethodNotAllowed { allow } => allow,
+            HttpError::Unauthorized => "www-authenticate: Bearer\r\n",
+            _ => "",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_faults_are_never_5xx() {
+        for e in [
+            HttpError::BadRequest("x"),
+            HttpError::BadFraming("x"),
+            HttpError::PayloadTooLarge,
+            HttpError::HeadersTooLarge,
+            HttpError::UriTooLong,
+            HttpError::LengthRequired,
+            HttpError::RequestTimeout,
+            HttpError::Delivery(FailReason::UnknownPartition),
+            HttpError::Delivery(FailReason::TooLarge),
+        ] {
+            assert!(e.status().0 < 500, "{e:?}");
+        }
+        assert_eq!(HttpError::QueueFull.status().0, 503);
+        assert_eq!(HttpError::AckTimeout.status().0, 504);
+        assert!(HttpError::BadFraming("x").closes());
+        assert!(!HttpError::BadRequest("x").closes());
+    }
+}

@@ -1,0 +1,6 @@
+//! HTTP/1.1 framing: pure parsing of heads and chunked bodies, and response writing.
+pub mod chunked;
+pub mod parse;
+pub mod response;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,112 @@
+//! Response serialization into the connection's output buffer. Responses are tiny and
+//! built in place: no allocation per response once the buffer has grown.
+
+use crate::error::HttpError;
+use std::io::Write;
+
+/// The `date:` header line, refreshed once a second by each executor.
+pub struct DateLine {
+    line: Vec<u8>,
+}
+
+impl DateLine {
+    pub fn new() -> Self {
+        let mut d = DateLine {
+            line: Vec::with_capacity(40),
+        };
+        d.refresh();
+        d
+    }
+
+    pub fn refresh(&mut self) {
+        self.line.clear();
+        let now = httpdate::fmt_http_date(std::time::SystemTime::now());
+        let _ = write!(self.line, "date: {now}\r\n");
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.line
+    }
+}
+
+impl Default for DateLine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How the connection continues after this response.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Conn {
+    KeepAlive,
+    /// HTTP/1.0 client that asked for keep-alive: must be told it is kept.
+    KeepAlive10,
+    Close,
+}
+
+/// Writes a complete response.
+pub fn write(
+    out: &mut Vec<u8>,
+    status: u16,
+    reason: &str,
+    date: &DateLine,
+    conn: Conn,
+    content_type: Option<&str>,
+    extra: &str,
+    body: &[u8],
+) {
+    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
+    out.extend_from_slice(date.as_bytes());
+    let _ = write!(out, "content-length: {}\r\n", body.len());
+    if let Some(ct) = content_type {
+        let _ = write!(out, "content-type: {ct}\r\n");
+    }
+    out.extend_from_slice(extra.as_bytes());
+    match conn {
+        Conn::KeepAlive => {}
+        Conn::KeepAlive10 => out.extend_from_slice(b"connection: keep-alive\r\n"),
+        Conn::Close => out.extend_from_slice(b"connection: close\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// The hot path's answer: `202 Accepted` with an empty body.
+pub fn accepted(out: &mut Vec<u8>, date: &DateLine, conn: Conn) {
+    if conn == Conn::KeepAlive {
+        out.extend_from_slice(b"HTTP/1.1 202 Accepted\r\n");
+        out.extend_from_slice(date.as_bytes());
+        out.extend_from_slice(b"content-length: 0\r\n\r\n");
+    } else {
+        write(out, 202, "Accepted", date, conn, None, "", b"");
+    }
+}
+
+/// An error answer with its short plain-text reason.
+pub fn error(
+    out: &mut Vec<u8>,
+    err: &HttpError,
+    date: &DateLine,
+    conn: Conn,
+    retry_after: &'static str,
+) {
+    let (status, reason) = err.status();
+    let conn = if err.closes() { Conn::Close } else { conn };
+    let mut body = [0u8; 128];
+    let msg = err.message().as_bytes();
+    let n = msg.len().min(body.len() - 1);
+    body[..n].copy_from_slice(&msg[..n]);
+    body[n] = b'\n';
+    write(
+        out,
+        status,
+        reason,
+        date,
+        conn,
+        Some("text/plain"),
+        err.extra_header(retry_after),
+        &body[..=n],
+    );
+}
+
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";

@@ -1,0 +1,335 @@
+//! The Kafka thread: one plain OS thread owning an rdkafka `BaseProducer`. It drains every
+//! executor's lane in batches, hands each record to librdkafka, polls for delivery reports
+//! and sends the results back to each executor in batches.
+
+use crate::config::Config;
+use crate::error::FailReason;
+use crate::lane::{
+    record_cost, Completion, Completions, KafkaLane, KafkaWake, Opaque, RecordBatch,
+};
+use crate::metrics::{bump, Metrics};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, error, info, warn};
+
+pub type KafkaProducer = BaseProducer<Ctx>;
+
+/// Delivery results gathered during one `poll`, per executor. Delivery callbacks run on
+/// the thread that polls, which is always the Kafka thread: a thread-local needs no lock.
+#[derive(Default)]
+struct Sink {
+    per_exec: Vec<Completions>,
+    delivered: u64,
+    failed: [u64; FailReason::ALL.len()],
+}
+
+thread_local! {
+    static SINK: RefCell<Sink> = RefCell::new(Sink::default());
+}
+
+impl Sink {
+    fn record(&mut self, opaque: usize, cost: usize, result: Result<(i32, i64), FailReason>) {
+        let o = Opaque::decode(opaque);
+        let Some(c) = self.per_exec.get_mut(o.executor as usize) else {
+            return;
+        };
+        c.released_bytes += cost;
+        c.released_records += 1;
+        match result {
+            Ok(_) => self.delivered += 1,
+            Err(r) => self.failed[r as usize] += 1,
+        }
+        if o.slot != 0 {
+            c.done.push(Completion {
+                slot: o.slot,
+                gen: o.gen,
+                first: o.first,
+                last: o.last,
+                result,
+            });
+        }
+    }
+}
+
+/// Producer context: routes delivery reports into the sink and logs client errors.
+pub struct Ctx;
+
+impl ClientContext for Ctx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // librdkafka reports transient broker errors here; it retries by itself.
+        warn!(%error, reason, "kafka client error");
+    }
+}
+
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let (msg, res) = match result {
+            Ok(m) => (m, Ok((m.partition(), m.offset()))),
+            Err((KafkaError::MessageProduction(code), m)) => (m, Err(FailReason::from_code(*code))),
+            Err((_, m)) => (m, Err(FailReason::Broker)),
+        };
+        let headers = msg.headers().map_or(0, |h| {
+            h.iter()
+                .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+                .sum()
+        });
+        let cost = record_cost(
+            msg.key().map_or(0, <[u8]>::len),
+            msg.payload().map_or(0, <[u8]>::len),
+            headers,
+        );
+        SINK.with(|s| s.borrow_mut().record(opaque, cost, res));
+    }
+}
+
+pub fn create_producer(cfg: &Config, bootstrap: &str) -> Result<Arc<KafkaProducer>, String> {
+    let mut cc = ClientConfig::new();
+    for (k, v) in cfg.kafka_properties() {
+        cc.set(k, v);
+    }
+    cc.set("bootstrap.servers", bootstrap);
+    cc.create_with_context(Ctx)
+        .map(Arc::new)
+        .map_err(|e| format!("kafka producer: {e}"))
+}
+
+/// State shared between the Kafka thread and the rest of the process.
+pub struct KafkaShared {
+    pub wake: Arc<KafkaWake>,
+    /// Set after every executor has stopped: drain, flush, exit.
+    pub stop: AtomicBool,
+}
+
+pub struct KafkaThread {
+    producer: Arc<KafkaProducer>,
+    lanes: Vec<KafkaLane>,
+    metrics: Arc<Metrics>,
+    shared: Arc<KafkaShared>,
+    flush_timeout: Duration,
+    /// Results that could not be pushed because a lane was full; retried each loop.
+    backlog: Vec<Completions>,
+}
+
+impl KafkaThread {
+    pub fn new(
+        producer: Arc<KafkaProducer>,
+        lanes: Vec<KafkaLane>,
+        metrics: Arc<Metrics>,
+        shared: Arc<KafkaShared>,
+        flush_timeout: Duration,
+    ) -> Self {
+        let n = lanes.len();
+        SINK.with(|s| s.borrow_mut().per_exec = (0..n).map(|_| Completions::default()).collect());
+        KafkaThread {
+            producer,
+            lanes,
+            metrics,
+            shared,
+            flush_timeout,
+            backlog: (0..n).map(|_| Completions::default()).collect(),
+        }
+    }
+
+    pub fn run(mut self) {
+        SINK.with(|s| {
+            s.borrow_mut().per_exec = (0..self.lanes.len())
+                .map(|_| Completions::default())
+                .collect()
+        });
+        info!("kafka thread started");
+        loop {
+            let stopping = self.shared.stop.load(Ordering::Acquire);
+            let mut work = self.drain_lanes();
+            self.producer.poll(Duration::ZERO);
+            work |= self.dispatch();
+            bump(&self.metrics.kafka.heartbeat, 1);
+            if stopping && !work {
+                break;
+            }
+            if !work {
+                self.idle();
+            }
+        }
+        self.flush();
+    }
+
+    /// Takes every batch the executors pushed and hands its records to librdkafka.
+    fn drain_lanes(&mut self) -> bool {
+        let mut work = false;
+        for i in 0..self.lanes.len() {
+            while let Some(batch) = self.lanes[i].from_exec.try_pop() {
+                work = true;
+                bump(&self.metrics.kafka.batches, 1);
+                self.send_batch(&batch);
+                self.backlog[i].spent.push(batch);
+            }
+        }
+        work
+    }
+
+    fn send_batch(&mut self, b: &RecordBatch) {
+        for r in &b.records {
+            let topic = std::str::from_utf8(b.get(r.topic)).unwrap_or("");
+            let value = b.get(r.value);
+            let key = r.key.map(|k| b.get(k));
+            let mut rec = BaseRecord::with_opaque_to(topic, r.opaque).payload(value);
+            if let Some(k) = key {
+                rec = rec.key(k);
+            }
+            if r.partition >= 0 {
+                rec = rec.partition(r.partition);
+            }
+            let mut hcost = 0;
+            if r.headers.1 > r.headers.0 {
+                let mut hs = OwnedHeaders::new_with_capacity((r.headers.1 - r.headers.0) as usize);
+                for h in &b.headers[r.headers.0 as usize..r.headers.1 as usize] {
+                    let name = std::str::from_utf8(b.get(h.name)).unwrap_or("");
+                    let value = b.get(h.value);
+                    hcost += name.len() + value.len();
+                    hs = hs.insert(Header {
+                        key: name,
+                        value: Some(value),
+                    });
+                }
+                rec = rec.headers(hs);
+            }
+            let cost = record_cost(key.map_or(0, <[u8]>::len), value.len(), hcost);
+            loop {
+                match self.producer.send(rec) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        // Backpressure, not an error: let librdkafka deliver, then retry.
+                        bump(&self.metrics.kafka.queue_full_waits, 1);
+                        rec = back;
+                        self.producer.poll(Duration::from_millis(5));
+                        self.dispatch();
+                    }
+                    Err((e, _)) => {
+                        let reason = match e {
+                            KafkaError::MessageProduction(code) => FailReason::from_code(code),
+                            _ => FailReason::Broker,
+                        };
+                        debug!(%e, topic, "record rejected by librdkafka");
+                        SINK.with(|s| s.borrow_mut().record(r.opaque, cost, Err(reason)));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pushes gathered results to their executors, one push and one wake per executor.
+    fn dispatch(&mut self) -> bool {
+        let mut any = false;
+        SINK.with(|s| {
+            let mut s = s.borrow_mut();
+            let k = &self.metrics.kafka;
+            bump(&k.delivered, std::mem::take(&mut s.delivered));
+            for (i, n) in std::mem::take(&mut s.failed).into_iter().enumerate() {
+                bump(&k.failed[i], n);
+            }
+            for (i, c) in s.per_exec.iter_mut().enumerate() {
+                let b = &mut self.backlog[i];
+                b.done.append(&mut c.done);
+                b.released_bytes += std::mem::take(&mut c.released_bytes);
+                b.released_records += std::mem::take(&mut c.released_records);
+            }
+        });
+        for (i, lane) in self.lanes.iter().enumerate() {
+            if self.backlog[i].is_empty() {
+                continue;
+            }
+            any = true;
+            let c = std::mem::take(&mut self.backlog[i]);
+            match lane.to_exec.try_push(c) {
+                None => lane.wake.wake(),
+                Some(c) => self.backlog[i] = c,
+            }
+        }
+        any
+    }
+
+    /// Nothing to do: wait for a delivery report, or sleep until an executor pushes.
+    fn idle(&mut self) {
+        if self.producer.in_flight_count() > 0 {
+            self.producer.poll(Duration::from_millis(1));
+            return;
+        }
+        let w = &self.shared.wake;
+        w.sleeping.store(true, Ordering::SeqCst);
+        if !w.take_pending() && !self.shared.stop.load(Ordering::Acquire) {
+            std::thread::park_timeout(Duration::from_millis(100));
+        }
+        w.sleeping.store(false, Ordering::SeqCst);
+    }
+
+    /// Shutdown: every executor has stopped; deliver what is in flight within the deadline.
+    fn flush(&mut self) {
+        let deadline = Instant::now() + self.flush_timeout;
+        let start = self.producer.in_flight_count();
+        info!(
+            records = start,
+            timeout_ms = self.flush_timeout.as_millis() as u64,
+            "flushing kafka producer"
+        );
+        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+            self.producer.poll(Duration::from_millis(50));
+            self.dispatch();
+        }
+        let left = self.producer.in_flight_count().max(0) as u64;
+        if left > 0 {
+            bump(
+                &self.metrics.kafka.failed[FailReason::Shutdown as usize],
+                left,
+            );
+            error!(
+                records = left,
+                "shutdown deadline reached: records not delivered"
+            );
+        } else {
+            info!("kafka producer flushed");
+        }
+    }
+}
+
+/// Probes broker metadata every second so /readyz (and READY=1) reflect whether the
+/// broker answers. Runs on its own thread: a metadata request may block for seconds.
+pub fn probe_metadata(
+    producer: Arc<KafkaProducer>,
+    topic: Option<String>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut was_ready = false;
+    while !stop.load(Ordering::Acquire) {
+        let res = producer
+            .client()
+            .fetch_metadata(topic.as_deref(), Duration::from_secs(2));
+        let ready = match &res {
+            Ok(md) => !md.brokers().is_empty(),
+            Err(_) => false,
+        };
+        metrics.broker_ready.store(ready, Ordering::Release);
+        if ready != was_ready {
+            match res {
+                Ok(md) => info!(brokers = md.brokers().len(), "kafka metadata available"),
+                Err(e) => warn!(error = %e, "kafka metadata unavailable"),
+            }
+            was_ready = ready;
+        }
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until && !stop.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

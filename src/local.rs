@@ -1,0 +1,391 @@
+//! Executor-local state: the bounded record queue feeding the Kafka lane, the waiters for
+//! ack=kafka requests, and the completion task that applies delivery results. Everything
+//! here lives on one executor thread (Rc/RefCell/Cell), never shared across cores.
+
+use crate::config::Config;
+use crate::error::{FailReason, HttpError};
+use crate::http::response::DateLine;
+use crate::lane::{ExecutorLane, HeaderMeta, Opaque, RecordBatch, RecordMeta};
+use crate::metrics::{bump, ExecStats, Metrics};
+use slab::Slab;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+/// Outcome of an ack=kafka request: first and last (partition, offset).
+pub type Acked = Result<((i32, i64), (i32, i64)), HttpError>;
+
+struct Waiter {
+    gen: u16,
+    remaining: u32,
+    first: Option<(i32, i64)>,
+    last: Option<(i32, i64)>,
+    error: Option<FailReason>,
+    waker: Option<Waker>,
+}
+
+/// Everything one executor owns.
+pub struct Exec {
+    pub index: u8,
+    pub cfg: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub lane: ExecutorLane,
+    pub date: RefCell<DateLine>,
+    pub retry_after: &'static str,
+    pub shutting_down: Cell<bool>,
+    batch: RefCell<RecordBatch>,
+    pool: RefCell<Vec<RecordBatch>>,
+    /// Batches the lane could not take yet (it is full); retried on the next flush.
+    overflow: RefCell<Vec<RecordBatch>>,
+    queue_bytes: Cell<usize>,
+    queue_records: Cell<usize>,
+    flush_scheduled: Cell<bool>,
+    flusher: RefCell<Option<Waker>>,
+    waiters: RefCell<Slab<Waiter>>,
+    next_gen: Cell<u16>,
+}
+
+/// A reserved place in the queue for one request's records.
+pub struct Enqueue<'a> {
+    exec: &'a Exec,
+    slot: u32,
+    gen: u16,
+    n: usize,
+    i: usize,
+}
+
+impl Exec {
+    pub fn new(
+        lane: ExecutorLane,
+        cfg: Arc<Config>,
+        metrics: Arc<Metrics>,
+        retry_after: &'static str,
+    ) -> Rc<Exec> {
+        Rc::new(Exec {
+            index: lane.index,
+            cfg,
+            metrics,
+            lane,
+            date: RefCell::new(DateLine::new()),
+            retry_after,
+            shutting_down: Cell::new(false),
+            batch: RefCell::new(RecordBatch::default()),
+            pool: RefCell::new(Vec::new()),
+            overflow: RefCell::new(Vec::new()),
+            queue_bytes: Cell::new(0),
+            queue_records: Cell::new(0),
+            flush_scheduled: Cell::new(false),
+            flusher: RefCell::new(None),
+            waiters: RefCell::new(Slab::new()),
+            next_gen: Cell::new(0),
+        })
+    }
+
+    pub fn stats(&self) -> &ExecStats {
+        &self.metrics.execs[self.index as usize]
+    }
+
+    /// Reserves queue space for `n` records costing `cost` bytes, and a waiter when the
+    /// caller wants Kafka's acknowledgement. Fails with 503 when the queue is full.
+    pub fn reserve(&self, n: usize, cost: usize, wait: bool) -> Result<Enqueue<'_>, HttpError> {
+        let bytes = self.queue_bytes.get() + cost;
+        let records = self.queue_records.get() + n;
+        if bytes > self.cfg.queue_max_bytes || records > self.cfg.queue_max_records {
+            return Err(HttpError::QueueFull);
+        }
+        self.queue_bytes.set(bytes);
+        self.queue_records.set(records);
+        self.publish_queue();
+        let (slot, gen) = if wait {
+            let gen = self.next_gen.get().wrapping_add(1);
+            self.next_gen.set(gen);
+            let key = self.waiters.borrow_mut().insert(Waiter {
+                gen,
+                remaining: n as u32,
+                first: None,
+                last: None,
+                error: None,
+                waker: None,
+            });
+            (key as u32 + 1, gen)
+        } else {
+            (0, 0)
+        };
+        bump(&self.stats().records_enqueued, n as u64);
+        Ok(Enqueue {
+            exec: self,
+            slot,
+            gen,
+            n,
+            i: 0,
+        })
+    }
+
+    fn publish_queue(&self) {
+        let s = self.stats();
+        s.queue_bytes.store(self.queue_bytes.get() as u64, Relaxed);
+        s.queue_records
+            .store(self.queue_records.get() as u64, Relaxed);
+    }
+
+    fn schedule_flush(&self) {
+        if !self.flush_scheduled.replace(true) {
+            if let Some(w) = self.flusher.borrow().as_ref() {
+                w.wake_by_ref();
+            }
+        }
+    }
+
+    /// Hands the records gathered since the last flush to the Kafka thread in one push.
+    fn flush(&self) {
+        let mut overflow = self.overflow.borrow_mut();
+        let mut batch = self.batch.borrow_mut();
+        if !batch.is_empty() {
+            let fresh = self.pool.borrow_mut().pop().unwrap_or_default();
+            overflow.push(std::mem::replace(&mut *batch, fresh));
+        }
+        let mut pushed = false;
+        while !overflow.is_empty() {
+            let b = overflow.remove(0);
+            if let Some(b) = self.lane.to_kafka.try_push(b) {
+                overflow.insert(0, b);
+                break;
+            }
+            pushed = true;
+        }
+        if pushed {
+            self.lane.kafka.wake();
+        }
+    }
+
+    /// Task: flushes once per scheduler round, after every ready connection task has
+    /// added its records, so one push carries many requests.
+    pub async fn flusher(self: Rc<Self>) {
+        loop {
+            FlushWait(&self).await;
+            futures_lite::future::yield_now().await;
+            self.flush_scheduled.set(false);
+            self.flush();
+            if !self.overflow.borrow().is_empty() {
+                // The lane is full: the Kafka thread is behind. Try again shortly.
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                self.flush_scheduled.set(true);
+            }
+        }
+    }
+
+    /// Task: applies delivery results pushed by the Kafka thread.
+    pub async fn completer(self: Rc<Self>) {
+        loop {
+            CompletionWait(&self).await;
+        }
+    }
+
+    fn apply(&self, c: crate::lane::Completions) {
+        self.queue_bytes
+            .set(self.queue_bytes.get().saturating_sub(c.released_bytes));
+        self.queue_records
+            .set(self.queue_records.get().saturating_sub(c.released_records));
+        self.publish_queue();
+        let mut pool = self.pool.borrow_mut();
+        for mut b in c.spent {
+            if pool.len() < 8 && b.arena.capacity() <= 4 << 20 {
+                b.clear();
+                pool.push(b);
+            }
+        }
+        let mut waiters = self.waiters.borrow_mut();
+        for d in c.done {
+            let Some(w) = waiters.get_mut(d.slot as usize - 1) else {
+                continue;
+            };
+            if w.gen != d.gen {
+                continue; // the request timed out and its slot was reused
+            }
+            match d.result {
+                Ok(po) => {
+                    if d.first {
+                        w.first = Some(po);
+                    }
+                    if d.last {
+                        w.last = Some(po);
+                    }
+                }
+                Err(r) => w.error = Some(r),
+            }
+            w.remaining = w.remaining.saturating_sub(1);
+            if w.remaining == 0 {
+                if let Some(k) = w.waker.take() {
+                    k.wake();
+                }
+            }
+        }
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue_records.get()
+    }
+}
+
+impl Enqueue<'_> {
+    /// Adds one record of the request. `headers` are (name, value) pairs.
+    pub fn push<'h>(
+        &mut self,
+        topic: &[u8],
+        key: Option<&[u8]>,
+        value: &[u8],
+        partition: i32,
+        headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    ) {
+        let mut b = self.exec.batch.borrow_mut();
+        let h0 = b.headers.len() as u32;
+        for (n, v) in headers {
+            let name = b.put(n);
+            let value = b.put(v);
+            b.headers.push(HeaderMeta { name, value });
+        }
+        let h1 = b.headers.len() as u32;
+        let topic = b.put(topic);
+        let key = key.map(|k| b.put(k));
+        let value = b.put(value);
+        let opaque = Opaque {
+            executor: self.exec.index,
+            slot: self.slot,
+            gen: self.gen,
+            first: self.i == 0,
+            last: self.i + 1 == self.n,
+        }
+        .encode();
+        b.records.push(RecordMeta {
+            topic,
+            key,
+            value,
+            headers: (h0, h1),
+            partition,
+            opaque,
+        });
+        self.i += 1;
+        drop(b);
+        self.exec.schedule_flush();
+    }
+
+    /// The waiter for this request (ack=kafka), to await after all records are pushed.
+    pub fn ticket(&self) -> Option<Ticket> {
+        (self.slot != 0).then_some(Ticket {
+            slot: self.slot,
+            gen: self.gen,
+        })
+    }
+}
+
+/// Identifies the waiter of an ack=kafka request.
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket {
+    slot: u32,
+    gen: u16,
+}
+
+impl Exec {
+    /// Waits for every record of the ticket's request, or until `deadline`.
+    pub async fn wait(&self, t: Ticket, deadline: std::time::Instant) -> Acked {
+        let guard = TicketGuard { exec: self, t };
+        let now = std::time::Instant::now();
+        let timeout = glommio::timer::sleep(deadline.saturating_duration_since(now));
+        let res = futures_lite::future::or(AckWait { exec: self, t }, async {
+            timeout.await;
+            Err(HttpError::AckTimeout)
+        })
+        .await;
+        drop(guard);
+        res
+    }
+}
+
+/// Frees the waiter slot however the wait ends (answered, timed out, connection dropped).
+struct TicketGuard<'a> {
+    exec: &'a Exec,
+    t: Ticket,
+}
+
+impl Drop for TicketGuard<'_> {
+    fn drop(&mut self) {
+        let mut w = self.exec.waiters.borrow_mut();
+        let key = self.t.slot as usize - 1;
+        if w.get(key).is_some_and(|x| x.gen == self.t.gen) {
+            w.remove(key);
+        }
+    }
+}
+
+struct AckWait<'a> {
+    exec: &'a Exec,
+    t: Ticket,
+}
+
+impl Future for AckWait<'_> {
+    type Output = Acked;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Acked> {
+        let mut waiters = self.exec.waiters.borrow_mut();
+        let Some(w) = waiters
+            .get_mut(self.t.slot as usize - 1)
+            .filter(|w| w.gen == self.t.gen)
+        else {
+            return Poll::Ready(Err(HttpError::AckTimeout));
+        };
+        if w.remaining > 0 {
+            w.waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        Poll::Ready(match (w.error, w.first, w.last) {
+            (Some(r), _, _) => Err(HttpError::Delivery(r)),
+            (None, Some(f), Some(l)) => Ok((f, l)),
+            _ => Err(HttpError::Delivery(FailReason::Broker)),
+        })
+    }
+}
+
+struct FlushWait<'a>(&'a Exec);
+
+impl Future for FlushWait<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.flush_scheduled.get() {
+            return Poll::Ready(());
+        }
+        let mut f = self.0.flusher.borrow_mut();
+        if !f.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *f = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// Resolves after draining at least one result batch; registers for the Kafka thread's
+/// wake otherwise.
+struct CompletionWait<'a>(&'a Exec);
+
+impl Future for CompletionWait<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let lane = &self.0.lane;
+        lane.wake.register(cx.waker());
+        lane.wake.begin_drain();
+        let mut any = false;
+        while let Some(c) = lane.from_kafka.try_pop() {
+            self.0.apply(c);
+            any = true;
+        }
+        if any {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}

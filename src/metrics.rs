@@ -1,0 +1,282 @@
+//! Counters kept per executor (each written only by its own thread, so increments are a
+//! plain load+store, no lock prefix) and by the Kafka thread, read at scrape time and
+//! rendered in Prometheus text format by `prometheus-client`.
+
+use crate::error::FailReason;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// Status codes ingestd answers with; anything else is counted as "other".
+pub const CODES: [u16; 19] = [
+    100, 200, 202, 400, 401, 404, 405, 408, 411, 413, 414, 417, 431, 500, 501, 503, 504, 505, 0,
+];
+
+/// Request latency bucket bounds in microseconds (Prometheus wants seconds).
+pub const LATENCY_US: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// Increment for a counter with a single writer thread.
+#[inline]
+pub fn bump(a: &AtomicU64, n: u64) {
+    a.store(a.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// One executor's counters. Aligned so two executors never share a cache line.
+#[repr(align(128))]
+#[derive(Default)]
+pub struct ExecStats {
+    pub requests: [AtomicU64; CODES.len()],
+    pub records_enqueued: AtomicU64,
+    pub queue_bytes: AtomicU64,
+    pub queue_records: AtomicU64,
+    pub connections: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub accept_errors: AtomicU64,
+    pub latency: [AtomicU64; LATENCY_US.len() + 1],
+    pub latency_sum_us: AtomicU64,
+    /// Advanced by the executor's ticker; the watchdog checks it moves.
+    pub heartbeat: AtomicU64,
+}
+
+impl ExecStats {
+    #[inline]
+    pub fn request(&self, code: u16, micros: u64) {
+        let i = CODES
+            .iter()
+            .position(|&c| c == code)
+            .unwrap_or(CODES.len() - 1);
+        bump(&self.requests[i], 1);
+        let b = LATENCY_US
+            .iter()
+            .position(|&u| micros <= u)
+            .unwrap_or(LATENCY_US.len());
+        bump(&self.latency[b], 1);
+        bump(&self.latency_sum_us, micros);
+    }
+}
+
+#[derive(Default)]
+pub struct KafkaStats {
+    pub delivered: AtomicU64,
+    pub failed: [AtomicU64; FailReason::ALL.len()],
+    pub batches: AtomicU64,
+    pub queue_full_waits: AtomicU64,
+    pub heartbeat: AtomicU64,
+}
+
+/// Everything /metrics shows and /readyz decides on.
+pub struct Metrics {
+    pub execs: Vec<ExecStats>,
+    pub kafka: KafkaStats,
+    /// Broker metadata is known (set by the metadata probe).
+    pub broker_ready: AtomicBool,
+    /// Every executor has bound its listener.
+    pub listening: AtomicBool,
+}
+
+impl Metrics {
+    pub fn new(executors: usize) -> Arc<Metrics> {
+        Arc::new(Metrics {
+            execs: (0..executors).map(|_| ExecStats::default()).collect(),
+            kafka: KafkaStats::default(),
+            broker_ready: AtomicBool::new(false),
+            listening: AtomicBool::new(false),
+        })
+    }
+
+    pub fn ready(&self) -> bool {
+        self.listening.load(Relaxed) && self.broker_ready.load(Relaxed)
+    }
+
+    /// Prometheus text exposition of all metrics.
+    pub fn render(self: &Arc<Self>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Scrape(self.clone())));
+        let mut out = String::with_capacity(8192);
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("format to String");
+        out
+    }
+
+    pub fn total(&self, f: impl Fn(&ExecStats) -> &AtomicU64) -> u64 {
+        self.execs.iter().map(|e| f(e).load(Relaxed)).sum()
+    }
+}
+
+#[derive(Clone)]
+struct Scrape(Arc<Metrics>);
+
+impl std::fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scrape")
+    }
+}
+
+impl Scrape {
+    /// One metric family with a value per executor.
+    fn per_exec(
+        &self,
+        enc: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        ty: MetricType,
+        get: impl Fn(&ExecStats) -> u64,
+    ) -> std::fmt::Result {
+        let mut m = enc.encode_descriptor(name, help, None, ty)?;
+        for (i, e) in self.0.execs.iter().enumerate() {
+            let labels = [("executor", i.to_string())];
+            let fam = m.encode_family(&labels)?;
+            match ty {
+                MetricType::Counter => ConstCounter::new(get(e)).encode(fam)?,
+                _ => ConstGauge::new(get(e) as i64).encode(fam)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let m = &self.0;
+        {
+            let mut d = enc.encode_descriptor(
+                "ingestd_http_requests",
+                "HTTP responses by status code and executor",
+                None,
+                MetricType::Counter,
+            )?;
+            for (i, e) in m.execs.iter().enumerate() {
+                for (c, code) in CODES.iter().enumerate() {
+                    let n = e.requests[c].load(Relaxed);
+                    if n == 0 {
+                        continue;
+                    }
+                    let code = if *code == 0 {
+                        "other".to_string()
+                    } else {
+                        code.to_string()
+                    };
+                    let labels = [("code", code), ("executor", i.to_string())];
+                    ConstCounter::new(n).encode(d.encode_family(&labels)?)?;
+                }
+            }
+        }
+        self.per_exec(
+            &mut enc,
+            "ingestd_records_enqueued",
+            "Records accepted into an executor queue",
+            MetricType::Counter,
+            |e| e.records_enqueued.load(Relaxed),
+        )?;
+        self.per_exec(
+            &mut enc,
+            "ingestd_queue_bytes",
+            "Bytes of records queued or in flight to Kafka",
+            MetricType::Gauge,
+            |e| e.queue_bytes.load(Relaxed),
+        )?;
+        self.per_exec(
+            &mut enc,
+            "ingestd_queue_records",
+            "Records queued or in flight to Kafka",
+            MetricType::Gauge,
+            |e| e.queue_records.load(Relaxed),
+        )?;
+        self.per_exec(
+            &mut enc,
+            "ingestd_connections",
+            "Open client connections",
+            MetricType::Gauge,
+            |e| e.connections.load(Relaxed),
+        )?;
+        self.per_exec(
+            &mut enc,
+            "ingestd_connections_refused",
+            "Connections closed at once (max_connections)",
+            MetricType::Counter,
+            |e| e.connections_refused.load(Relaxed),
+        )?;
+        self.per_exec(
+            &mut enc,
+            "ingestd_accept_errors",
+            "accept() failures, e.g. at the fd limit",
+            MetricType::Counter,
+            |e| e.accept_errors.load(Relaxed),
+        )?;
+        {
+            let mut d = enc.encode_descriptor(
+                "ingestd_request_duration_seconds",
+                "Time from complete request head to response",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (i, e) in m.execs.iter().enumerate() {
+                // The encoder takes per-bucket counts and makes them cumulative itself.
+                let mut count = 0;
+                let mut buckets = Vec::with_capacity(LATENCY_US.len() + 1);
+                for (b, bound) in LATENCY_US.iter().chain([&u64::MAX]).enumerate() {
+                    let n = e.latency[b].load(Relaxed);
+                    count += n;
+                    let le = if *bound == u64::MAX {
+                        f64::MAX
+                    } else {
+                        *bound as f64 / 1e6
+                    };
+                    buckets.push((le, n));
+                }
+                let sum = e.latency_sum_us.load(Relaxed) as f64 / 1e6;
+                let labels = [("executor", i.to_string())];
+                d.encode_family(&labels)?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        sum, count, &buckets, None,
+                    )?;
+            }
+        }
+        let k = &m.kafka;
+        ConstCounter::new(k.delivered.load(Relaxed)).encode(enc.encode_descriptor(
+            "ingestd_records_delivered",
+            "Records acknowledged by Kafka",
+            None,
+            MetricType::Counter,
+        )?)?;
+        {
+            let mut d = enc.encode_descriptor(
+                "ingestd_records_failed",
+                "Records Kafka did not take, by reason",
+                None,
+                MetricType::Counter,
+            )?;
+            for r in FailReason::ALL {
+                let labels = [("reason", r.label().to_string())];
+                ConstCounter::new(k.failed[r as usize].load(Relaxed))
+                    .encode(d.encode_family(&labels)?)?;
+            }
+        }
+        ConstCounter::new(k.batches.load(Relaxed)).encode(enc.encode_descriptor(
+            "ingestd_kafka_batches",
+            "Record batches taken from executors by the Kafka thread",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(k.queue_full_waits.load(Relaxed)).encode(enc.encode_descriptor(
+            "ingestd_kafka_queue_full_waits",
+            "Times librdkafka's queue was full and the Kafka thread waited",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstGauge::new(m.broker_ready.load(Relaxed) as i64).encode(enc.encode_descriptor(
+            "ingestd_broker_up",
+            "1 while broker metadata is known",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        Ok(())
+    }
+}

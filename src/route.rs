@@ -1,0 +1,280 @@
+//! Routing: turns a parsed head into what to do, reading the Kafka-* headers and the
+//! configured forward headers. Pure: no I/O, so it is unit-tested with plain buffers.
+
+use crate::config::{valid_topic, AckMode, Config};
+use crate::error::HttpError;
+use crate::http::parse::{trim, Head, Method};
+use std::ops::Range;
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Topic {
+    /// `POST /`: the configured default topic.
+    #[default]
+    Default,
+    /// `POST /topics/{topic}`: the range of the name in the buffer.
+    Path(Range<usize>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Produce {
+    pub topic: Topic,
+    pub key: Option<Range<usize>>,
+    /// -1 lets librdkafka's partitioner choose.
+    pub partition: i32,
+    pub ack: AckMode,
+    pub ndjson: bool,
+    /// Indexes into `Head::headers` of the headers to forward, in request order.
+    pub forward: Vec<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    Ready,
+    Metrics,
+    /// A produce request; its details are in the `Produce` passed to `route`.
+    Produce,
+}
+
+const ALLOW_GET: &str = "allow: GET, HEAD\r\n";
+const ALLOW_POST: &str = "allow: POST\r\n";
+
+/// Decides the route. For `Route::Produce` the details are written into `into`, which
+/// the connection reuses between requests to avoid allocating.
+pub fn route(
+    buf: &[u8],
+    head: &Head,
+    cfg: &Config,
+    into: &mut Produce,
+) -> Result<Route, HttpError> {
+    let path = &buf[head.path.clone()];
+    let get_only = |r: Route| match head.method {
+        Method::Get | Method::Head => Ok(r),
+        _ => Err(HttpError::MethodNotAllowed { allow: ALLOW_GET }),
+    };
+    let topic = match path {
+        b"/healthz" => return get_only(Route::Health),
+        b"/readyz" => return get_only(Route::Ready),
+        b"/metrics" => return get_only(Route::Metrics),
+        b"/" => {
+            if cfg.default_topic.is_none() {
+                return Err(HttpError::NotFound("no default topic configured"));
+            }
+            Topic::Default
+        }
+        p if p.starts_with(b"/topics/") => {
+            let name = &p[8..];
+            let name_str = std::str::from_utf8(name).unwrap_or("");
+            if !valid_topic(name_str) {
+                return Err(HttpError::BadRequest("invalid topic name"));
+            }
+            if !cfg.topic_allowed(name_str) {
+                return Err(HttpError::NotFound("topic not allowed"));
+            }
+            let start = head.path.start + 8;
+            Topic::Path(start..start + name.len())
+        }
+        _ => return Err(HttpError::NotFound("no such path")),
+    };
+    if head.method != Method::Post {
+        return Err(HttpError::MethodNotAllowed { allow: ALLOW_POST });
+    }
+    into.topic = topic;
+    into.key = None;
+    into.partition = -1;
+    into.ack = cfg.ack;
+    into.ndjson = false;
+    into.forward.clear();
+    for (i, (n, v)) in head.headers.iter().enumerate() {
+        let name = &buf[n.clone()];
+        let value = &buf[v.clone()];
+        if name.eq_ignore_ascii_case(b"kafka-key") {
+            into.key = Some(v.clone());
+        } else if name.eq_ignore_ascii_case(b"kafka-partition") {
+            into.partition = parse_partition(value)?;
+        } else if name.eq_ignore_ascii_case(b"kafka-ack") {
+            into.ack = match trim(value) {
+                v if v.eq_ignore_ascii_case(b"queued") => AckMode::Queued,
+                v if v.eq_ignore_ascii_case(b"kafka") => AckMode::Kafka,
+                _ => return Err(HttpError::BadRequest("Kafka-Ack must be queued or kafka")),
+            };
+        } else if name.eq_ignore_ascii_case(b"content-type") {
+            into.ndjson = is_ndjson(value);
+        } else if cfg
+            .forward_headers
+            .iter()
+            .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
+        {
+            into.forward.push(i as u16);
+        }
+    }
+    Ok(Route::Produce)
+}
+
+fn parse_partition(v: &[u8]) -> Result<i32, HttpError> {
+    let v = trim(v);
+    if v.is_empty() || v.len() > 9 || !v.iter().all(u8::is_ascii_digit) {
+        return Err(HttpError::BadRequest(
+            "Kafka-Partition must be a non-negative integer",
+        ));
+    }
+    Ok(v.iter().fold(0i32, |n, &d| n * 10 + i32::from(d - b'0')))
+}
+
+fn is_ndjson(v: &[u8]) -> bool {
+    let mime = trim(v.split(|&b| b == b';').next().unwrap_or(b""));
+    mime.eq_ignore_ascii_case(b"application/x-ndjson")
+        || mime.eq_ignore_ascii_case(b"application/jsonl")
+}
+
+/// Checks `Authorization: Bearer <token>` against the configured tokens in constant time
+/// per candidate (every token is compared, whatever matches).
+pub fn authorized(buf: &[u8], head: &Head, tokens: &[String]) -> bool {
+    if tokens.is_empty() {
+        return true;
+    }
+    let Some((_, v)) = head
+        .headers
+        .iter()
+        .find(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(b"authorization"))
+    else {
+        return false;
+    };
+    let v = trim(&buf[v.clone()]);
+    if v.len() < 7 || !v[..7].eq_ignore_ascii_case(b"bearer ") {
+        return false;
+    }
+    let given = trim(&v[7..]);
+    tokens
+        .iter()
+        .fold(false, |ok, t| ct_eq(given, t.as_bytes()) | ok)
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Splits an NDJSON body into its non-empty lines (a trailing CR is dropped).
+pub fn ndjson_lines(body: &[u8]) -> impl Iterator<Item = Range<usize>> + '_ {
+    let mut start = 0;
+    body.split(|&b| b == b'\n').filter_map(move |line| {
+        let s = start;
+        start += line.len() + 1;
+        let len = line.strip_suffix(b"\r").unwrap_or(line).len();
+        (len > 0).then_some(s..s + len)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::parse::{parse_head, Limits};
+
+    const LIM: Limits = Limits {
+        max_header_bytes: 8192,
+        max_headers: 64,
+        max_uri_bytes: 1024,
+        max_body_bytes: 1 << 20,
+    };
+
+    fn run_p(req: &[u8], cfg: &Config) -> Result<(Route, Produce), HttpError> {
+        let mut head = Head::default();
+        assert!(parse_head(req, &LIM, &mut head).unwrap());
+        let mut p = Produce::default();
+        route(req, &head, cfg, &mut p).map(|r| (r, p))
+    }
+
+    fn run(req: &[u8], cfg: &Config) -> Result<Route, HttpError> {
+        run_p(req, cfg).map(|(r, _)| r)
+    }
+
+    #[test]
+    fn produce_headers() {
+        let mut cfg = Config::default();
+        cfg.forward_headers = vec!["x-request-id".into()];
+        let req = b"POST /topics/orders HTTP/1.1\r\nHost: a\r\nKafka-Key: k1\r\nKafka-Partition: 3\r\nKafka-Ack: kafka\r\nX-Request-Id: r\r\nContent-Type: application/x-ndjson; charset=utf-8\r\nContent-Length: 0\r\n\r\n";
+        let (Route::Produce, p) = run_p(req, &cfg).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            &req[match p.topic {
+                Topic::Path(r) => r,
+                _ => panic!(),
+            }],
+            b"orders"
+        );
+        assert_eq!(&req[p.key.unwrap()], b"k1");
+        assert_eq!(p.partition, 3);
+        assert_eq!(p.ack, AckMode::Kafka);
+        assert!(p.ndjson);
+        assert_eq!(p.forward, vec![4]);
+    }
+
+    #[test]
+    fn route_errors() {
+        let mut cfg = Config::default();
+        cfg.topics = vec!["a".into()];
+        let r = |s: &str| run(s.as_bytes(), &cfg).map(|_| ()).unwrap_err().status().0;
+        assert_eq!(
+            r("POST /topics/b HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"),
+            404
+        );
+        assert_eq!(
+            r("POST /topics/b%20c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"),
+            400
+        );
+        assert_eq!(r("GET /topics/a HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
+        assert_eq!(
+            r("POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"),
+            405
+        );
+        assert_eq!(r("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"), 404);
+        assert_eq!(
+            r("POST / HTTP/1.1\r\nHost: x\r\nKafka-Partition: -1\r\nContent-Length: 0\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            r("POST / HTTP/1.1\r\nHost: x\r\nKafka-Ack: maybe\r\nContent-Length: 0\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            run(b"GET /healthz?x=1 HTTP/1.1\r\nHost: x\r\n\r\n", &cfg).unwrap(),
+            Route::Health
+        );
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let tokens = vec!["s3cret".to_string(), "other".to_string()];
+        let check = |req: &[u8]| {
+            let mut head = Head::default();
+            parse_head(req, &LIM, &mut head).unwrap();
+            authorized(req, &head, &tokens)
+        };
+        assert!(check(
+            b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer s3cret\r\n\r\n"
+        ));
+        assert!(check(
+            b"GET / HTTP/1.1\r\nHost: a\r\nauthorization: bearer other\r\n\r\n"
+        ));
+        assert!(!check(
+            b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer s3cre\r\n\r\n"
+        ));
+        assert!(!check(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(!check(
+            b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Basic s3cret\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn ndjson_split() {
+        let body = b"{\"a\":1}\r\n\n{\"b\":2}\n\n{\"c\":3}";
+        let lines: Vec<&[u8]> = ndjson_lines(body).map(|r| &body[r]).collect();
+        assert_eq!(lines, vec![&b"{\"a\":1}"[..], b"{\"b\":2}", b"{\"c\":3}"]);
+        assert_eq!(ndjson_lines(b"\n\r\n").count(), 0);
+    }
+}

@@ -1,0 +1,318 @@
+//! Starts the pieces: the Kafka thread, the metadata probe, and one Glommio executor per
+//! core, each with its own SO_REUSEPORT listener. `Server::shutdown` stops them in order.
+
+use crate::config::Config;
+use crate::conn::Conn;
+use crate::kafka::{create_producer, probe_metadata, KafkaShared, KafkaThread};
+use crate::lane::{make_lane, ExecutorLane, KafkaWake};
+use crate::local::Exec;
+use crate::metrics::{bump, Metrics};
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use slab::Slab;
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+
+pub struct Server {
+    pub addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    pub cfg: Arc<Config>,
+    shutdown: Arc<AtomicBool>,
+    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+    kafka: Option<JoinHandle<()>>,
+    kafka_shared: Arc<KafkaShared>,
+    probe_stop: Arc<AtomicBool>,
+    probe: Option<JoinHandle<()>>,
+    /// Keeps the embedded mock cluster alive for the process.
+    _mock: Option<MockCluster<'static, DefaultProducerContext>>,
+    /// Executors still running; shared with the executors for the watchdog.
+    pub running: Arc<AtomicUsize>,
+}
+
+impl Server {
+    pub fn start(cfg: Config) -> Result<Server, String> {
+        let cfg = Arc::new(cfg);
+        let (mock, bootstrap) = if cfg.embedded() {
+            embedded(&cfg)?
+        } else {
+            (None, cfg.brokers.clone())
+        };
+        let producer = create_producer(&cfg, &bootstrap)?;
+        let metrics = Metrics::new(cfg.executors);
+        let wake = KafkaWake::new();
+        let kafka_shared = Arc::new(KafkaShared {
+            wake: wake.clone(),
+            stop: AtomicBool::new(false),
+        });
+        let mut exec_lanes = Vec::new();
+        let mut kafka_lanes = Vec::new();
+        for i in 0..cfg.executors {
+            let (e, k) = make_lane(i as u8, wake.clone());
+            exec_lanes.push(e);
+            kafka_lanes.push(k);
+        }
+        let kt = KafkaThread::new(
+            producer.clone(),
+            kafka_lanes,
+            metrics.clone(),
+            kafka_shared.clone(),
+            Duration::from_millis(cfg.shutdown_timeout_ms),
+        );
+        let kafka = std::thread::Builder::new()
+            .name("ingestd-kafka".into())
+            .spawn(move || kt.run())
+            .map_err(|e| e.to_string())?;
+        wake.set_thread(kafka.thread().clone());
+
+        let probe_stop = Arc::new(AtomicBool::new(false));
+        let probe = {
+            let (p, m, s) = (producer.clone(), metrics.clone(), probe_stop.clone());
+            let topic = cfg.default_topic.clone();
+            std::thread::Builder::new()
+                .name("ingestd-meta".into())
+                .spawn(move || probe_metadata(p, topic, m, s))
+                .map_err(|e| e.to_string())?
+        };
+        drop(producer);
+
+        let retry_after: &'static str =
+            Box::leak(format!("retry-after: {}\r\n", cfg.retry_after_secs).into_boxed_str());
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let running = Arc::new(AtomicUsize::new(0));
+        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut addr = cfg.listen;
+        let mut executors = Vec::new();
+        for (i, lane) in exec_lanes.into_iter().enumerate() {
+            let cpu = cfg.cpus.get(i).copied().unwrap_or(i % ncpu);
+            let (tx, rx) = mpsc::channel();
+            let (c, m, sd, run) = (
+                cfg.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+                running.clone(),
+            );
+            running.fetch_add(1, Ordering::SeqCst);
+            let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+                .name(&format!("ingestd-exec-{i}"))
+                .spawn(move || async move {
+                    run_executor(lane, c, m, sd, addr, tx, retry_after).await;
+                    run.fetch_sub(1, Ordering::SeqCst);
+                })
+                .map_err(|e| {
+                    format!("executor {i} on cpu {cpu}: {e} (raise `ulimit -l` / LimitMEMLOCK)")
+                })?;
+            executors.push(handle);
+            // Executor 0 resolves port 0; the others bind the same concrete port.
+            addr = rx
+                .recv()
+                .map_err(|_| format!("executor {i} exited before listening"))??;
+        }
+        metrics.listening.store(true, Ordering::Release);
+        info!(%addr, executors = cfg.executors, brokers = %bootstrap, "listening");
+        Ok(Server {
+            addr,
+            metrics,
+            cfg,
+            shutdown,
+            executors,
+            kafka: Some(kafka),
+            kafka_shared,
+            probe_stop,
+            probe: Some(probe),
+            _mock: mock,
+            running,
+        })
+    }
+
+    /// Graceful stop: no new connections, finish requests in flight, flush the producer.
+    pub fn shutdown(mut self) {
+        info!("shutting down: no new connections, finishing requests in flight");
+        self.shutdown.store(true, Ordering::Release);
+        for h in self.executors.drain(..) {
+            if let Err(e) = h.join() {
+                error!(error = %e, "executor failed");
+            }
+        }
+        self.kafka_shared.stop.store(true, Ordering::Release);
+        self.kafka_shared.wake.wake();
+        if let Some(k) = self.kafka.take() {
+            let _ = k.join();
+        }
+        self.probe_stop.store(true, Ordering::Release);
+        if let Some(p) = self.probe.take() {
+            let _ = p.join();
+        }
+        info!("stopped");
+    }
+}
+
+/// Starts an in-process mock cluster with the configured topics.
+fn embedded(
+    cfg: &Config,
+) -> Result<(Option<MockCluster<'static, DefaultProducerContext>>, String), String> {
+    let mock = MockCluster::new(1).map_err(|e| format!("embedded mock cluster: {e}"))?;
+    let topics = cfg
+        .default_topic
+        .iter()
+        .chain(cfg.topics.iter().filter(|t| *t != "*"));
+    for t in topics {
+        mock.create_topic(t, cfg.embedded_partitions, 1)
+            .map_err(|e| format!("embedded topic {t}: {e}"))?;
+    }
+    let servers = mock.bootstrap_servers();
+    warn!(bootstrap = %servers, "using the embedded mock Kafka cluster: records live in memory only");
+    Ok((Some(mock), servers))
+}
+
+/// Connections of this executor, so shutdown can close the idle ones.
+type Registry = Rc<RefCell<Slab<(i32, Rc<Cell<bool>>)>>>;
+
+async fn run_executor(
+    lane: ExecutorLane,
+    cfg: Arc<Config>,
+    metrics: Arc<Metrics>,
+    shutdown: Arc<AtomicBool>,
+    addr: SocketAddr,
+    ready: mpsc::Sender<Result<SocketAddr, String>>,
+    retry_after: &'static str,
+) {
+    let listener = match TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(format!("bind {addr}: {e}")));
+            return;
+        }
+    };
+    let local = listener.local_addr().unwrap_or(addr);
+    let _ = ready.send(Ok(local));
+    let exec = Exec::new(lane, cfg.clone(), metrics, retry_after);
+    glommio::spawn_local(exec.clone().flusher()).detach();
+    glommio::spawn_local(exec.clone().completer()).detach();
+    let conns: Registry = Rc::new(RefCell::new(Slab::new()));
+    let stop = Rc::new(Cell::new(false));
+    let ticker = glommio::spawn_local(ticker(exec.clone(), shutdown, conns.clone(), stop.clone()));
+
+    let mut last_log = Instant::now() - Duration::from_secs(60);
+    while !stop.get() {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            StopWait(stop.clone()).await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => break,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                bump(&exec.stats().accept_errors, 1);
+                // At the fd limit the listener stays readable: back off instead of spinning.
+                if last_log.elapsed() > Duration::from_secs(10) {
+                    warn!(error = %e, executor = exec.index, "accept failed (fd limit?); backing off");
+                    last_log = Instant::now();
+                }
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        if conns.borrow().len() >= cfg.max_connections {
+            bump(&exec.stats().connections_refused, 1);
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let idle = Rc::new(Cell::new(false));
+        let key = conns
+            .borrow_mut()
+            .insert((stream.as_raw_fd(), idle.clone()));
+        bump(&exec.stats().connections, 1);
+        let (exec2, conns2) = (exec.clone(), conns.clone());
+        glommio::spawn_local(async move {
+            let mut stream = stream;
+            Conn::new(exec2.clone()).serve(&mut stream, &idle).await;
+            conns2.borrow_mut().remove(key);
+            let s = &exec2.stats().connections;
+            s.store(
+                s.load(Ordering::Relaxed).saturating_sub(1),
+                Ordering::Relaxed,
+            );
+        })
+        .detach();
+    }
+    drop(listener);
+    // Let connections finish what they have, within the shutdown deadline.
+    let deadline = Instant::now() + Duration::from_millis(cfg.shutdown_timeout_ms);
+    while !conns.borrow().is_empty() && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    let left = conns.borrow().len();
+    if left > 0 {
+        warn!(
+            connections = left,
+            executor = exec.index,
+            "shutdown deadline: closing connections still busy"
+        );
+    }
+    drop(ticker);
+}
+
+/// Once per 100 ms: refresh the Date header each second, advance the heartbeat, and react
+/// to shutdown by closing idle keep-alive connections.
+async fn ticker(exec: Rc<Exec>, shutdown: Arc<AtomicBool>, conns: Registry, stop: Rc<Cell<bool>>) {
+    let mut n = 0u64;
+    loop {
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+        n += 1;
+        if n % 10 == 0 {
+            exec.date.borrow_mut().refresh();
+        }
+        bump(&exec.stats().heartbeat, 1);
+        if shutdown.load(Ordering::Acquire) && !exec.shutting_down.get() {
+            exec.shutting_down.set(true);
+            stop.set(true);
+            if let Some(w) = STOP_WAKER.take() {
+                w.wake();
+            }
+        }
+        if exec.shutting_down.get() {
+            for (_, (fd, idle)) in conns.borrow().iter() {
+                if idle.get() {
+                    // SAFETY: the fd belongs to a live TcpStream: a connection leaves the
+                    // registry before its stream is dropped. shutdown(2) makes the idle
+                    // read return 0, so the connection closes itself.
+                    unsafe { libc::shutdown(*fd, libc::SHUT_RD) };
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once the ticker has set the executor's stop flag.
+struct StopWait(Rc<Cell<bool>>);
+
+impl std::future::Future for StopWait {
+    type Output = ();
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0.get() {
+            return std::task::Poll::Ready(());
+        }
+        STOP_WAKER.set(Some(cx.waker().clone()));
+        std::task::Poll::Pending
+    }
+}
+
+thread_local! {
+    /// The accept loop's waker, woken by the ticker at shutdown (one per executor thread).
+    static STOP_WAKER: Cell<Option<std::task::Waker>> = const { Cell::new(None) };
+}
