@@ -334,7 +334,7 @@ impl Config {
 fn env_value(key: &str, raw: &str) -> toml::Value {
     if LIST_KEYS.contains(&key) {
         let items = raw.split(',').map(str::trim).filter(|s| !s.is_empty());
-        return toml::Value::Array(items.map(|s| scalar(s)).collect());
+        return toml::Value::Array(items.map(scalar).collect());
     }
     scalar(raw)
 }

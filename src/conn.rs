@@ -82,12 +82,7 @@ impl Conn {
     /// Serves requests until the client closes, an error breaks framing, or shutdown.
     pub async fn serve(&mut self, s: &mut TcpStream, idle: &std::cell::Cell<bool>) {
         let _ = s.set_write_timeout(Some(Duration::from_millis(self.exec.cfg.body_timeout_ms)));
-        loop {
-            match self.one(s, idle).await {
-                Ok(true) => continue,
-                Ok(false) | Err(Stop::Close) => break,
-            }
-        }
+        while let Ok(true) = self.one(s, idle).await {}
         let _ = self.finish(s).await;
     }
 
@@ -176,8 +171,7 @@ impl Conn {
                 self.emit(|out, date| {
                     response::write(
                         out,
-                        200,
-                        "OK",
+                        (200, "OK"),
                         date,
                         keep,
                         Some("text/plain; version=0.0.4"),
@@ -237,10 +231,11 @@ impl Conn {
             Topic::Path(r) => &avail[r.clone()],
         };
         let key = p.key.clone().map(|r| &avail[r]);
+        let names = &exec.cfg.forward_headers;
         let headers = || {
-            p.forward.iter().map(|&i| {
-                let (n, v) = &self.head.headers[i as usize];
-                (&avail[n.clone()], &avail[v.clone()])
+            p.forward.iter().map(|&(i, f)| {
+                let (_, v) = &self.head.headers[i as usize];
+                (names[f as usize].as_bytes(), &avail[v.clone()])
             })
         };
         let hbytes: usize = headers().map(|(n, v)| n.len() + v.len()).sum();
@@ -270,7 +265,7 @@ impl Conn {
                     let mut msg = [0u8; 40];
                     let len = {
                         let mut w = &mut msg[..];
-                        let _ = write!(w, "{{\"queued\":{n}}}\n");
+                        let _ = writeln!(w, "{{\"queued\":{n}}}");
                         40 - w.len()
                     };
                     self.simple(202, "Accepted", &msg[..len], keep, head_only);
@@ -427,15 +422,17 @@ impl Conn {
                         Ok(((p0, o0), (p1, o1))) => {
                             let mut body = Vec::with_capacity(128);
                             let _ = if count > 0 {
-                                write!(body, "{{\"topic\":\"{topic}\",\"count\":{count},\"first\":{{\"partition\":{p0},\"offset\":{o0}}},\"last\":{{\"partition\":{p1},\"offset\":{o1}}}}}\n")
+                                writeln!(body, "{{\"topic\":\"{topic}\",\"count\":{count},\"first\":{{\"partition\":{p0},\"offset\":{o0}}},\"last\":{{\"partition\":{p1},\"offset\":{o1}}}}}")
                             } else {
-                                write!(body, "{{\"topic\":\"{topic}\",\"partition\":{p1},\"offset\":{o1}}}\n")
+                                writeln!(
+                                    body,
+                                    "{{\"topic\":\"{topic}\",\"partition\":{p1},\"offset\":{o1}}}"
+                                )
                             };
                             let blen = body.len();
                             response::write(
                                 &mut self.out,
-                                200,
-                                "OK",
+                                (200, "OK"),
                                 &date,
                                 keep,
                                 Some("application/json"),
@@ -480,7 +477,15 @@ impl Conn {
 
     fn simple(&mut self, code: u16, reason: &str, body: &[u8], keep: Keep, head_only: bool) {
         self.emit(|out, date| {
-            response::write(out, code, reason, date, keep, Some("text/plain"), "", body);
+            response::write(
+                out,
+                (code, reason),
+                date,
+                keep,
+                Some("text/plain"),
+                "",
+                body,
+            );
             if head_only {
                 out.truncate(out.len() - body.len());
             }

@@ -23,8 +23,9 @@ pub struct Produce {
     pub partition: i32,
     pub ack: AckMode,
     pub ndjson: bool,
-    /// Indexes into `Head::headers` of the headers to forward, in request order.
-    pub forward: Vec<u16>,
+    /// Headers to forward, in request order: (index into `Head::headers`, index into
+    /// `forward_headers`). Records carry the configured lowercase name.
+    pub forward: Vec<(u16, u16)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,12 +101,12 @@ pub fn route(
             };
         } else if name.eq_ignore_ascii_case(b"content-type") {
             into.ndjson = is_ndjson(value);
-        } else if cfg
+        } else if let Some(f) = cfg
             .forward_headers
             .iter()
-            .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
+            .position(|f| name.eq_ignore_ascii_case(f.as_bytes()))
         {
-            into.forward.push(i as u16);
+            into.forward.push((i as u16, f as u16));
         }
     }
     Ok(Route::Produce)
@@ -194,8 +195,10 @@ mod tests {
 
     #[test]
     fn produce_headers() {
-        let mut cfg = Config::default();
-        cfg.forward_headers = vec!["x-request-id".into()];
+        let cfg = Config {
+            forward_headers: vec!["x-request-id".into()],
+            ..Default::default()
+        };
         let req = b"POST /topics/orders HTTP/1.1\r\nHost: a\r\nKafka-Key: k1\r\nKafka-Partition: 3\r\nKafka-Ack: kafka\r\nX-Request-Id: r\r\nContent-Type: application/x-ndjson; charset=utf-8\r\nContent-Length: 0\r\n\r\n";
         let (Route::Produce, p) = run_p(req, &cfg).unwrap() else {
             panic!()
@@ -211,13 +214,15 @@ mod tests {
         assert_eq!(p.partition, 3);
         assert_eq!(p.ack, AckMode::Kafka);
         assert!(p.ndjson);
-        assert_eq!(p.forward, vec![4]);
+        assert_eq!(p.forward, vec![(4, 0)]);
     }
 
     #[test]
     fn route_errors() {
-        let mut cfg = Config::default();
-        cfg.topics = vec!["a".into()];
+        let cfg = Config {
+            topics: vec!["a".into()],
+            ..Default::default()
+        };
         let r = |s: &str| run(s.as_bytes(), &cfg).map(|_| ()).unwrap_err().status().0;
         assert_eq!(
             r("POST /topics/b HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"),

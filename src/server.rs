@@ -271,7 +271,7 @@ async fn ticker(exec: Rc<Exec>, shutdown: Arc<AtomicBool>, conns: Registry, stop
     loop {
         glommio::timer::sleep(Duration::from_millis(100)).await;
         n += 1;
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             exec.date.borrow_mut().refresh();
         }
         bump(&exec.stats().heartbeat, 1);

@@ -47,8 +47,7 @@ pub enum Conn {
 /// Writes a complete response.
 pub fn write(
     out: &mut Vec<u8>,
-    status: u16,
-    reason: &str,
+    (status, reason): (u16, &str),
     date: &DateLine,
     conn: Conn,
     content_type: Option<&str>,
@@ -78,7 +77,7 @@ pub fn accepted(out: &mut Vec<u8>, date: &DateLine, conn: Conn) {
         out.extend_from_slice(date.as_bytes());
         out.extend_from_slice(b"content-length: 0\r\n\r\n");
     } else {
-        write(out, 202, "Accepted", date, conn, None, "", b"");
+        write(out, (202, "Accepted"), date, conn, None, "", b"");
     }
 }
 
@@ -90,7 +89,6 @@ pub fn error(
     conn: Conn,
     retry_after: &'static str,
 ) {
-    let (status, reason) = err.status();
     let conn = if err.closes() { Conn::Close } else { conn };
     let mut body = [0u8; 128];
     let msg = err.message().as_bytes();
@@ -99,8 +97,7 @@ pub fn error(
     body[n] = b'\n';
     write(
         out,
-        status,
-        reason,
+        err.status(),
         date,
         conn,
         Some("text/plain"),

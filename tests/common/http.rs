@@ -1,0 +1,151 @@
+//! A minimal blocking HTTP/1.1 client over std TcpStream, so tests control exactly which
+//! bytes go on the wire (pipelining, chunking, malformed input).
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A numeric field of the JSON answer, e.g. "offset".
+    pub fn json_i64(&self, field: &str) -> i64 {
+        let t = self.text();
+        let pat = format!("\"{field}\":");
+        let at = t.find(&pat).unwrap_or_else(|| panic!("{field} in {t}")) + pat.len();
+        t[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '-')
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    }
+}
+
+pub struct Client {
+    pub s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> io::Result<Client> {
+        let s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.set_nodelay(true)?;
+        Ok(Client { s, buf: Vec::new() })
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.s.write_all(bytes)
+    }
+
+    /// Reads one response (Content-Length framed, as ingestd always answers).
+    pub fn read(&mut self) -> io::Result<Response> {
+        loop {
+            let mut hs = [httparse::EMPTY_HEADER; 32];
+            let mut r = httparse::Response::new(&mut hs);
+            if let httparse::Status::Complete(n) = r.parse(&self.buf).map_err(io::Error::other)? {
+                let status = r.code.unwrap();
+                let headers: Vec<(String, String)> = r
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                if status == 100 {
+                    self.buf.drain(..n);
+                    return Ok(Response {
+                        status,
+                        headers,
+                        body: vec![],
+                    });
+                }
+                let len: usize = headers
+                    .iter()
+                    .find(|(k, _)| k == "content-length")
+                    .map(|(_, v)| v.parse().unwrap())
+                    .unwrap_or(0);
+                while self.buf.len() < n + len {
+                    self.fill()?;
+                }
+                let body = self.buf[n..n + len].to_vec();
+                self.buf.drain(..n + len);
+                return Ok(Response {
+                    status,
+                    headers,
+                    body,
+                });
+            }
+            self.fill()?;
+        }
+    }
+
+    fn fill(&mut self) -> io::Result<()> {
+        let mut tmp = [0u8; 65536];
+        let n = self.s.read(&mut tmp)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed"));
+        }
+        self.buf.extend_from_slice(&tmp[..n]);
+        Ok(())
+    }
+
+    /// True when the server closes the connection (EOF or reset) within `wait`.
+    /// Bytes arriving first are kept for `read`.
+    pub fn closed(&mut self, wait: Duration) -> bool {
+        self.s.set_read_timeout(Some(wait)).unwrap();
+        let mut tmp = [0u8; 4096];
+        loop {
+            match self.s.read(&mut tmp) {
+                Ok(0) => return true,
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Err(e) => return e.kind() == io::ErrorKind::ConnectionReset,
+            }
+        }
+    }
+
+    pub fn request(&mut self, bytes: &[u8]) -> io::Result<Response> {
+        self.send(bytes)?;
+        self.read()
+    }
+}
+
+/// Builds a POST with a Content-Length body and extra headers.
+pub fn post(path: &str, body: &[u8], headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut r = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        r.push_str(&format!("{k}: {v}\r\n"));
+    }
+    r.push_str("\r\n");
+    let mut b = r.into_bytes();
+    b.extend_from_slice(body);
+    b
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> io::Result<Response> {
+    let mut c = Client::connect(addr)?;
+    c.request(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+}

@@ -1,0 +1,264 @@
+//! Test harness: a real tansu broker (started once per test binary unless
+//! INGESTD_TEST_BROKER names one), the real ingestd binary, a raw HTTP client, and a
+//! reader that consumes a topic from the beginning of every partition.
+#![allow(dead_code)]
+
+pub mod http;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub struct Broker {
+    pub addr: String,
+    pub pid: u32,
+}
+
+static BROKER: OnceLock<Broker> = OnceLock::new();
+
+/// The shared broker of this test binary.
+pub fn broker() -> &'static Broker {
+    BROKER.get_or_init(|| {
+        if let Ok(addr) = std::env::var("INGESTD_TEST_BROKER") {
+            return Broker { addr, pid: 0 };
+        }
+        start_broker()
+    })
+}
+
+/// Starts a private tansu broker that dies with this test process.
+pub fn start_broker() -> Broker {
+    let out = Command::new(repo().join("tests/tansu.sh"))
+        .args(["start", "--watch", &std::process::id().to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run tests/tansu.sh");
+    assert!(out.status.success(), "tansu failed to start");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut it = text.split_whitespace();
+    let addr = it.next().expect("addr").to_string();
+    let pid = it.next().expect("pid").parse().unwrap();
+    Broker { addr, pid }
+}
+
+static TOPIC_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+impl Broker {
+    /// Creates a topic with a name unique to this run.
+    pub fn topic(&self, prefix: &str, partitions: u32) -> String {
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            TOPIC_SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let ok = Command::new(repo().join("tests/tansu.sh"))
+            .args(["topic", &self.addr, &name, &partitions.to_string()])
+            .status()
+            .expect("create topic")
+            .success();
+        assert!(ok, "topic create {name}");
+        name
+    }
+}
+
+/// A running ingestd process.
+pub struct Ingestd {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+}
+
+static LOG_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+impl Ingestd {
+    /// Starts the real binary on a free port with `args` and waits for /readyz.
+    pub fn start(args: &[&str]) -> Ingestd {
+        Self::start_env(args, &[])
+    }
+
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Ingestd {
+        let me = Self::spawn(args, env);
+        me.wait_ready(Duration::from_secs(20));
+        me
+    }
+
+    /// Starts without waiting for readiness.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Ingestd {
+        let log = std::env::temp_dir().join(format!(
+            "ingestd-test-{}-{}.log",
+            std::process::id(),
+            LOG_SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ingestd"));
+        cmd.args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn ingestd");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let Some(addr) = line.trim().strip_prefix("ingestd listening on ") else {
+            let _ = child.kill();
+            panic!(
+                "ingestd did not start: {line:?}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        let addr = addr.parse().unwrap();
+        Ingestd { child, addr, log }
+    }
+
+    pub fn wait_ready(&self, timeout: Duration) {
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if let Ok(r) = http::get(self.addr, "/readyz") {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("ingestd not ready in {timeout:?}: {}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// SIGTERM and wait for exit (bounded).
+    pub fn stop(&mut self, timeout: Duration) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            if t0.elapsed() > timeout {
+                let _ = self.child.kill();
+                panic!("ingestd did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Value of a metric line `name{labels} value`, summed over lines whose name and
+    /// labels contain `filter` pieces.
+    pub fn metric(&self, name: &str, label_filter: &str) -> f64 {
+        metric_sum(&self.metrics_text(), name, label_filter)
+    }
+
+    pub fn metrics_text(&self) -> String {
+        let r = http::get(self.addr, "/metrics").expect("metrics");
+        assert_eq!(r.status, 200);
+        String::from_utf8(r.body).unwrap()
+    }
+}
+
+pub fn metric_sum(text: &str, name: &str, label_filter: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let (n, _) = l.split_once(' ').unwrap_or((l, ""));
+            let base = n.split('{').next().unwrap();
+            base == name && n.contains(label_filter)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+impl Drop for Ingestd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A record read back from the broker.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rec {
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Reads every partition of `topic` from the beginning (assigned partitions, no consumer
+/// group offsets: tansu's memory store cannot start a fetch mid-batch). Stops when
+/// `expect` records arrived and nothing more came for `settle`, or at `timeout`.
+/// tansu reports stale high watermarks, so the watermark is not used to stop.
+pub fn read_topic(
+    broker: &str,
+    topic: &str,
+    partitions: i32,
+    expect: usize,
+    settle: Duration,
+) -> Vec<Rec> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", format!("ingestd-test-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let timeout = Duration::from_secs(30);
+    let t0 = Instant::now();
+    let mut last_new = Instant::now();
+    while t0.elapsed() < timeout {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Rec {
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                    partition: m.partition(),
+                    offset: m.offset(),
+                });
+                last_new = Instant::now();
+            }
+            Some(Err(e)) => eprintln!("consumer: {e}"),
+            None => {}
+        }
+        if out.len() >= expect && last_new.elapsed() >= settle {
+            break;
+        }
+    }
+    out
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests, integration tests against a real tansu broker,
+# fault tests. Installs tansu into ~/.cache on first use (several minutes), then reuses it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+tests/tansu.sh install
+# Glommio's io_uring rings need locked memory; root may raise the limit.
+ulimit -l unlimited 2>/dev/null || ulimit -l 65536 2>/dev/null || true
+
+read -r addr pid < <(tests/tansu.sh start --watch $$)
+trap 'tests/tansu.sh stop "$pid"' EXIT
+export INGESTD_TEST_BROKER=$addr
+echo "tansu broker on $addr (pid $pid)"
+
+cargo test --all-targets "$@"
