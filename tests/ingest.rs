@@ -44,7 +44,10 @@ fn start_fwd(topic: &str, ack: &str) -> Ingestd {
 }
 
 /// What we expect to find: (key, value, headers) as a sorted multiset.
-fn expect_set(items: &[(String, String, Vec<(String, String)>)]) -> Vec<Item> {
+/// (key, value, forwarded headers) as sent.
+type Sent = (String, String, Vec<(String, String)>);
+
+fn expect_set(items: &[Sent]) -> Vec<Item> {
     let mut v: Vec<_> = items
         .iter()
         .map(|(k, val, h)| {
@@ -86,7 +89,7 @@ fn assert_same(got: Vec<Item>, want: Vec<Item>) {
     );
 }
 
-fn item(i: usize, tag: &str) -> (String, String, Vec<(String, String)>) {
+fn item(i: usize, tag: &str) -> Sent {
     (
         format!("{tag}-key-{i}"),
         format!("{{\"{tag}\":{i},\"pad\":\"{}\"}}", "x".repeat(i % 50)),
