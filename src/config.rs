@@ -56,13 +56,17 @@ pub struct Config {
     /// Longest request target (414 above it).
     pub max_uri_bytes: usize,
     /// Time allowed to receive a complete request head once its first byte arrived (408).
+    /// A deadline for the whole head, so a client dripping bytes cannot extend it.
     pub header_timeout_ms: u64,
-    /// Time allowed between body bytes (408).
+    /// Time allowed to receive the whole body once the head is complete (408); also
+    /// bounds how long a response write may block on a client that does not read.
     pub body_timeout_ms: u64,
     /// Keep-alive connections idle this long are closed.
     pub idle_timeout_ms: u64,
     /// Connections per executor; more are closed at once.
     pub max_connections: usize,
+    /// listen(2) backlog of each executor's socket.
+    pub listen_backlog: i32,
     /// Bytes of records per executor queued or in flight to Kafka (503 above it).
     pub queue_max_bytes: usize,
     /// Records per executor queued or in flight to Kafka (503 above it).
@@ -107,6 +111,7 @@ impl Default for Config {
             body_timeout_ms: 30_000,
             idle_timeout_ms: 60_000,
             max_connections: 16_384,
+            listen_backlog: 4096,
             queue_max_bytes: 64 << 20,
             queue_max_records: 200_000,
             ack_timeout_ms: 10_000,
@@ -249,6 +254,7 @@ impl Config {
             ("body_timeout_ms", self.body_timeout_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("max_connections", self.max_connections as u64),
+            ("listen_backlog", self.listen_backlog.max(0) as u64),
             ("queue_max_bytes", self.queue_max_bytes as u64),
             ("queue_max_records", self.queue_max_records as u64),
             ("ack_timeout_ms", self.ack_timeout_ms),

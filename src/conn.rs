@@ -88,7 +88,9 @@ impl Conn {
 
     /// Handles one request (reading as needed). Ok(false): close the connection.
     async fn one(&mut self, s: &mut TcpStream, idle: &std::cell::Cell<bool>) -> Result<bool, Stop> {
-        // 1. A complete head.
+        // 1. A complete head. The header timeout is one deadline for the whole head, so
+        // a client dripping a byte at a time cannot hold the connection.
+        let mut head_deadline: Option<Instant> = None;
         loop {
             let parsed = parse_head(&self.buf[self.start..self.end], &self.lim, &mut self.head);
             match parsed {
@@ -100,13 +102,13 @@ impl Conn {
                         return Ok(false);
                     }
                     let cfg = &self.exec.cfg;
-                    let t = if pending {
-                        cfg.header_timeout_ms
+                    let deadline = if pending {
+                        *head_deadline.get_or_insert_with(|| Instant::now() + Duration::from_millis(cfg.header_timeout_ms))
                     } else {
-                        cfg.idle_timeout_ms
+                        Instant::now() + Duration::from_millis(cfg.idle_timeout_ms)
                     };
                     idle.set(!pending);
-                    let r = self.read_more(s, t).await;
+                    let r = self.read_more(s, deadline).await;
                     idle.set(false);
                     match r {
                         Ok(0) => return Ok(false),
@@ -303,6 +305,7 @@ impl Conn {
     /// in `buf` (`inline`); chunked bodies are decoded into `self.body`.
     async fn read_body(&mut self, s: &mut TcpStream) -> Result<Body, Stop> {
         let hl = self.head.len;
+        let deadline = Instant::now() + Duration::from_millis(self.exec.cfg.body_timeout_ms);
         match self.head.framing {
             Framing::Empty => Ok(Body {
                 inline: Some(0..0),
@@ -319,7 +322,7 @@ impl Conn {
                         continued = true;
                     }
                     self.reserve(hl + n);
-                    self.body_read(s).await?;
+                    self.body_read(s, deadline).await?;
                 }
                 Ok(Body {
                     inline: Some(hl..hl + n),
@@ -353,14 +356,14 @@ impl Conn {
                         continued = true;
                     }
                     self.reserve(self.end - self.start + 4096);
-                    self.body_read(s).await?;
+                    self.body_read(s, deadline).await?;
                 }
             }
         }
     }
 
-    async fn body_read(&mut self, s: &mut TcpStream) -> Result<(), Stop> {
-        match self.read_more(s, self.exec.cfg.body_timeout_ms).await {
+    async fn body_read(&mut self, s: &mut TcpStream, deadline: Instant) -> Result<(), Stop> {
+        match self.read_more(s, deadline).await {
             Ok(0) => Err(Stop::Close),
             Ok(_) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
@@ -384,17 +387,22 @@ impl Conn {
         }
     }
 
-    async fn read_more(&mut self, s: &mut TcpStream, timeout_ms: u64) -> io::Result<usize> {
-        if self.end == self.buf.len() {
-            self.reserve(self.end - self.start + INITIAL_BUF);
-        }
+    /// Reads more bytes, failing with `TimedOut` at `deadline`.
+    async fn read_more(&mut self, s: &mut TcpStream, deadline: Instant) -> io::Result<usize> {
         if self.start == self.end && self.buf.len() > 64 << 10 {
             // A large request has passed; give the memory back for idle connections.
             self.buf = vec![0; INITIAL_BUF];
             self.start = 0;
             self.end = 0;
         }
-        s.set_read_timeout(Some(Duration::from_millis(timeout_ms)))?;
+        if self.end == self.buf.len() {
+            self.reserve(self.end - self.start + INITIAL_BUF);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        s.set_read_timeout(Some(left))?;
         let n = s.read(&mut self.buf[self.end..]).await?;
         self.end += n;
         Ok(n)

@@ -118,6 +118,9 @@ pub struct KafkaThread {
     flush_timeout: Duration,
     /// Results that could not be pushed because a lane was full; retried each loop.
     backlog: Vec<Completions>,
+    /// Failure counters at the last aggregate log line.
+    logged_failures: [u64; FailReason::ALL.len()],
+    last_log: Instant,
 }
 
 impl KafkaThread {
@@ -137,6 +140,8 @@ impl KafkaThread {
             shared,
             flush_timeout,
             backlog: (0..n).map(|_| Completions::default()).collect(),
+            logged_failures: [0; FailReason::ALL.len()],
+            last_log: Instant::now(),
         }
     }
 
@@ -153,6 +158,7 @@ impl KafkaThread {
             self.producer.poll(Duration::ZERO);
             work |= self.dispatch();
             bump(&self.metrics.kafka.heartbeat, 1);
+            self.log_failures();
             if stopping && !work {
                 break;
             }
@@ -257,6 +263,25 @@ impl KafkaThread {
             }
         }
         any
+    }
+
+    /// Failed records are logged in aggregate, at most every 10 s, never per record.
+    fn log_failures(&mut self) {
+        if self.last_log.elapsed() < Duration::from_secs(10) {
+            return;
+        }
+        self.last_log = Instant::now();
+        let now: [u64; FailReason::ALL.len()] =
+            std::array::from_fn(|i| self.metrics.kafka.failed[i].load(Ordering::Relaxed));
+        if now != self.logged_failures {
+            let delta: Vec<String> = FailReason::ALL
+                .iter()
+                .filter(|r| now[**r as usize] > self.logged_failures[**r as usize])
+                .map(|r| format!("{}={}", r.label(), now[*r as usize] - self.logged_failures[*r as usize]))
+                .collect();
+            warn!(failed = %delta.join(","), "records not delivered in the last interval");
+            self.logged_failures = now;
+        }
     }
 
     /// Nothing to do: wait for a delivery report, or sleep until an executor pushes.

@@ -15,3 +15,4 @@ pub mod local;
 pub mod metrics;
 pub mod route;
 pub mod server;
+pub mod sys;

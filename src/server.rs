@@ -7,7 +7,7 @@ use crate::kafka::{create_producer, probe_metadata, KafkaShared, KafkaThread};
 use crate::lane::{make_lane, ExecutorLane, KafkaWake};
 use crate::local::Exec;
 use crate::metrics::{bump, Metrics};
-use glommio::net::TcpListener;
+use crate::sys;
 use glommio::{LocalExecutorBuilder, Placement};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
@@ -177,16 +177,8 @@ fn embedded(
 /// Connections of this executor, so shutdown can close the idle ones.
 type Registry = Rc<RefCell<Slab<(i32, Rc<Cell<bool>>)>>>;
 
-async fn run_executor(
-    lane: ExecutorLane,
-    cfg: Arc<Config>,
-    metrics: Arc<Metrics>,
-    shutdown: Arc<AtomicBool>,
-    addr: SocketAddr,
-    ready: mpsc::Sender<Result<SocketAddr, String>>,
-    retry_after: &'static str,
-) {
-    let listener = match TcpListener::bind(addr) {
+async fn run_executor(lane: ExecutorLane, cfg: Arc<Config>, metrics: Arc<Metrics>, shutdown: Arc<AtomicBool>, addr: SocketAddr, ready: mpsc::Sender<Result<SocketAddr, String>>, retry_after: &'static str) {
+    let (listener, listen_fd) = match sys::listener(addr, cfg.listen_backlog) {
         Ok(l) => l,
         Err(e) => {
             let _ = ready.send(Err(format!("bind {addr}: {e}")));
@@ -201,8 +193,10 @@ async fn run_executor(
     let conns: Registry = Rc::new(RefCell::new(Slab::new()));
     let stop = Rc::new(Cell::new(false));
     let ticker = glommio::spawn_local(ticker(exec.clone(), shutdown, conns.clone(), stop.clone()));
+    let mut spare = sys::SpareFd::new();
+    let mut last_log: Option<Instant> = None;
+    let mut shed_since_log = 0;
 
-    let mut last_log = Instant::now() - Duration::from_secs(60);
     while !stop.get() {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             StopWait(stop.clone()).await;
@@ -214,10 +208,16 @@ async fn run_executor(
             Some(Ok(s)) => s,
             Some(Err(e)) => {
                 bump(&exec.stats().accept_errors, 1);
-                // At the fd limit the listener stays readable: back off instead of spinning.
-                if last_log.elapsed() > Duration::from_secs(10) {
-                    warn!(error = %e, executor = exec.index, "accept failed (fd limit?); backing off");
-                    last_log = Instant::now();
+                // At the fd limit the listener stays readable. Close what waits in the
+                // backlog (clients get a prompt close, not a hang), then back off briefly
+                // instead of spinning; existing connections keep being served meanwhile.
+                let shed = spare.with_released(|| sys::shed_pending(listen_fd));
+                bump(&exec.stats().connections_refused, shed as u64);
+                shed_since_log += shed;
+                if last_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    warn!(error = %e, executor = exec.index, closed = shed_since_log, "accept failed (fd limit?): closing new connections until fds free up");
+                    last_log = Some(Instant::now());
+                    shed_since_log = 0;
                 }
                 glommio::timer::sleep(Duration::from_millis(20)).await;
                 continue;
@@ -230,9 +230,7 @@ async fn run_executor(
         }
         let _ = stream.set_nodelay(true);
         let idle = Rc::new(Cell::new(false));
-        let key = conns
-            .borrow_mut()
-            .insert((stream.as_raw_fd(), idle.clone()));
+        let key = conns.borrow_mut().insert((stream.as_raw_fd(), idle.clone()));
         bump(&exec.stats().connections, 1);
         let (exec2, conns2) = (exec.clone(), conns.clone());
         glommio::spawn_local(async move {
@@ -240,10 +238,7 @@ async fn run_executor(
             Conn::new(exec2.clone()).serve(&mut stream, &idle).await;
             conns2.borrow_mut().remove(key);
             let s = &exec2.stats().connections;
-            s.store(
-                s.load(Ordering::Relaxed).saturating_sub(1),
-                Ordering::Relaxed,
-            );
+            s.store(s.load(Ordering::Relaxed).saturating_sub(1), Ordering::Relaxed);
         })
         .detach();
     }
@@ -255,11 +250,7 @@ async fn run_executor(
     }
     let left = conns.borrow().len();
     if left > 0 {
-        warn!(
-            connections = left,
-            executor = exec.index,
-            "shutdown deadline: closing connections still busy"
-        );
+        warn!(connections = left, executor = exec.index, "shutdown deadline: closing connections still busy");
     }
     drop(ticker);
 }
@@ -285,10 +276,7 @@ async fn ticker(exec: Rc<Exec>, shutdown: Arc<AtomicBool>, conns: Registry, stop
         if exec.shutting_down.get() {
             for (_, (fd, idle)) in conns.borrow().iter() {
                 if idle.get() {
-                    // SAFETY: the fd belongs to a live TcpStream: a connection leaves the
-                    // registry before its stream is dropped. shutdown(2) makes the idle
-                    // read return 0, so the connection closes itself.
-                    unsafe { libc::shutdown(*fd, libc::SHUT_RD) };
+                    sys::shutdown_read(*fd);
                 }
             }
         }

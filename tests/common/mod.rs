@@ -40,8 +40,17 @@ pub fn broker() -> &'static Broker {
 
 /// Starts a private tansu broker that dies with this test process.
 pub fn start_broker() -> Broker {
+    start_broker_on(None)
+}
+
+/// Starts a private tansu broker, on `port` if given (to restart one in place).
+pub fn start_broker_on(port: Option<u16>) -> Broker {
+    let mut args = vec!["start".to_string(), "--watch".into(), std::process::id().to_string()];
+    if let Some(p) = port {
+        args.push(p.to_string());
+    }
     let out = Command::new(repo().join("tests/tansu.sh"))
-        .args(["start", "--watch", &std::process::id().to_string()])
+        .args(&args)
         .stderr(Stdio::inherit())
         .output()
         .expect("run tests/tansu.sh");
@@ -56,6 +65,26 @@ pub fn start_broker() -> Broker {
 static TOPIC_SEQ: AtomicUsize = AtomicUsize::new(0);
 
 impl Broker {
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        assert!(self.pid != 0, "not a private broker");
+        // SAFETY: kill(2) on the broker process this test started.
+        unsafe { libc::kill(self.pid as i32, sig) };
+    }
+
+    /// Creates a topic with exactly this name.
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let ok = Command::new(repo().join("tests/tansu.sh"))
+            .args(["topic", &self.addr, name, &partitions.to_string()])
+            .status()
+            .expect("create topic")
+            .success();
+        assert!(ok, "topic create {name}");
+    }
+
     /// Creates a topic with a name unique to this run.
     pub fn topic(&self, prefix: &str, partitions: u32) -> String {
         let name = format!(
@@ -96,6 +125,11 @@ impl Ingestd {
 
     /// Starts without waiting for readiness.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Ingestd {
+        Self::spawn_limited(args, env, None)
+    }
+
+    /// Starts without waiting for readiness, with RLIMIT_NOFILE set to `nofile`.
+    pub fn spawn_limited(args: &[&str], env: &[(&str, &str)], nofile: Option<u64>) -> Ingestd {
         let log = std::env::temp_dir().join(format!(
             "ingestd-test-{}-{}.log",
             std::process::id(),
@@ -109,6 +143,19 @@ impl Ingestd {
             .stderr(std::fs::File::create(&log).unwrap());
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; it only touches the child's limits.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut child = cmd.spawn().expect("spawn ingestd");
         let stdout = child.stdout.take().unwrap();
@@ -136,6 +183,21 @@ impl Ingestd {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("ingestd not ready in {timeout:?}: {}", self.log_text());
+    }
+
+    /// CPU time (user+system) the process has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / hz)
+    }
+
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map(|d| d.count()).unwrap_or(0)
     }
 
     pub fn log_text(&self) -> String {

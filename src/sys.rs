@@ -1,0 +1,74 @@
+//! The few raw socket operations Glommio does not expose. All `unsafe` of the crate lives
+//! here, each with its SAFETY note.
+
+use socket2::{Domain, Protocol, Socket, Type};
+use std::fs::File;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+
+/// A listening socket with SO_REUSEPORT (one per executor) and our backlog, handed to
+/// Glommio. Also returns the fd so `shed_pending` can use it at the fd limit.
+pub fn listener(addr: SocketAddr, backlog: i32) -> io::Result<(glommio::net::TcpListener, RawFd)> {
+    let sk = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sk.set_reuse_port(true)?;
+    sk.set_reuse_address(true)?;
+    sk.bind(&addr.into())?;
+    sk.listen(backlog)?;
+    let fd = sk.into_raw_fd();
+    // SAFETY: `fd` is a bound, listening TCP socket we own; ownership moves to Glommio.
+    let l = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+    Ok((l, fd))
+}
+
+/// At the fd limit: accepts and immediately closes pending connections, so clients are
+/// refused promptly instead of waiting in the backlog. Returns how many were closed.
+/// The caller frees one fd first (see `SpareFd`), so accept can succeed.
+pub fn shed_pending(listen_fd: RawFd) -> usize {
+    let mut n = 0;
+    loop {
+        // SAFETY: accept4 on a listening fd owned by this executor's live listener; null
+        // address pointers are allowed. The returned fd is ours and closed right away.
+        let fd = unsafe {
+            libc::accept4(listen_fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+        };
+        if fd < 0 {
+            return n;
+        }
+        // SAFETY: `fd` was just returned by accept4 and is not used elsewhere.
+        drop(unsafe { File::from_raw_fd(fd) });
+        n += 1;
+    }
+}
+
+/// Makes a pending read on a connection return 0, so an idle keep-alive connection
+/// closes itself at shutdown.
+pub fn shutdown_read(fd: RawFd) {
+    // SAFETY: the caller guarantees `fd` is a live socket (connections leave the registry
+    // before their stream is dropped); shutdown(2) does not close or invalidate it.
+    unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+}
+
+/// One fd kept in reserve so that, at the fd limit, there is a descriptor to accept (and
+/// close) a pending connection with.
+pub struct SpareFd(Option<File>);
+
+impl SpareFd {
+    pub fn new() -> SpareFd {
+        SpareFd(File::open("/dev/null").ok())
+    }
+
+    /// Frees the reserved fd, runs `f`, then reserves one again.
+    pub fn with_released<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        self.0 = None;
+        let r = f();
+        self.0 = File::open("/dev/null").ok();
+        r
+    }
+}
+
+impl Default for SpareFd {
+    fn default() -> Self {
+        Self::new()
+    }
+}
