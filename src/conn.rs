@@ -103,7 +103,9 @@ impl Conn {
                     }
                     let cfg = &self.exec.cfg;
                     let deadline = if pending {
-                        *head_deadline.get_or_insert_with(|| Instant::now() + Duration::from_millis(cfg.header_timeout_ms))
+                        *head_deadline.get_or_insert_with(|| {
+                            Instant::now() + Duration::from_millis(cfg.header_timeout_ms)
+                        })
                     } else {
                         Instant::now() + Duration::from_millis(cfg.idle_timeout_ms)
                     };

@@ -152,7 +152,20 @@ impl KafkaThread {
                 .collect()
         });
         info!("kafka thread started");
+        // TEST HOOK (tests/notify.rs, watchdog test): INGESTD_TEST_FREEZE_KAFKA_AFTER_MS=N
+        // makes this thread stop making progress N ms after it started, so the systemd
+        // watchdog pings must stop. Read once; costs one branch per loop when unset.
+        let freeze_at = std::env::var("INGESTD_TEST_FREEZE_KAFKA_AFTER_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(|ms| Instant::now() + Duration::from_millis(ms));
         loop {
+            if freeze_at.is_some_and(|t| Instant::now() >= t) {
+                warn!("INGESTD_TEST_FREEZE_KAFKA_AFTER_MS: kafka thread frozen (test hook)");
+                loop {
+                    std::thread::park();
+                }
+            }
             let stopping = self.shared.stop.load(Ordering::Acquire);
             let mut work = self.drain_lanes();
             self.producer.poll(Duration::ZERO);
@@ -277,7 +290,13 @@ impl KafkaThread {
             let delta: Vec<String> = FailReason::ALL
                 .iter()
                 .filter(|r| now[**r as usize] > self.logged_failures[**r as usize])
-                .map(|r| format!("{}={}", r.label(), now[*r as usize] - self.logged_failures[*r as usize]))
+                .map(|r| {
+                    format!(
+                        "{}={}",
+                        r.label(),
+                        now[*r as usize] - self.logged_failures[*r as usize]
+                    )
+                })
                 .collect();
             warn!(failed = %delta.join(","), "records not delivered in the last interval");
             self.logged_failures = now;

@@ -177,7 +177,15 @@ fn embedded(
 /// Connections of this executor, so shutdown can close the idle ones.
 type Registry = Rc<RefCell<Slab<(i32, Rc<Cell<bool>>)>>>;
 
-async fn run_executor(lane: ExecutorLane, cfg: Arc<Config>, metrics: Arc<Metrics>, shutdown: Arc<AtomicBool>, addr: SocketAddr, ready: mpsc::Sender<Result<SocketAddr, String>>, retry_after: &'static str) {
+async fn run_executor(
+    lane: ExecutorLane,
+    cfg: Arc<Config>,
+    metrics: Arc<Metrics>,
+    shutdown: Arc<AtomicBool>,
+    addr: SocketAddr,
+    ready: mpsc::Sender<Result<SocketAddr, String>>,
+    retry_after: &'static str,
+) {
     let (listener, listen_fd) = match sys::listener(addr, cfg.listen_backlog) {
         Ok(l) => l,
         Err(e) => {
@@ -230,7 +238,9 @@ async fn run_executor(lane: ExecutorLane, cfg: Arc<Config>, metrics: Arc<Metrics
         }
         let _ = stream.set_nodelay(true);
         let idle = Rc::new(Cell::new(false));
-        let key = conns.borrow_mut().insert((stream.as_raw_fd(), idle.clone()));
+        let key = conns
+            .borrow_mut()
+            .insert((stream.as_raw_fd(), idle.clone()));
         bump(&exec.stats().connections, 1);
         let (exec2, conns2) = (exec.clone(), conns.clone());
         glommio::spawn_local(async move {
@@ -238,7 +248,10 @@ async fn run_executor(lane: ExecutorLane, cfg: Arc<Config>, metrics: Arc<Metrics
             Conn::new(exec2.clone()).serve(&mut stream, &idle).await;
             conns2.borrow_mut().remove(key);
             let s = &exec2.stats().connections;
-            s.store(s.load(Ordering::Relaxed).saturating_sub(1), Ordering::Relaxed);
+            s.store(
+                s.load(Ordering::Relaxed).saturating_sub(1),
+                Ordering::Relaxed,
+            );
         })
         .detach();
     }
@@ -250,7 +263,11 @@ async fn run_executor(lane: ExecutorLane, cfg: Arc<Config>, metrics: Arc<Metrics
     }
     let left = conns.borrow().len();
     if left > 0 {
-        warn!(connections = left, executor = exec.index, "shutdown deadline: closing connections still busy");
+        warn!(
+            connections = left,
+            executor = exec.index,
+            "shutdown deadline: closing connections still busy"
+        );
     }
     drop(ticker);
 }

@@ -15,6 +15,9 @@ pub fn listener(addr: SocketAddr, backlog: i32) -> io::Result<(glommio::net::Tcp
     sk.set_reuse_address(true)?;
     sk.bind(&addr.into())?;
     sk.listen(backlog)?;
+    // Non-blocking so `shed_pending` stops when the backlog is empty; io_uring's accept
+    // and Glommio's direct accept both work on a non-blocking listener.
+    sk.set_nonblocking(true)?;
     let fd = sk.into_raw_fd();
     // SAFETY: `fd` is a bound, listening TCP socket we own; ownership moves to Glommio.
     let l = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
@@ -30,7 +33,12 @@ pub fn shed_pending(listen_fd: RawFd) -> usize {
         // SAFETY: accept4 on a listening fd owned by this executor's live listener; null
         // address pointers are allowed. The returned fd is ours and closed right away.
         let fd = unsafe {
-            libc::accept4(listen_fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            libc::accept4(
+                listen_fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
         };
         if fd < 0 {
             return n;

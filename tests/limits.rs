@@ -10,19 +10,38 @@ use std::time::{Duration, Instant};
 
 /// ingestd pointed at a closed port: records queue up and are never delivered.
 fn no_broker(extra_env: &[(&str, &str)]) -> Ingestd {
-    Ingestd::spawn(&["--brokers", "127.0.0.1:1", "--executors", "1", "--ack", "queued"], extra_env)
+    Ingestd::spawn(
+        &[
+            "--brokers",
+            "127.0.0.1:1",
+            "--executors",
+            "1",
+            "--ack",
+            "queued",
+        ],
+        extra_env,
+    )
 }
 
 #[test]
 fn body_size_edges_content_length_and_chunked() {
     let b = broker();
     let topic = b.topic("bodysize", 1);
-    let ing = Ingestd::start_env(&["--brokers", &b.addr, "--default-topic", &topic], &[("INGESTD_MAX_BODY_BYTES", "100")]);
+    let ing = Ingestd::start_env(
+        &["--brokers", &b.addr, "--default-topic", &topic],
+        &[("INGESTD_MAX_BODY_BYTES", "100")],
+    );
     let mut c = Client::connect(ing.addr).unwrap();
-    assert_eq!(c.request(&post("/", &[b'a'; 100], &[])).unwrap().status, 202);
+    assert_eq!(
+        c.request(&post("/", &[b'a'; 100], &[])).unwrap().status,
+        202
+    );
     let r = c.request(&post("/", &[b'a'; 101], &[])).unwrap();
     assert_eq!(r.status, 413);
-    assert!(c.closed(Duration::from_secs(2)), "413 closes: the body was not read");
+    assert!(
+        c.closed(Duration::from_secs(2)),
+        "413 closes: the body was not read"
+    );
     // Chunked: exactly at the limit passes, one more byte is 413.
     let chunked = |n: usize| {
         let mut w = b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
@@ -39,7 +58,10 @@ fn body_size_edges_content_length_and_chunked() {
 
 #[test]
 fn full_queue_answers_503_with_retry_after_at_once() {
-    let ing = no_broker(&[("INGESTD_QUEUE_MAX_RECORDS", "5"), ("INGESTD_RETRY_AFTER_SECS", "2")]);
+    let ing = no_broker(&[
+        ("INGESTD_QUEUE_MAX_RECORDS", "5"),
+        ("INGESTD_RETRY_AFTER_SECS", "2"),
+    ]);
     let mut c = Client::connect(ing.addr).unwrap();
     for _ in 0..5 {
         assert_eq!(c.request(&post("/", b"x", &[])).unwrap().status, 202);
@@ -50,9 +72,20 @@ fn full_queue_answers_503_with_retry_after_at_once() {
     assert_eq!(r.header("retry-after"), Some("2"));
     assert!(t0.elapsed() < Duration::from_millis(500), "refused at once");
     // The connection survives a 503.
-    assert_eq!(c.request(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").unwrap().status, 200);
+    assert_eq!(
+        c.request(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap()
+            .status,
+        200
+    );
     // NDJSON is admitted all or nothing.
-    let r = c.request(&post("/", b"a\nb\n", &[("Content-Type", "application/x-ndjson")])).unwrap();
+    let r = c
+        .request(&post(
+            "/",
+            b"a\nb\n",
+            &[("Content-Type", "application/x-ndjson")],
+        ))
+        .unwrap();
     assert_eq!(r.status, 503);
     assert_eq!(ing.metric("ingestd_queue_records", ""), 5.0);
     assert_eq!(ing.metric("ingestd_records_enqueued_total", ""), 5.0);
@@ -65,9 +98,18 @@ fn queue_byte_limit() {
     // Each record costs its bytes plus 64 of overhead: 2 records of 100 B fit in 400.
     let ing = no_broker(&[("INGESTD_QUEUE_MAX_BYTES", "400")]);
     let mut c = Client::connect(ing.addr).unwrap();
-    assert_eq!(c.request(&post("/", &[b'q'; 100], &[])).unwrap().status, 202);
-    assert_eq!(c.request(&post("/", &[b'q'; 100], &[])).unwrap().status, 202);
-    assert_eq!(c.request(&post("/", &[b'q'; 100], &[])).unwrap().status, 503);
+    assert_eq!(
+        c.request(&post("/", &[b'q'; 100], &[])).unwrap().status,
+        202
+    );
+    assert_eq!(
+        c.request(&post("/", &[b'q'; 100], &[])).unwrap().status,
+        202
+    );
+    assert_eq!(
+        c.request(&post("/", &[b'q'; 100], &[])).unwrap().status,
+        503
+    );
     assert_eq!(ing.metric("ingestd_queue_bytes", ""), 328.0);
 }
 
@@ -99,22 +141,34 @@ fn slowloris_head_gets_408_at_the_header_deadline() {
 
 #[test]
 fn body_timeout_and_idle_timeout() {
-    let ing = no_broker(&[("INGESTD_BODY_TIMEOUT_MS", "500"), ("INGESTD_IDLE_TIMEOUT_MS", "700")]);
+    let ing = no_broker(&[
+        ("INGESTD_BODY_TIMEOUT_MS", "500"),
+        ("INGESTD_IDLE_TIMEOUT_MS", "700"),
+    ]);
     // A body that never completes: 408 then close.
     let mut c = Client::connect(ing.addr).unwrap();
     let t0 = Instant::now();
-    c.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc").unwrap();
+    c.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
+        .unwrap();
     let r = c.read().unwrap();
     assert_eq!(r.status, 408);
     assert!(t0.elapsed() >= Duration::from_millis(450) && t0.elapsed() < Duration::from_secs(2));
     assert!(c.closed(Duration::from_secs(1)));
     // An idle keep-alive connection is closed silently after idle_timeout.
     let mut c = Client::connect(ing.addr).unwrap();
-    assert_eq!(c.request(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").unwrap().status, 200);
+    assert_eq!(
+        c.request(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap()
+            .status,
+        200
+    );
     let t0 = Instant::now();
     assert!(c.closed(Duration::from_secs(3)));
     let idle = t0.elapsed();
-    assert!(idle >= Duration::from_millis(600) && idle < Duration::from_millis(2000), "{idle:?}");
+    assert!(
+        idle >= Duration::from_millis(600) && idle < Duration::from_millis(2000),
+        "{idle:?}"
+    );
 }
 
 #[test]
@@ -122,15 +176,25 @@ fn max_connections_per_executor() {
     let ing = no_broker(&[("INGESTD_MAX_CONNECTIONS", "3")]);
     let mut kept: Vec<Client> = (0..3).map(|_| Client::connect(ing.addr).unwrap()).collect();
     for c in kept.iter_mut() {
-        assert_eq!(c.request(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").unwrap().status, 200);
+        assert_eq!(
+            c.request(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap()
+                .status,
+            200
+        );
     }
     let mut extra = Client::connect(ing.addr).unwrap();
     let _ = extra.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
-    assert!(extra.closed(Duration::from_secs(2)), "4th connection is closed at once");
+    assert!(
+        extra.closed(Duration::from_secs(2)),
+        "4th connection is closed at once"
+    );
     drop(kept.pop());
     std::thread::sleep(Duration::from_millis(200));
     let mut again = Client::connect(ing.addr).unwrap();
-    let r = again.request(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let r = again
+        .request(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     assert_eq!(r.status, 200);
     assert!(common::metric_sum(&r.text(), "ingestd_connections_refused_total", "") >= 1.0);
 }
@@ -139,17 +203,45 @@ fn max_connections_per_executor() {
 fn bearer_token_auth_from_config_and_file() {
     let dir = std::env::temp_dir().join(format!("ingestd-auth-{}", std::process::id()));
     std::fs::write(&dir, "# comment-free file\nfiletoken\n\n").unwrap();
-    let ing = no_broker(&[("INGESTD_AUTH_TOKENS", "cfgtoken"), ("INGESTD_AUTH_TOKEN_FILE", dir.to_str().unwrap())]);
+    let ing = no_broker(&[
+        ("INGESTD_AUTH_TOKENS", "cfgtoken"),
+        ("INGESTD_AUTH_TOKEN_FILE", dir.to_str().unwrap()),
+    ]);
     let mut c = Client::connect(ing.addr).unwrap();
     let r = c.request(&post("/", b"x", &[])).unwrap();
     assert_eq!(r.status, 401);
     assert_eq!(r.header("www-authenticate"), Some("Bearer"));
-    assert_eq!(c.request(&post("/", b"x", &[("Authorization", "Bearer wrong")])).unwrap().status, 401);
-    assert_eq!(c.request(&post("/", b"x", &[("Authorization", "Bearer cfgtoken")])).unwrap().status, 202);
-    assert_eq!(c.request(&post("/", b"x", &[("Authorization", "Bearer filetoken")])).unwrap().status, 202);
+    assert_eq!(
+        c.request(&post("/", b"x", &[("Authorization", "Bearer wrong")]))
+            .unwrap()
+            .status,
+        401
+    );
+    assert_eq!(
+        c.request(&post("/", b"x", &[("Authorization", "Bearer cfgtoken")]))
+            .unwrap()
+            .status,
+        202
+    );
+    assert_eq!(
+        c.request(&post("/", b"x", &[("Authorization", "Bearer filetoken")]))
+            .unwrap()
+            .status,
+        202
+    );
     // Probes stay open for load balancers and Prometheus.
-    assert_eq!(c.request(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").unwrap().status, 200);
-    assert_eq!(c.request(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").unwrap().status, 200);
+    assert_eq!(
+        c.request(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        c.request(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap()
+            .status,
+        200
+    );
     std::fs::remove_file(dir).ok();
 }
 
@@ -164,11 +256,19 @@ fn check_config_rejects_unknown_keys() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown field `max_body`"), "{err}");
-    std::fs::write(&dir, "listen = \"127.0.0.1:9\"\nmax_body_bytes = 5\n[kafka]\n\"linger.ms\" = 1\n").unwrap();
+    std::fs::write(
+        &dir,
+        "listen = \"127.0.0.1:9\"\nmax_body_bytes = 5\n[kafka]\n\"linger.ms\" = 1\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ingestd"))
         .args(["--check-config", "--config", dir.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::remove_file(dir).ok();
 }

@@ -45,7 +45,11 @@ pub fn start_broker() -> Broker {
 
 /// Starts a private tansu broker, on `port` if given (to restart one in place).
 pub fn start_broker_on(port: Option<u16>) -> Broker {
-    let mut args = vec!["start".to_string(), "--watch".into(), std::process::id().to_string()];
+    let mut args = vec![
+        "start".to_string(),
+        "--watch".into(),
+        std::process::id().to_string(),
+    ];
     if let Some(p) = port {
         args.push(p.to_string());
     }
@@ -149,7 +153,10 @@ impl Ingestd {
             // SAFETY: setrlimit is async-signal-safe; it only touches the child's limits.
             unsafe {
                 cmd.pre_exec(move || {
-                    let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -196,8 +203,25 @@ impl Ingestd {
         Duration::from_millis(ticks * 1000 / hz)
     }
 
+    /// CPU ticks per thread name, to say which thread burned CPU when a check fails.
+    pub fn thread_ticks(&self) -> Vec<(String, u64)> {
+        let dir = format!("/proc/{}/task", self.child.id());
+        let mut out = Vec::new();
+        for t in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let Some(i) = stat.rfind(')') else { continue };
+            let f: Vec<&str> = stat[i + 2..].split_whitespace().collect();
+            let ticks = f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+            out.push((comm.trim().to_string(), ticks));
+        }
+        out
+    }
+
     pub fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     pub fn log_text(&self) -> String {
