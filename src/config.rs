@@ -317,6 +317,8 @@ impl Config {
             ("queue.buffering.max.messages", "2000000"),
             ("queue.buffering.max.kbytes", "4194304"),
             ("statistics.interval.ms", "0"),
+            // Idle-connection closes by brokers are normal; do not log each one.
+            ("log.connection.close", "false"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

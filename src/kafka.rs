@@ -9,6 +9,7 @@ use crate::lane::{
 };
 use crate::metrics::{bump, Metrics};
 use rdkafka::config::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -16,7 +17,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
@@ -60,12 +61,54 @@ impl Sink {
 }
 
 /// Producer context: routes delivery reports into the sink and logs client errors.
-pub struct Ctx;
+#[derive(Default)]
+pub struct Ctx {
+    /// While a broker is down librdkafka reports the same failure many times a second:
+    /// warnings and errors are logged at most once per interval, with a count of the rest.
+    limiter: Mutex<RateLimit>,
+}
+
+#[derive(Default)]
+struct RateLimit {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Ctx {
+    const LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+    /// Whether to log now, and how many lines were dropped since the last one.
+    fn admit(&self) -> Option<u64> {
+        let mut l = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
+        if l.last.is_some_and(|t| t.elapsed() < Self::LOG_INTERVAL) {
+            l.suppressed += 1;
+            return None;
+        }
+        l.last = Some(Instant::now());
+        Some(std::mem::take(&mut l.suppressed))
+    }
+}
 
 impl ClientContext for Ctx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        match level {
+            RDKafkaLogLevel::Debug => debug!(target: "librdkafka", "{fac} {msg}"),
+            RDKafkaLogLevel::Info | RDKafkaLogLevel::Notice => {
+                info!(target: "librdkafka", "{fac} {msg}")
+            }
+            _ => {
+                if let Some(suppressed) = self.admit() {
+                    warn!(target: "librdkafka", suppressed, "{fac} {msg}");
+                }
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         // librdkafka reports transient broker errors here; it retries by itself.
-        warn!(%error, reason, "kafka client error");
+        if let Some(suppressed) = self.admit() {
+            warn!(%error, reason, suppressed, "kafka client error");
+        }
     }
 }
 
@@ -98,7 +141,7 @@ pub fn create_producer(cfg: &Config, bootstrap: &str) -> Result<Arc<KafkaProduce
         cc.set(k, v);
     }
     cc.set("bootstrap.servers", bootstrap);
-    cc.create_with_context(Ctx)
+    cc.create_with_context(Ctx::default())
         .map(Arc::new)
         .map_err(|e| format!("kafka producer: {e}"))
 }
