@@ -40,7 +40,7 @@ pub struct Config {
     pub ack: AckMode,
     /// Number of Glommio executors (0 = one per online CPU).
     pub executors: usize,
-    /// CPUs to pin executors to, in order (empty = CPUs 0..executors).
+    /// CPUs to pin executors to, in order (empty = the process's allowed CPUs, in order).
     pub cpus: Vec<usize>,
     /// Request headers copied as Kafka record headers (case-insensitive names).
     pub forward_headers: Vec<String>,
@@ -136,18 +136,22 @@ pub struct Cli {
     /// Validate the configuration, print it, and exit.
     #[arg(long)]
     pub check_config: bool,
+    /// Address every executor listens on (SO_REUSEPORT); port 0 picks a free port.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
     /// Bootstrap servers, or `embedded` for an in-process mock cluster.
     #[arg(long, value_name = "LIST")]
     pub brokers: Option<String>,
+    /// Topic for `POST /` (empty disables that route).
     #[arg(long, value_name = "NAME")]
     pub default_topic: Option<String>,
     /// Allowed topics, comma separated (`*` = any).
     #[arg(long, value_name = "A,B", value_delimiter = ',')]
     pub topics: Option<Vec<String>>,
+    /// Default delivery contract: 202 once queued, or 200 once Kafka acknowledged.
     #[arg(long, value_enum)]
     pub ack: Option<AckMode>,
+    /// Glommio executors, one per core (0 = all online CPUs).
     #[arg(long, value_name = "N")]
     pub executors: Option<usize>,
     /// Log format.
@@ -217,7 +221,7 @@ impl Config {
     /// Rejects values that would make the daemon misbehave, with a message naming the key.
     pub fn validate(&mut self) -> Result<(), String> {
         if self.executors == 0 {
-            self.executors = std::thread::available_parallelism().map_or(1, |n| n.get());
+            self.executors = crate::sys::allowed_cpus().len().max(1);
         }
         if self.executors > 255 {
             return Err("executors: at most 255".into());
@@ -228,6 +232,9 @@ impl Config {
                 self.cpus.len(),
                 self.executors
             ));
+        }
+        if self.default_topic.as_deref() == Some("") {
+            self.default_topic = None;
         }
         if let Some(t) = &self.default_topic {
             if !valid_topic(t) {

@@ -272,6 +272,8 @@ impl KafkaThread {
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         // Backpressure, not an error: let librdkafka deliver, then retry.
                         bump(&self.metrics.kafka.queue_full_waits, 1);
+                        // Still making progress: keep the watchdog's heartbeat moving.
+                        bump(&self.metrics.kafka.heartbeat, 1);
                         rec = back;
                         self.producer.poll(Duration::from_millis(5));
                         self.dispatch();

@@ -13,6 +13,7 @@ pub mod kafka;
 pub mod lane;
 pub mod local;
 pub mod metrics;
+pub mod notify;
 pub mod route;
 pub mod server;
 pub mod sys;

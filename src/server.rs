@@ -89,11 +89,15 @@ impl Server {
             Box::leak(format!("retry-after: {}\r\n", cfg.retry_after_secs).into_boxed_str());
         let shutdown = Arc::new(AtomicBool::new(false));
         let running = Arc::new(AtomicUsize::new(0));
-        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let allowed = sys::allowed_cpus();
         let mut addr = cfg.listen;
         let mut executors = Vec::new();
         for (i, lane) in exec_lanes.into_iter().enumerate() {
-            let cpu = cfg.cpus.get(i).copied().unwrap_or(i % ncpu);
+            let cpu = cfg
+                .cpus
+                .get(i)
+                .copied()
+                .unwrap_or(allowed[i % allowed.len()]);
             let (tx, rx) = mpsc::channel();
             let (c, m, sd, run) = (
                 cfg.clone(),
@@ -113,9 +117,9 @@ impl Server {
                 })?;
             executors.push(handle);
             // Executor 0 resolves port 0; the others bind the same concrete port.
-            addr = rx
-                .recv()
-                .map_err(|_| format!("executor {i} exited before listening"))??;
+            addr = rx.recv().map_err(|_| {
+                format!("executor {i} on cpu {cpu} failed to start: io_uring needs locked memory (>= 512 KiB per executor): raise `ulimit -l` / LimitMEMLOCK")
+            })??;
         }
         metrics.listening.store(true, Ordering::Release);
         info!(%addr, executors = cfg.executors, brokers = %bootstrap, "listening");

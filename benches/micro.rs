@@ -1,0 +1,269 @@
+//! Micro-benchmarks of the per-request CPU work that does not touch a socket:
+//! the head parser, the chunked decoder, and the batched hand-off to the Kafka thread.
+//!
+//!   cargo bench --bench micro                 # all
+//!   cargo bench --bench micro -- parse        # a filter
+//!
+//! Under `cargo test --all-targets` criterion runs each benchmark once, as a smoke test.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ingestd::http::chunked::ChunkedDecoder;
+use ingestd::http::parse::{parse_head, Head, Limits};
+use ingestd::lane::{make_lane, Completion, Completions, KafkaWake, RecordBatch, RecordMeta};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+const LIMITS: Limits = Limits {
+    max_header_bytes: 16 << 10,
+    max_headers: 64,
+    max_uri_bytes: 4096,
+    max_body_bytes: 1 << 20,
+};
+
+/// What wrk sends in benches/post.lua (head only; the body follows in the buffer).
+const WRK_HEAD: &[u8] = b"POST /topics/bench HTTP/1.1\r\nHost: 127.0.0.1:19080\r\n\
+Content-Type: application/octet-stream\r\nContent-Length: 256\r\n\r\n";
+
+/// A busier client: more headers, a key, forwarded headers, a bearer token.
+const RICH_HEAD: &[u8] = b"POST /topics/orders?x=1 HTTP/1.1\r\nHost: ingest.example.com\r\n\
+User-Agent: curl/8.5.0\r\nAccept: */*\r\nContent-Type: application/json\r\n\
+Content-Length: 256\r\nKafka-Key: customer-42\r\nKafka-Ack: kafka\r\n\
+X-Request-Id: 4bf92f3577b34da6a3ce929d0e0e4736\r\n\
+Traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\
+Authorization: Bearer 0123456789abcdef0123456789abcdef\r\nConnection: keep-alive\r\n\r\n";
+
+fn with_body(head: &[u8], body: usize) -> Vec<u8> {
+    let mut v = head.to_vec();
+    v.resize(head.len() + body, b'x');
+    v
+}
+
+fn parse(c: &mut Criterion) {
+    let mut g = c.benchmark_group("parse_head");
+    for (name, head) in [("wrk", WRK_HEAD), ("rich", RICH_HEAD)] {
+        let buf = with_body(head, 256);
+        let mut h = Head::default();
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let done = parse_head(black_box(&buf), &LIMITS, &mut h).unwrap();
+                black_box((done, h.len));
+            })
+        });
+    }
+    // 16 pipelined requests in one read, as benches/pipeline.lua sends them.
+    let one = with_body(WRK_HEAD, 256);
+    let buf: Vec<u8> = one.iter().copied().cycle().take(one.len() * 16).collect();
+    let mut h = Head::default();
+    g.throughput(Throughput::Elements(16));
+    g.bench_function("wrk_pipelined_16", |b| {
+        b.iter(|| {
+            let mut at = 0;
+            while at < buf.len() {
+                assert!(parse_head(black_box(&buf[at..]), &LIMITS, &mut h).unwrap());
+                at += h.len + 256;
+            }
+        })
+    });
+    // A head cut short: the "need more" path taken when a read ends mid-head.
+    let partial = &WRK_HEAD[..WRK_HEAD.len() - 10];
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("wrk_partial", |b| {
+        b.iter(|| black_box(parse_head(black_box(partial), &LIMITS, &mut h).unwrap()))
+    });
+    g.finish();
+}
+
+fn chunked_body(total: usize, chunk: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(chunk);
+        v.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+        v.resize(v.len() + n, b'x');
+        v.extend_from_slice(b"\r\n");
+        left -= n;
+    }
+    v.extend_from_slice(b"0\r\n\r\n");
+    v
+}
+
+fn chunked(c: &mut Criterion) {
+    let mut g = c.benchmark_group("chunked_decode");
+    for (total, chunk) in [(256, 256), (4096, 4096), (4096, 256), (65536, 8192)] {
+        let wire = chunked_body(total, chunk);
+        let mut out = Vec::with_capacity(total);
+        g.throughput(Throughput::Bytes(total as u64));
+        g.bench_function(format!("{total}B_in_{chunk}B_chunks"), |b| {
+            b.iter(|| {
+                out.clear();
+                let mut d = ChunkedDecoder::default();
+                let n = d.decode(black_box(&wire), &mut out, 1 << 20).unwrap();
+                black_box((n, out.len()));
+            })
+        });
+    }
+    // The same 4 KiB body arriving in 64-byte reads: the decoder resumes each time.
+    let wire = chunked_body(4096, 1024);
+    let mut out = Vec::with_capacity(4096);
+    g.throughput(Throughput::Bytes(4096));
+    g.bench_function("4096B_fed_in_64B_reads", |b| {
+        b.iter(|| {
+            out.clear();
+            let mut d = ChunkedDecoder::default();
+            let mut end = 0;
+            loop {
+                end = (end + 64).min(wire.len());
+                if let Some(n) = d.decode(&wire[..end], &mut out, 1 << 20).unwrap() {
+                    break black_box(n);
+                }
+            }
+        })
+    });
+    g.finish();
+}
+
+/// Fills a batch the way `local::Enqueue::push` does: topic and value into the arena.
+fn fill(b: &mut RecordBatch, records: usize, value: &[u8]) {
+    b.clear();
+    for i in 0..records {
+        let topic = b.put(b"bench");
+        let value = b.put(value);
+        b.records.push(RecordMeta {
+            topic,
+            key: None,
+            value,
+            headers: (0, 0),
+            partition: -1,
+            opaque: i,
+        });
+    }
+}
+
+fn lane(c: &mut Criterion) {
+    let value = [b'x'; 256];
+    let mut g = c.benchmark_group("lane");
+
+    // Building a batch (per-record cost of the executor side, buffers reused).
+    for records in [1usize, 64] {
+        let mut b = RecordBatch::default();
+        g.throughput(Throughput::Elements(records as u64));
+        g.bench_function(format!("fill_batch_{records}x256B"), |bch| {
+            bch.iter(|| {
+                fill(&mut b, records, black_box(&value));
+                black_box(b.arena.len());
+            })
+        });
+    }
+
+    // Push + pop one batch and its Completions through both lanes on one thread: the
+    // queue cost alone, no cross-core traffic.
+    for records in [1usize, 64] {
+        let (exec, kafka) = make_lane(0, KafkaWake::new());
+        let mut spare = Some(RecordBatch::default());
+        g.throughput(Throughput::Elements(records as u64));
+        g.bench_function(format!("round_trip_same_thread_{records}"), |bch| {
+            bch.iter(|| {
+                let mut b = spare.take().unwrap();
+                fill(&mut b, records, &value);
+                assert!(exec.to_kafka.try_push(b).is_none());
+                let b = kafka.from_exec.try_pop().unwrap();
+                let c = Completions {
+                    released_records: b.records.len(),
+                    spent: vec![b],
+                    ..Completions::default()
+                };
+                assert!(kafka.to_exec.try_push(c).is_none());
+                let mut c = exec.from_kafka.try_pop().unwrap();
+                spare = c.spent.pop();
+            })
+        });
+    }
+
+    // The real hand-off: a second OS thread plays the Kafka thread (pop the batch, answer
+    // with one Completion per record). Measures batch latency across cores, including the
+    // spsc cache-line transfers; the wake (`KafkaWake::wake`) is timed separately below.
+    // Both sides poll with yield_now, so on a busy 2-core machine this includes scheduling
+    // delays: compare it with the same-thread figure only on an idle machine.
+    for records in [1usize, 64] {
+        g.throughput(Throughput::Elements(records as u64));
+        g.bench_function(format!("round_trip_cross_thread_{records}"), |bch| {
+            bch.iter_custom(|iters| cross_thread(iters, records, &value))
+        });
+    }
+
+    // The wake an executor does after each push while the Kafka thread is awake
+    // (two atomics, no syscall).
+    let w = KafkaWake::new();
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("kafka_wake_not_sleeping", |b| {
+        b.iter(|| {
+            w.wake();
+            black_box(w.take_pending());
+        })
+    });
+    g.finish();
+}
+
+fn cross_thread(iters: u64, records: usize, value: &[u8]) -> Duration {
+    let (exec, kafka) = make_lane(0, KafkaWake::new());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let echo = std::thread::spawn(move || {
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            let Some(b) = kafka.from_exec.try_pop() else {
+                std::thread::yield_now();
+                continue;
+            };
+            let done = b
+                .records
+                .iter()
+                .map(|r| Completion {
+                    slot: r.opaque as u32 + 1,
+                    gen: 1,
+                    first: true,
+                    last: true,
+                    result: Ok((0, 0)),
+                })
+                .collect();
+            let mut c = Completions {
+                done,
+                released_records: b.records.len(),
+                spent: vec![b],
+                ..Completions::default()
+            };
+            while let Some(back) = kafka.to_exec.try_push(c) {
+                c = back;
+                std::thread::yield_now();
+            }
+        }
+    });
+    let mut spare = Some(RecordBatch::default());
+    let start = Instant::now();
+    for _ in 0..iters {
+        let mut b = spare.take().unwrap();
+        fill(&mut b, records, value);
+        assert!(exec.to_kafka.try_push(b).is_none());
+        let mut c = loop {
+            if let Some(c) = exec.from_kafka.try_pop() {
+                break c;
+            }
+            std::thread::yield_now();
+        };
+        black_box(c.done.len());
+        spare = c.spent.pop();
+    }
+    let took = start.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    echo.join().unwrap();
+    took
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = parse, chunked, lane
+}
+criterion_main!(benches);
