@@ -9,6 +9,7 @@ use crate::http::response::{self, Conn as Keep};
 use crate::lane::record_cost;
 use crate::local::{Exec, Ticket};
 use crate::route::{authorized, ndjson_lines, route, Produce, Route, Topic};
+use crate::watch::Watch;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use std::io::{self, Write};
@@ -35,6 +36,7 @@ enum Reply {
 
 pub struct Conn {
     exec: Rc<Exec>,
+    watch: Rc<Watch>,
     lim: Limits,
     /// Received bytes; `buf[start..end]` is not yet consumed.
     buf: Vec<u8>,
@@ -55,7 +57,7 @@ enum Stop {
 }
 
 impl Conn {
-    pub fn new(exec: Rc<Exec>) -> Conn {
+    pub fn new(exec: Rc<Exec>, watch: Rc<Watch>) -> Conn {
         let cfg = &exec.cfg;
         let lim = Limits {
             max_header_bytes: cfg.max_header_bytes,
@@ -65,6 +67,7 @@ impl Conn {
         };
         Conn {
             exec,
+            watch,
             lim,
             buf: vec![0; INITIAL_BUF],
             start: 0,
@@ -80,14 +83,14 @@ impl Conn {
     }
 
     /// Serves requests until the client closes, an error breaks framing, or shutdown.
-    pub async fn serve(&mut self, s: &mut TcpStream, idle: &std::cell::Cell<bool>) {
+    pub async fn serve(&mut self, s: &mut TcpStream) {
         let _ = s.set_write_timeout(Some(Duration::from_millis(self.exec.cfg.body_timeout_ms)));
-        while let Ok(true) = self.one(s, idle).await {}
+        while let Ok(true) = self.one(s).await {}
         let _ = self.finish(s).await;
     }
 
     /// Handles one request (reading as needed). Ok(false): close the connection.
-    async fn one(&mut self, s: &mut TcpStream, idle: &std::cell::Cell<bool>) -> Result<bool, Stop> {
+    async fn one(&mut self, s: &mut TcpStream) -> Result<bool, Stop> {
         // 1. A complete head. The header timeout is one deadline for the whole head, so
         // a client dripping a byte at a time cannot hold the connection.
         let mut head_deadline: Option<Instant> = None;
@@ -109,9 +112,7 @@ impl Conn {
                     } else {
                         Instant::now() + Duration::from_millis(cfg.idle_timeout_ms)
                     };
-                    idle.set(!pending);
-                    let r = self.read_more(s, deadline).await;
-                    idle.set(false);
+                    let r = self.read_more(s, deadline, !pending).await;
                     match r {
                         Ok(0) => return Ok(false),
                         Ok(_) => {}
@@ -365,7 +366,7 @@ impl Conn {
     }
 
     async fn body_read(&mut self, s: &mut TcpStream, deadline: Instant) -> Result<(), Stop> {
-        match self.read_more(s, deadline).await {
+        match self.read_more(s, deadline, false).await {
             Ok(0) => Err(Stop::Close),
             Ok(_) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
@@ -389,8 +390,14 @@ impl Conn {
         }
     }
 
-    /// Reads more bytes, failing with `TimedOut` at `deadline`.
-    async fn read_more(&mut self, s: &mut TcpStream, deadline: Instant) -> io::Result<usize> {
+    /// Reads more bytes, failing with `TimedOut` at `deadline` (enforced by the ticker
+    /// through `Watch`). `idle`: waiting for a new request, closed early at shutdown.
+    async fn read_more(
+        &mut self,
+        s: &mut TcpStream,
+        deadline: Instant,
+        idle: bool,
+    ) -> io::Result<usize> {
         if self.start == self.end && self.buf.len() > 64 << 10 {
             // A large request has passed; give the memory back for idle connections.
             self.buf = vec![0; INITIAL_BUF];
@@ -400,12 +407,16 @@ impl Conn {
         if self.end == self.buf.len() {
             self.reserve(self.end - self.start + INITIAL_BUF);
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if deadline <= Instant::now() {
             return Err(io::ErrorKind::TimedOut.into());
         }
-        s.set_read_timeout(Some(left))?;
-        let n = s.read(&mut self.buf[self.end..]).await?;
+        self.watch.arm(deadline, idle);
+        let r = s.read(&mut self.buf[self.end..]).await;
+        self.watch.disarm();
+        let n = r?;
+        if n == 0 && self.watch.take_expired() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
         self.end += n;
         Ok(n)
     }

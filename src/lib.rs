@@ -17,3 +17,4 @@ pub mod notify;
 pub mod route;
 pub mod server;
 pub mod sys;
+pub mod watch;

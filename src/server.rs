@@ -8,6 +8,7 @@ use crate::lane::{make_lane, ExecutorLane, KafkaWake};
 use crate::local::Exec;
 use crate::metrics::{bump, Metrics};
 use crate::sys;
+use crate::watch::Watch;
 use glommio::{LocalExecutorBuilder, Placement};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
@@ -178,8 +179,9 @@ fn embedded(
     Ok((Some(mock), servers))
 }
 
-/// Connections of this executor, so shutdown can close the idle ones.
-type Registry = Rc<RefCell<Slab<(i32, Rc<Cell<bool>>)>>>;
+/// Connections of this executor: the ticker enforces their read deadlines and closes the
+/// idle ones at shutdown.
+type Registry = Rc<RefCell<Slab<Rc<Watch>>>>;
 
 async fn run_executor(
     lane: ExecutorLane,
@@ -241,15 +243,13 @@ async fn run_executor(
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let idle = Rc::new(Cell::new(false));
-        let key = conns
-            .borrow_mut()
-            .insert((stream.as_raw_fd(), idle.clone()));
+        let watch = Rc::new(Watch::new(stream.as_raw_fd()));
+        let key = conns.borrow_mut().insert(watch.clone());
         bump(&exec.stats().connections, 1);
         let (exec2, conns2) = (exec.clone(), conns.clone());
         glommio::spawn_local(async move {
             let mut stream = stream;
-            Conn::new(exec2.clone()).serve(&mut stream, &idle).await;
+            Conn::new(exec2.clone(), watch).serve(&mut stream).await;
             conns2.borrow_mut().remove(key);
             let s = &exec2.stats().connections;
             s.store(
@@ -276,8 +276,8 @@ async fn run_executor(
     drop(ticker);
 }
 
-/// Once per 100 ms: refresh the Date header each second, advance the heartbeat, and react
-/// to shutdown by closing idle keep-alive connections.
+/// Once per 100 ms: refresh the Date header each second, advance the heartbeat, end reads
+/// past their deadline, and at shutdown close idle keep-alive connections.
 async fn ticker(exec: Rc<Exec>, shutdown: Arc<AtomicBool>, conns: Registry, stop: Rc<Cell<bool>>) {
     let mut n = 0u64;
     loop {
@@ -294,12 +294,9 @@ async fn ticker(exec: Rc<Exec>, shutdown: Arc<AtomicBool>, conns: Registry, stop
                 w.wake();
             }
         }
-        if exec.shutting_down.get() {
-            for (_, (fd, idle)) in conns.borrow().iter() {
-                if idle.get() {
-                    sys::shutdown_read(*fd);
-                }
-            }
+        let (now, closing) = (Instant::now(), exec.shutting_down.get());
+        for (_, w) in conns.borrow().iter() {
+            w.check(now, closing);
         }
     }
 }

@@ -1,0 +1,60 @@
+//! Coarse per-connection deadlines, checked by the executor's 100 ms ticker. Arming an
+//! io_uring timeout around every read (and cancelling it when data arrives) dominated a
+//! naive Glommio server's profile; a deadline in a Cell costs nothing per read. When a
+//! deadline passes, the ticker shuts the socket's read side down, the pending read returns
+//! 0, and the connection sees `expired` and answers 408 (or closes, when idle).
+
+use crate::sys;
+use std::cell::Cell;
+use std::os::fd::RawFd;
+use std::time::Instant;
+
+pub struct Watch {
+    fd: RawFd,
+    deadline: Cell<Option<Instant>>,
+    /// The armed read waits for a new request (close it at shutdown).
+    idle: Cell<bool>,
+    expired: Cell<bool>,
+}
+
+impl Watch {
+    /// `fd` must stay open while the watch is registered (the connection removes it from
+    /// the registry before dropping its stream).
+    pub fn new(fd: RawFd) -> Watch {
+        Watch {
+            fd,
+            deadline: Cell::new(None),
+            idle: Cell::new(false),
+            expired: Cell::new(false),
+        }
+    }
+
+    /// Before a read: it must complete by `deadline`.
+    pub fn arm(&self, deadline: Instant, idle: bool) {
+        self.deadline.set(Some(deadline));
+        self.idle.set(idle);
+    }
+
+    /// After a read: no deadline while the request is processed.
+    pub fn disarm(&self) {
+        self.deadline.set(None);
+        self.idle.set(false);
+    }
+
+    /// Whether the read ended because its deadline passed.
+    pub fn take_expired(&self) -> bool {
+        self.expired.replace(false)
+    }
+
+    /// Ticker: ends reads whose deadline passed, and idle reads at shutdown.
+    pub fn check(&self, now: Instant, shutting_down: bool) {
+        let late = self.deadline.get().is_some_and(|d| d <= now);
+        if late {
+            self.expired.set(true);
+        }
+        if late || (shutting_down && self.idle.get()) {
+            self.deadline.set(None);
+            sys::shutdown_read(self.fd);
+        }
+    }
+}
