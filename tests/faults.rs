@@ -5,7 +5,7 @@
 mod common;
 
 use common::http::{get, post, Client};
-use common::{broker, read_topic, start_broker, start_broker_on, Ingestd};
+use common::{broker, read_topic, start_broker, start_broker_on, wait_until, Ingestd};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -202,24 +202,14 @@ fn broker_stall_then_recovery_without_restart() {
         waited < Duration::from_millis(3000),
         "answered in {waited:?}"
     );
-    let t0 = Instant::now();
-    while get(ing.addr, "/readyz").unwrap().status != 503 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "readyz never turned 503"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until("readyz 503", Duration::from_secs(10), || {
+        get(ing.addr, "/readyz").unwrap().status == 503
+    });
     std::thread::sleep(Duration::from_millis(1000));
     b.signal(libc::SIGCONT);
-    let t0 = Instant::now();
-    while get(ing.addr, "/readyz").unwrap().status != 200 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "readyz never recovered"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until("readyz 200", Duration::from_secs(15), || {
+        get(ing.addr, "/readyz").unwrap().status == 200
+    });
     let r = c.request(&post("/", b"after-stall", &[])).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     std::thread::sleep(Duration::from_millis(1000));
@@ -291,25 +281,15 @@ fn broker_killed_and_restarted() {
         r.text()
     );
     assert!(t0.elapsed() < Duration::from_millis(3000));
-    let t0 = Instant::now();
-    while get(ing.addr, "/readyz").unwrap().status != 503 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "readyz never turned 503"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until("readyz 503", Duration::from_secs(10), || {
+        get(ing.addr, "/readyz").unwrap().status == 503
+    });
     // Same port, fresh memory store: the topic must be created again.
     let b2 = start_broker_on(Some(b.port()));
     b2.create_topic("restart", 2);
-    let t0 = Instant::now();
-    while get(ing.addr, "/readyz").unwrap().status != 200 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "readyz never recovered"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until("readyz 200", Duration::from_secs(20), || {
+        get(ing.addr, "/readyz").unwrap().status == 200
+    });
     let mut acked = BTreeSet::new();
     let t0 = Instant::now();
     for i in 0..50 {

@@ -5,6 +5,7 @@
 mod common;
 
 use common::http::{get, post, Client};
+use common::wait_until;
 use ingestd::config::{AckMode, Config};
 use ingestd::error::FailReason;
 use ingestd::server::Server;
@@ -44,14 +45,6 @@ fn failed(s: &Server, r: FailReason) -> u64 {
     s.metrics.kafka.failed[r as usize].load(Ordering::Relaxed)
 }
 
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "{what} not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn produce_errors_map_to_status_and_reason() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -88,7 +81,7 @@ fn produce_errors_map_to_status_and_reason() {
     assert!(failed(&server, FailReason::Broker) >= 1);
 
     // Errors cleared: back to 200 on the same connection, without a restart.
-    wait_for("200 again", Duration::from_secs(30), || {
+    wait_until("200 again", Duration::from_secs(30), || {
         let r = c.request(&post("/", b"ok-3", &[])).unwrap();
         assert!(r.status == 200 || r.status == 503, "{}", r.status);
         r.status == 200
@@ -114,15 +107,15 @@ fn broker_down_times_out_then_recovers() {
         waited >= Duration::from_millis(1400) && waited < Duration::from_millis(2500),
         "{waited:?}"
     );
-    wait_for("readyz 503", Duration::from_secs(10), || {
+    wait_until("readyz 503", Duration::from_secs(10), || {
         get(server.addr, "/readyz").unwrap().status == 503
     });
     // librdkafka expires the record at message.timeout.ms (3x the ack timeout).
-    wait_for("timeout counted", Duration::from_secs(10), || {
+    wait_until("timeout counted", Duration::from_secs(10), || {
         failed(&server, FailReason::Timeout) >= 1
     });
     mock.broker_up(1).unwrap();
-    wait_for("readyz 200", Duration::from_secs(15), || {
+    wait_until("readyz 200", Duration::from_secs(15), || {
         get(server.addr, "/readyz").unwrap().status == 200
     });
     let mut ok = false;
@@ -157,14 +150,14 @@ fn slow_broker_answers_504_at_the_ack_timeout() {
         .unwrap();
     assert_eq!(r.status, 202);
     mock.broker_round_trip_time(1, Duration::ZERO).unwrap();
-    wait_for("delivered again", Duration::from_secs(15), || {
+    wait_until("delivered again", Duration::from_secs(15), || {
         c.request(&post("/", b"again", &[]))
             .map(|r| r.status == 200)
             .unwrap_or(false)
     });
     // The slow record was still delivered later: a 504 means "not confirmed", and the
     // counters say so rather than calling it lost.
-    wait_for("queue drained", Duration::from_secs(10), || {
+    wait_until("queue drained", Duration::from_secs(10), || {
         server.metrics.total(|e| &e.queue_records) == 0
     });
     drop(c);
