@@ -135,14 +135,22 @@ impl ProducerContext for Ctx {
     }
 }
 
-pub fn create_producer(cfg: &Config, bootstrap: &str) -> Result<Arc<KafkaProducer>, String> {
+/// The producer of the Kafka thread, or (`metadata_only`) the metadata probe's client,
+/// which never produces and so needs no idempotent producer id.
+pub fn create_producer(
+    cfg: &Config,
+    bootstrap: &str,
+    metadata_only: bool,
+) -> Result<KafkaProducer, String> {
     let mut cc = ClientConfig::new();
     for (k, v) in cfg.kafka_properties() {
         cc.set(k, v);
     }
     cc.set("bootstrap.servers", bootstrap);
+    if metadata_only {
+        cc.set("enable.idempotence", "false");
+    }
     cc.create_with_context(Ctx::default())
-        .map(Arc::new)
         .map_err(|e| format!("kafka producer: {e}"))
 }
 
@@ -154,7 +162,9 @@ pub struct KafkaShared {
 }
 
 pub struct KafkaThread {
-    producer: Arc<KafkaProducer>,
+    producer: KafkaProducer,
+    cfg: Arc<Config>,
+    bootstrap: String,
     lanes: Vec<KafkaLane>,
     metrics: Arc<Metrics>,
     shared: Arc<KafkaShared>,
@@ -164,28 +174,36 @@ pub struct KafkaThread {
     /// Failure counters at the last aggregate log line.
     logged_failures: [u64; FailReason::ALL.len()],
     last_log: Instant,
+    /// Last time a record was delivered, and the timeout count then (see `check_health`).
+    last_progress: Instant,
+    timeouts_at_progress: u64,
+    next_health_check: Instant,
 }
 
 impl KafkaThread {
     pub fn new(
-        producer: Arc<KafkaProducer>,
+        cfg: Arc<Config>,
+        bootstrap: String,
         lanes: Vec<KafkaLane>,
         metrics: Arc<Metrics>,
         shared: Arc<KafkaShared>,
-        flush_timeout: Duration,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let n = lanes.len();
-        SINK.with(|s| s.borrow_mut().per_exec = (0..n).map(|_| Completions::default()).collect());
-        KafkaThread {
-            producer,
+        Ok(KafkaThread {
+            producer: create_producer(&cfg, &bootstrap, false)?,
+            flush_timeout: Duration::from_millis(cfg.shutdown_timeout_ms),
+            cfg,
+            bootstrap,
             lanes,
             metrics,
             shared,
-            flush_timeout,
             backlog: (0..n).map(|_| Completions::default()).collect(),
             logged_failures: [0; FailReason::ALL.len()],
             last_log: Instant::now(),
-        }
+            last_progress: Instant::now(),
+            timeouts_at_progress: 0,
+            next_health_check: Instant::now(),
+        })
     }
 
     pub fn run(mut self) {
@@ -215,6 +233,7 @@ impl KafkaThread {
             work |= self.dispatch();
             bump(&self.metrics.kafka.heartbeat, 1);
             self.log_failures();
+            self.check_health();
             if stopping && !work {
                 break;
             }
@@ -298,6 +317,11 @@ impl KafkaThread {
         SINK.with(|s| {
             let mut s = s.borrow_mut();
             let k = &self.metrics.kafka;
+            if s.delivered > 0 {
+                self.last_progress = Instant::now();
+                self.timeouts_at_progress =
+                    k.failed[FailReason::Timeout as usize].load(Ordering::Relaxed);
+            }
             bump(&k.delivered, std::mem::take(&mut s.delivered));
             for (i, n) in std::mem::take(&mut s.failed).into_iter().enumerate() {
                 bump(&k.failed[i], n);
@@ -348,6 +372,49 @@ impl KafkaThread {
         }
     }
 
+    /// Rebuilds the producer when librdkafka cannot recover by itself: it reported a fatal
+    /// error, or records keep timing out while the broker answers metadata requests (seen
+    /// when a broker lost the idempotent producer's state and librdkafka bumps its epoch
+    /// forever). Records in flight fail (clients get 503); new ones go to a new producer.
+    fn check_health(&mut self) {
+        let now = Instant::now();
+        if now < self.next_health_check {
+            return;
+        }
+        self.next_health_check = now + Duration::from_secs(1);
+        // A fatal error arrives as an ordinary error event; librdkafka remembers it here.
+        let fatal = self.producer.client().fatal_error();
+        let timeouts =
+            self.metrics.kafka.failed[FailReason::Timeout as usize].load(Ordering::Relaxed);
+        let stuck_after = Duration::from_millis(self.cfg.ack_timeout_ms.max(1000) * 4);
+        let stuck = timeouts > self.timeouts_at_progress
+            && self.last_progress.elapsed() > stuck_after
+            && self.metrics.broker_ready.load(Ordering::Acquire);
+        if fatal.is_none() && !stuck {
+            return;
+        }
+        let detail = fatal.map(|(c, m)| format!("fatal error {c:?}: {m}"));
+        error!(
+            detail = detail
+                .as_deref()
+                .unwrap_or("records time out while the broker answers"),
+            in_flight = self.producer.in_flight_count(),
+            "rebuilding the kafka producer"
+        );
+        match create_producer(&self.cfg, &self.bootstrap, false) {
+            Ok(p) => {
+                // Dropping the old producer purges its queue; the purge reports arrive in
+                // the sink and are dispatched as failures.
+                drop(std::mem::replace(&mut self.producer, p));
+                self.dispatch();
+                bump(&self.metrics.kafka.producer_rebuilds, 1);
+            }
+            Err(e) => error!(error = %e, "cannot rebuild the kafka producer"),
+        }
+        self.last_progress = Instant::now();
+        self.timeouts_at_progress = timeouts;
+    }
+
     /// Nothing to do: wait for a delivery report, or sleep until an executor pushes.
     fn idle(&mut self) {
         if self.producer.in_flight_count() > 0 {
@@ -394,7 +461,7 @@ impl KafkaThread {
 /// Probes broker metadata every second so /readyz (and READY=1) reflect whether the
 /// broker answers. Runs on its own thread: a metadata request may block for seconds.
 pub fn probe_metadata(
-    producer: Arc<KafkaProducer>,
+    producer: KafkaProducer,
     topic: Option<String>,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,

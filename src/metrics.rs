@@ -69,6 +69,7 @@ pub struct KafkaStats {
     pub failed: [AtomicU64; FailReason::ALL.len()],
     pub batches: AtomicU64,
     pub queue_full_waits: AtomicU64,
+    pub producer_rebuilds: AtomicU64,
     pub heartbeat: AtomicU64,
 }
 
@@ -268,6 +269,12 @@ impl Collector for Scrape {
         ConstCounter::new(k.queue_full_waits.load(Relaxed)).encode(enc.encode_descriptor(
             "ingestd_kafka_queue_full_waits",
             "Times librdkafka's queue was full and the Kafka thread waited",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(k.producer_rebuilds.load(Relaxed)).encode(enc.encode_descriptor(
+            "ingestd_kafka_producer_rebuilds",
+            "Times the producer was rebuilt after a fatal error or a stuck broker session",
             None,
             MetricType::Counter,
         )?)?;

@@ -48,7 +48,6 @@ impl Server {
         } else {
             (None, cfg.brokers.clone())
         };
-        let producer = create_producer(&cfg, &bootstrap)?;
         let metrics = Metrics::new(cfg.executors);
         let wake = KafkaWake::new();
         let kafka_shared = Arc::new(KafkaShared {
@@ -63,12 +62,12 @@ impl Server {
             kafka_lanes.push(k);
         }
         let kt = KafkaThread::new(
-            producer.clone(),
+            cfg.clone(),
+            bootstrap.clone(),
             kafka_lanes,
             metrics.clone(),
             kafka_shared.clone(),
-            Duration::from_millis(cfg.shutdown_timeout_ms),
-        );
+        )?;
         let kafka = std::thread::Builder::new()
             .name("ingestd-kafka".into())
             .spawn(move || kt.run())
@@ -77,14 +76,14 @@ impl Server {
 
         let probe_stop = Arc::new(AtomicBool::new(false));
         let probe = {
-            let (p, m, s) = (producer.clone(), metrics.clone(), probe_stop.clone());
+            let p = create_producer(&cfg, &bootstrap, true)?;
+            let (m, s) = (metrics.clone(), probe_stop.clone());
             let topic = cfg.default_topic.clone();
             std::thread::Builder::new()
                 .name("ingestd-meta".into())
                 .spawn(move || probe_metadata(p, topic, m, s))
                 .map_err(|e| e.to_string())?
         };
-        drop(producer);
 
         let retry_after: &'static str =
             Box::leak(format!("retry-after: {}\r\n", cfg.retry_after_secs).into_boxed_str());

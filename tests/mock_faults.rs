@@ -163,3 +163,35 @@ fn slow_broker_answers_504_at_the_ack_timeout() {
     drop(c);
     server.shutdown();
 }
+
+#[test]
+fn fatal_producer_error_rebuilds_the_producer() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (mock, server) = setup();
+    let mut c = Client::connect(server.addr).unwrap();
+    assert_eq!(c.request(&post("/", b"before", &[])).unwrap().status, 200);
+    // An out-of-order sequence on the head-of-line request is fatal for an idempotent
+    // producer: librdkafka refuses to produce again. ingestd must answer 5xx for the
+    // record and rebuild the producer by itself.
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    let r = c.request(&post("/", b"fenced", &[])).unwrap();
+    assert!(r.status >= 500, "{} {}", r.status, r.text());
+    wait_until("rebuilt", Duration::from_secs(10), || {
+        server
+            .metrics
+            .kafka
+            .producer_rebuilds
+            .load(Ordering::Relaxed)
+            >= 1
+    });
+    wait_until("200 again", Duration::from_secs(15), || {
+        c.request(&post("/", b"after", &[]))
+            .map(|r| r.status == 200)
+            .unwrap_or(false)
+    });
+    drop(c);
+    server.shutdown();
+}
