@@ -102,7 +102,9 @@ impl ChunkedDecoder {
                     let t = &rest[..line];
                     let colon = t.iter().position(|&b| b == b':');
                     let name_ok = colon.is_some_and(|c| c > 0 && super::parse::is_token(&t[..c]));
-                    if !name_ok || t.iter().any(|&b| b == 0 || b == b'\r') {
+                    // Field values allow HTAB, visible ASCII and obs-text; no other controls.
+                    let ctl = |&b: &u8| (b < 0x20 && b != b'\t') || b == 0x7f;
+                    if !name_ok || t.iter().any(ctl) {
                         return Err(HttpError::BadFraming("malformed trailer"));
                     }
                 }
@@ -115,11 +117,12 @@ impl ChunkedDecoder {
 /// Length of the next CRLF-terminated line (without CRLF), or None if incomplete.
 /// Bare LF or bare CR inside framing lines is rejected: they enable smuggling.
 fn take_line(rest: &[u8]) -> Result<Option<usize>, HttpError> {
-    let scan = &rest[..rest.len().min(MAX_LINE + 2)];
+    // A line of MAX_LINE bytes has its CR at index MAX_LINE, and its LF just after that.
+    let scan = &rest[..rest.len().min(MAX_LINE + 1)];
     for (i, &b) in scan.iter().enumerate() {
         match b {
             b'\r' => {
-                return match scan.get(i + 1) {
+                return match rest.get(i + 1) {
                     Some(b'\n') => Ok(Some(i)),
                     Some(_) => Err(HttpError::BadFraming("bare CR in chunked framing")),
                     None => Ok(None),
@@ -136,14 +139,15 @@ fn take_line(rest: &[u8]) -> Result<Option<usize>, HttpError> {
     Ok(None)
 }
 
-/// `chunk-size [ chunk-ext ]`: 1..=15 hex digits, then `;name[=value]` extensions
-/// made of token characters or quoted strings.
+/// `chunk-size [ chunk-ext ]`: hex digits (at most 15 after leading zeros), then
+/// `;name[=value]` extensions made of token characters or quoted strings.
 fn parse_size(line: &[u8]) -> Result<u64, HttpError> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 15 {
+    let zeros = line[..digits].iter().take_while(|&&b| b == b'0').count();
+    if digits == 0 || digits - zeros > 15 {
         return Err(HttpError::BadFraming("invalid chunk size"));
     }
-    let size = line[..digits].iter().fold(0u64, |n, &d| {
+    let size = line[zeros..digits].iter().fold(0u64, |n, &d| {
         n * 16 + u64::from((d as char).to_digit(16).unwrap())
     });
     let mut ext = &line[digits..];

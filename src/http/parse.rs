@@ -102,12 +102,13 @@ pub fn parse_head(buf: &[u8], lim: &Limits, head: &mut Head) -> Result<bool, Htt
         }
         Err(e) => return Err(map_httparse(e, input, lim)),
     };
-    if len > lim.max_header_bytes {
-        return Err(HttpError::HeadersTooLarge);
-    }
+    // The target first: a head too large because of its target is answered 414.
     let target = req.path.unwrap_or("");
     if target.len() > lim.max_uri_bytes {
         return Err(HttpError::UriTooLong);
+    }
+    if len > lim.max_header_bytes {
+        return Err(HttpError::HeadersTooLarge);
     }
     if !target.starts_with('/') {
         return Err(HttpError::BadFraming(
@@ -161,12 +162,17 @@ pub fn parse_head(buf: &[u8], lim: &Limits, head: &mut Head) -> Result<bool, Htt
             if !trim(value).eq_ignore_ascii_case(b"100-continue") {
                 return Err(HttpError::ExpectationFailed);
             }
-            head.expect_continue = true;
+            // RFC 9110 10.1.1: an HTTP/1.0 client's 100-continue is ignored.
+            head.expect_continue = !head.http10;
         } else if name.eq_ignore_ascii_case("host") {
             hosts += 1;
+            if !valid_host(value) {
+                return Err(HttpError::BadRequest("invalid Host header"));
+            }
         }
     }
-    if !head.http10 && hosts != 1 {
+    // RFC 9112 3.2: 400 for a missing Host in HTTP/1.1, and for a repeated one in any.
+    if hosts > 1 || (!head.http10 && hosts == 0) {
         return Err(HttpError::BadRequest("exactly one Host header required"));
     }
     head.framing = match (content_length, chunked) {
@@ -195,9 +201,10 @@ pub fn parse_head(buf: &[u8], lim: &Limits, head: &mut Head) -> Result<bool, Htt
 }
 
 /// Limits that can be enforced before the head is complete (slowloris with huge heads).
+/// Only what the complete head would be refused for too: a strict prefix of a head that
+/// parses must never fail, however the head is split across reads.
 fn partial_limits(input: &[u8], lim: &Limits) -> Result<(), HttpError> {
-    let line_end = input.iter().position(|&b| b == b'\n');
-    if line_end.is_none() && input.len() > lim.max_uri_bytes + 32 {
+    if target_too_long(input, lim) {
         return Err(HttpError::UriTooLong);
     }
     if input.len() > lim.max_header_bytes {
@@ -206,7 +213,24 @@ fn partial_limits(input: &[u8], lim: &Limits) -> Result<(), HttpError> {
     Ok(())
 }
 
+/// Whether the request target seen so far (after the method's space, up to the next
+/// space or the end of the line) is already longer than the limit.
+fn target_too_long(input: &[u8], lim: &Limits) -> bool {
+    let line = input.split(|&b| b == b'\n').next().unwrap_or(b"");
+    let Some(sp) = line.iter().position(|&b| b == b' ') else {
+        return false;
+    };
+    let target = line[sp + 1..].split(|&b| b == b' ').next().unwrap_or(b"");
+    let target = target.strip_suffix(b"\r").unwrap_or(target);
+    target.len() > lim.max_uri_bytes
+}
+
 fn map_httparse(e: httparse::Error, input: &[u8], lim: &Limits) -> HttpError {
+    // Whatever else is wrong, a target over the limit is 414, as it is while incomplete:
+    // the answer must not depend on how the request was split across reads.
+    if target_too_long(input, lim) {
+        return HttpError::UriTooLong;
+    }
     match e {
         httparse::Error::TooManyHeaders => HttpError::HeadersTooLarge,
         httparse::Error::Version => {
@@ -227,14 +251,7 @@ fn map_httparse(e: httparse::Error, input: &[u8], lim: &Limits) -> HttpError {
                 HttpError::BadFraming("malformed HTTP version")
             }
         }
-        httparse::Error::Token => {
-            let first_line = input.split(|&b| b == b'\n').next().unwrap_or(b"");
-            if first_line.len() > lim.max_uri_bytes + 32 {
-                HttpError::UriTooLong
-            } else {
-                HttpError::BadFraming("malformed request line")
-            }
-        }
+        httparse::Error::Token => HttpError::BadFraming("malformed request line"),
         httparse::Error::HeaderName => HttpError::BadFraming("malformed header name"),
         httparse::Error::HeaderValue => HttpError::BadFraming("malformed header value"),
         httparse::Error::NewLine => HttpError::BadFraming("malformed line ending"),
@@ -243,11 +260,18 @@ fn map_httparse(e: httparse::Error, input: &[u8], lim: &Limits) -> HttpError {
 }
 
 /// Content-Length: digits only, no sign, no list, no overflow; over the limit is 413.
+/// Leading zeros are valid (1*DIGIT) and do not count towards the 19 digits that fit.
 fn parse_length(value: &[u8], lim: &Limits) -> Result<usize, HttpError> {
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+    let value = trim(value);
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
         return Err(HttpError::BadFraming("invalid Content-Length"));
     }
-    let n = value
+    let zeros = value.iter().take_while(|&&d| d == b'0').count();
+    let digits = &value[zeros..];
+    if digits.len() > 19 {
+        return Err(HttpError::PayloadTooLarge);
+    }
+    let n = digits
         .iter()
         .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
     if n > lim.max_body_bytes as u64 {
@@ -266,6 +290,47 @@ pub fn trim(v: &[u8]) -> &[u8] {
         .rposition(|&b| b != b' ' && b != b'\t')
         .map_or(start, |e| e + 1);
     &v[start..end]
+}
+
+/// RFC 9112 3.2 / RFC 3986 3.2.2: `uri-host [ ":" port ]`, where uri-host is an
+/// IP-literal in brackets or a reg-name (IPv4 addresses are reg-names syntactically).
+/// Empty is valid (a request target without authority).
+fn valid_host(value: &[u8]) -> bool {
+    let v = trim(value);
+    let unreserved_or_sub = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b);
+    let (host_ok, rest) = if let Some(lit) = v.strip_prefix(b"[") {
+        let Some(end) = lit.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let inside = &lit[..end];
+        (
+            !inside.is_empty() && inside.iter().all(|&b| b == b':' || unreserved_or_sub(b)),
+            &lit[end + 1..],
+        )
+    } else {
+        let end = v.iter().position(|&b| b == b':').unwrap_or(v.len());
+        let name = &v[..end];
+        let mut ok = true;
+        let mut i = 0;
+        while i < name.len() {
+            if name[i] == b'%' {
+                ok &= name.len() > i + 2
+                    && name[i + 1].is_ascii_hexdigit()
+                    && name[i + 2].is_ascii_hexdigit();
+                i += 3;
+            } else {
+                ok &= unreserved_or_sub(name[i]);
+                i += 1;
+            }
+        }
+        (ok, &v[end..])
+    };
+    let port_ok = match rest.split_first() {
+        None => true,
+        Some((b':', port)) => port.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    host_ok && port_ok
 }
 
 /// Validates a method token; httparse already does, this is for the router's 405.

@@ -248,3 +248,118 @@ fn bad_chunks() {
     let e = d.decode(b"B\r\n", &mut Vec::new(), 10).unwrap_err();
     assert_eq!(e.status().0, 413);
 }
+
+#[test]
+fn host_must_be_valid_and_single() {
+    for ok in [
+        "x",
+        "example.com:8080",
+        "127.0.0.1",
+        "[::1]:8080",
+        "[v1.fe80::a+en1]",
+        "a%20b",
+        "",
+        "x:",
+    ] {
+        let req = format!("GET / HTTP/1.1\r\nHost: {ok}\r\n\r\n");
+        assert!(parse(req.as_bytes()).unwrap().is_some(), "{ok:?}");
+    }
+    for bad in [
+        "a b", "a/b", "user@a", "a:b", "a:80:80", "[::1", "[]", "a%2", "a%zz", "[::1]x", "a\"b",
+    ] {
+        let req = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
+        assert_eq!(status(req.as_bytes()), 400, "{bad:?}");
+    }
+    // Repeated Host is refused in HTTP/1.0 too; a missing one is fine there.
+    assert_eq!(status(b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n"), 400);
+    assert!(parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().is_some());
+}
+
+#[test]
+fn leading_zeros_are_not_overflow() {
+    let h =
+        parse(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 000000000000000000000005\r\n\r\n")
+            .unwrap()
+            .unwrap();
+    assert_eq!(h.framing, Framing::Length(5));
+    // Twenty significant digits are too large, not malformed.
+    assert_eq!(
+        status(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000000000000\r\n\r\n"),
+        413
+    );
+    let (_, out) = dechunk(b"00000000000000000000005\r\nhello\r\n0000\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, b"hello");
+    assert!(dechunk(b"1000000000000000\r\n").is_err());
+}
+
+/// The answer to a request must not depend on how it was split across reads: a prefix
+/// of a head that parses never fails (a long method once tripped the partial URI check).
+#[test]
+fn prefixes_of_a_valid_head_never_fail() {
+    let lim = Limits {
+        max_header_bytes: 512,
+        max_headers: 8,
+        max_uri_bytes: 16,
+        max_body_bytes: 64,
+    };
+    let method = "M".repeat(100);
+    let req = format!("{method} /0123456789abcde HTTP/1.1\r\nHost: x\r\n\r\n");
+    let full = parse_lim(req.as_bytes(), &lim).unwrap().unwrap();
+    for cut in 0..full.len {
+        assert!(
+            parse_lim(&req.as_bytes()[..cut], &lim).unwrap().is_none(),
+            "cut {cut}"
+        );
+    }
+    // A target over the limit is 414 whether or not the line is complete or valid.
+    let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(16));
+    for cut in [22, 30, long.len()] {
+        let e = parse_lim(&long.as_bytes()[..cut], &lim).unwrap_err();
+        assert_eq!(e.status().0, 414, "cut {cut}");
+    }
+    let e = parse_lim(
+        format!("GET /{} HTTX/1.1\r\n\r\n", "a".repeat(16)).as_bytes(),
+        &lim,
+    );
+    assert_eq!(e.unwrap_err().status().0, 414);
+    // A target over the limit in a head also over its limit: the target is named.
+    let big = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(600));
+    assert_eq!(parse_lim(big.as_bytes(), &lim).unwrap_err().status().0, 414);
+}
+
+#[test]
+fn chunk_line_limit_is_exact() {
+    // 4096 bytes of size line are fine; 4097 are refused at once, not awaited forever.
+    let ok = format!("5;e={}\r\nhello\r\n0\r\n\r\n", "x".repeat(4092));
+    assert_eq!(dechunk(ok.as_bytes()).unwrap().unwrap().1, b"hello");
+    let long = format!("5;e={}\r\nhello\r\n0\r\n\r\n", "x".repeat(4093));
+    assert!(dechunk(long.as_bytes()).is_err());
+    assert!(dechunk(&long.as_bytes()[..4098]).is_err());
+    // Exactly the line and its CR: still waiting for the LF.
+    assert!(dechunk(&ok.as_bytes()[..4097]).unwrap().is_none());
+}
+
+#[test]
+fn trailer_values_refuse_controls() {
+    for b in (0u8..0x20).chain([0x7f]) {
+        let body = [&b"1\r\na\r\n0\r\nX: a"[..], &[b], b"b\r\n\r\n"].concat();
+        let r = dechunk(&body);
+        if b == b'\t' {
+            assert!(r.unwrap().is_some());
+        } else {
+            assert!(r.unwrap_err().closes(), "{b:#x}");
+        }
+    }
+}
+
+#[test]
+fn http10_ignores_100_continue() {
+    let h = check_prefixes(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
+    assert!(!h.expect_continue && h.http10);
+    assert_eq!(
+        status(b"POST / HTTP/1.0\r\nExpect: x\r\nContent-Length: 3\r\n\r\n"),
+        417
+    );
+}
