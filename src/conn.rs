@@ -46,6 +46,8 @@ pub struct Conn {
     side: Vec<u8>,
     replies: Vec<Reply>,
     head: Head,
+    /// The current request is HEAD: answers carry no body.
+    head_only: bool,
     produce: Produce,
     chunked: ChunkedDecoder,
     body: Vec<u8>,
@@ -76,6 +78,7 @@ impl Conn {
             side: Vec::new(),
             replies: Vec::new(),
             head: Head::default(),
+            head_only: false,
             produce: Produce::default(),
             chunked: ChunkedDecoder::default(),
             body: Vec::new(),
@@ -94,6 +97,7 @@ impl Conn {
         // 1. A complete head. The header timeout is one deadline for the whole head, so
         // a client dripping a byte at a time cannot hold the connection.
         let mut head_deadline: Option<Instant> = None;
+        self.head_only = false;
         loop {
             let parsed = parse_head(&self.buf[self.start..self.end], &self.lim, &mut self.head);
             match parsed {
@@ -127,6 +131,7 @@ impl Conn {
         }
         let started = Instant::now();
         let head_only = self.head.method == Method::Head;
+        self.head_only = head_only;
         let mut keep = match (self.head.keep_alive, self.head.http10) {
             (false, _) => Keep::Close,
             (true, true) => Keep::KeepAlive10,
@@ -466,7 +471,14 @@ impl Conn {
                             200
                         }
                         Err(e) => {
-                            response::error(&mut self.out, &e, &date, keep, exec.retry_after);
+                            response::error(
+                                &mut self.out,
+                                &e,
+                                &date,
+                                keep,
+                                exec.retry_after,
+                                head_only,
+                            );
                             e.status().0
                         }
                     };
@@ -515,7 +527,8 @@ impl Conn {
 
     fn error(&mut self, e: HttpError, started: Instant, keep: Keep) {
         let retry = self.exec.retry_after;
-        self.emit(|out, date| response::error(out, &e, date, keep, retry));
+        let head_only = self.head_only;
+        self.emit(|out, date| response::error(out, &e, date, keep, retry, head_only));
         self.exec
             .stats()
             .request(e.status().0, started.elapsed().as_micros() as u64);

@@ -86,14 +86,25 @@ pub fn route(
     into.ack = cfg.ack;
     into.ndjson = false;
     into.forward.clear();
+    let mut seen_ack = false;
     for (i, (n, v)) in head.headers.iter().enumerate() {
         let name = &buf[n.clone()];
         let value = &buf[v.clone()];
         if name.eq_ignore_ascii_case(b"kafka-key") {
+            if into.key.is_some() {
+                return Err(HttpError::BadRequest("duplicate Kafka-Key header"));
+            }
             into.key = Some(v.clone());
         } else if name.eq_ignore_ascii_case(b"kafka-partition") {
+            if into.partition >= 0 {
+                return Err(HttpError::BadRequest("duplicate Kafka-Partition header"));
+            }
             into.partition = parse_partition(value)?;
         } else if name.eq_ignore_ascii_case(b"kafka-ack") {
+            if seen_ack {
+                return Err(HttpError::BadRequest("duplicate Kafka-Ack header"));
+            }
+            seen_ack = true;
             into.ack = match trim(value) {
                 v if v.eq_ignore_ascii_case(b"queued") => AckMode::Queued,
                 v if v.eq_ignore_ascii_case(b"kafka") => AckMode::Kafka,
@@ -250,6 +261,21 @@ mod tests {
             run(b"GET /healthz?x=1 HTTP/1.1\r\nHost: x\r\n\r\n", &cfg).unwrap(),
             Route::Health
         );
+    }
+
+    #[test]
+    fn duplicate_kafka_headers_are_400() {
+        let cfg = Config::default();
+        for h in [
+            "Kafka-Key: a\r\nkafka-key: b",
+            "Kafka-Partition: 1\r\nKafka-Partition: 1",
+            "Kafka-Ack: kafka\r\nKafka-Ack: queued",
+        ] {
+            let req = format!("POST / HTTP/1.1\r\nHost: x\r\n{h}\r\nContent-Length: 0\r\n\r\n");
+            let e = run(req.as_bytes(), &cfg).unwrap_err();
+            assert_eq!(e.status().0, 400, "{h}");
+            assert!(!e.closes());
+        }
     }
 
     #[test]

@@ -82,12 +82,14 @@ pub fn accepted(out: &mut Vec<u8>, date: &DateLine, conn: Conn) {
 }
 
 /// An error answer with its short plain-text reason.
+/// `head_only`: the request was HEAD, so the body is announced but not sent.
 pub fn error(
     out: &mut Vec<u8>,
     err: &HttpError,
     date: &DateLine,
     conn: Conn,
     retry_after: &'static str,
+    head_only: bool,
 ) {
     let conn = if err.closes() { Conn::Close } else { conn };
     let mut body = [0u8; 128];
@@ -104,6 +106,9 @@ pub fn error(
         err.extra_header(retry_after),
         &body[..=n],
     );
+    if head_only {
+        out.truncate(out.len() - (n + 1));
+    }
 }
 
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
