@@ -417,14 +417,19 @@ impl KafkaThread {
 
     /// Nothing to do: wait for a delivery report, or sleep until an executor pushes.
     fn idle(&mut self) {
-        if self.producer.in_flight_count() > 0 {
-            self.producer.poll(Duration::from_millis(1));
-            return;
-        }
+        // Not `producer.poll(1ms)`: rdkafka turns the last sub-millisecond of a deadline
+        // into a 0 ms (non-blocking) poll and loops, so that call spins at 100% CPU while
+        // records await their delivery reports. Park instead: an executor's push unparks
+        // at once, and delivery reports wait at most 1 ms for the next poll.
+        let nap = if self.producer.in_flight_count() > 0 {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(100)
+        };
         let w = &self.shared.wake;
         w.sleeping.store(true, Ordering::SeqCst);
         if !w.take_pending() && !self.shared.stop.load(Ordering::Acquire) {
-            std::thread::park_timeout(Duration::from_millis(100));
+            std::thread::park_timeout(nap);
         }
         w.sleeping.store(false, Ordering::SeqCst);
     }
