@@ -74,7 +74,7 @@ impl Conn {
             buf: vec![0; INITIAL_BUF],
             start: 0,
             end: 0,
-            out: Vec::with_capacity(1024),
+            out: Vec::new(),
             side: Vec::new(),
             replies: Vec::new(),
             head: Head::default(),
