@@ -8,6 +8,7 @@ use crate::lane::{
     record_cost, Completion, Completions, KafkaLane, KafkaWake, Opaque, RecordBatch,
 };
 use crate::metrics::{bump, Metrics};
+use crate::sys::QueueWake;
 use rdkafka::config::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
@@ -162,6 +163,8 @@ pub struct KafkaShared {
 }
 
 pub struct KafkaThread {
+    /// Declared before `producer`: it must be dropped first.
+    queue_wake: Option<QueueWake>,
     producer: KafkaProducer,
     cfg: Arc<Config>,
     bootstrap: String,
@@ -189,8 +192,10 @@ impl KafkaThread {
         shared: Arc<KafkaShared>,
     ) -> Result<Self, String> {
         let n = lanes.len();
+        let producer = create_producer(&cfg, &bootstrap, false)?;
         Ok(KafkaThread {
-            producer: create_producer(&cfg, &bootstrap, false)?,
+            queue_wake: Some(QueueWake::enable(&producer, shared.wake.clone())),
+            producer,
             flush_timeout: Duration::from_millis(cfg.shutdown_timeout_ms),
             cfg,
             bootstrap,
@@ -405,7 +410,9 @@ impl KafkaThread {
             Ok(p) => {
                 // Dropping the old producer purges its queue; the purge reports arrive in
                 // the sink and are dispatched as failures.
+                self.queue_wake = None;
                 drop(std::mem::replace(&mut self.producer, p));
+                self.queue_wake = Some(QueueWake::enable(&self.producer, self.shared.wake.clone()));
                 self.dispatch();
                 bump(&self.metrics.kafka.producer_rebuilds, 1);
             }
@@ -417,19 +424,20 @@ impl KafkaThread {
 
     /// Nothing to do: wait for a delivery report, or sleep until an executor pushes.
     fn idle(&mut self) {
-        // Not `producer.poll(1ms)`: rdkafka turns the last sub-millisecond of a deadline
-        // into a 0 ms (non-blocking) poll and loops, so that call spins at 100% CPU while
-        // records await their delivery reports. Park instead: an executor's push unparks
-        // at once, and delivery reports wait at most 1 ms for the next poll.
-        let nap = if self.producer.in_flight_count() > 0 {
-            Duration::from_millis(1)
-        } else {
-            Duration::from_millis(100)
-        };
+        // Sleep until an executor pushes or librdkafka queues an event (`QueueWake` unparks
+        // us from its thread). Not `producer.poll(timeout)`: it would not see executor
+        // pushes, and rdkafka turns the last sub-millisecond of a deadline into a 0 ms poll
+        // and spins. The timeout is only a safety net.
+        if self.queue_wake.as_ref().is_some_and(QueueWake::pending) {
+            return;
+        }
         let w = &self.shared.wake;
         w.sleeping.store(true, Ordering::SeqCst);
-        if !w.take_pending() && !self.shared.stop.load(Ordering::Acquire) {
-            std::thread::park_timeout(nap);
+        if !w.take_pending()
+            && !self.shared.stop.load(Ordering::Acquire)
+            && !self.queue_wake.as_ref().is_some_and(QueueWake::pending)
+        {
+            std::thread::park_timeout(Duration::from_millis(100));
         }
         w.sleeping.store(false, Ordering::SeqCst);
     }
