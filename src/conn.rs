@@ -25,7 +25,6 @@ enum Reply {
     Ready(Range<usize>),
     Waiting {
         ticket: Ticket,
-        deadline: Instant,
         started: Instant,
         topic: Range<usize>,
         count: usize,
@@ -260,7 +259,8 @@ impl Conn {
         if n == 0 {
             return Err(HttpError::BadRequest("NDJSON body has no records"));
         }
-        let wait = p.ack == AckMode::Kafka;
+        let deadline = started + Duration::from_millis(exec.cfg.ack_timeout_ms);
+        let wait = (p.ack == AckMode::Kafka).then_some(deadline);
         let mut q = exec.reserve(n, cost, wait)?;
         if p.ndjson {
             for r in ndjson_lines(body) {
@@ -294,10 +294,8 @@ impl Conn {
             Some(ticket) => {
                 let ts = self.side.len();
                 self.side.extend_from_slice(topic);
-                let deadline = started + Duration::from_millis(exec.cfg.ack_timeout_ms);
                 self.replies.push(Reply::Waiting {
                     ticket,
-                    deadline,
                     started,
                     topic: ts..self.side.len(),
                     count: if p.ndjson { n } else { 0 },
@@ -434,14 +432,13 @@ impl Conn {
                 Reply::Ready(r) => self.out.extend_from_slice(&self.side[r]),
                 Reply::Waiting {
                     ticket,
-                    deadline,
                     started,
                     topic,
                     count,
                     keep,
                     head_only,
                 } => {
-                    let res = exec.wait(ticket, deadline).await;
+                    let res = exec.wait(ticket).await;
                     let date = exec.date.borrow();
                     let topic = std::str::from_utf8(&self.side[topic]).unwrap_or("");
                     let code = match res {

@@ -15,12 +15,17 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 /// Outcome of an ack=kafka request: first and last (partition, offset).
 pub type Acked = Result<((i32, i64), (i32, i64)), HttpError>;
 
 struct Waiter {
     gen: u16,
+    /// When the request is answered 504 if Kafka has not acknowledged every record. The
+    /// executor's ticker enforces it (no io_uring timer per request).
+    deadline: Instant,
+    expired: bool,
     remaining: u32,
     first: Option<(i32, i64)>,
     last: Option<(i32, i64)>,
@@ -89,9 +94,15 @@ impl Exec {
         &self.metrics.execs[self.index as usize]
     }
 
-    /// Reserves queue space for `n` records costing `cost` bytes, and a waiter when the
-    /// caller wants Kafka's acknowledgement. Fails with 503 when the queue is full.
-    pub fn reserve(&self, n: usize, cost: usize, wait: bool) -> Result<Enqueue<'_>, HttpError> {
+    /// Reserves queue space for `n` records costing `cost` bytes, and a waiter (answered
+    /// by `deadline`) when the caller wants Kafka's acknowledgement. Fails with 503 when
+    /// the queue is full.
+    pub fn reserve(
+        &self,
+        n: usize,
+        cost: usize,
+        wait: Option<Instant>,
+    ) -> Result<Enqueue<'_>, HttpError> {
         let bytes = self.queue_bytes.get() + cost;
         let records = self.queue_records.get() + n;
         if bytes > self.cfg.queue_max_bytes || records > self.cfg.queue_max_records {
@@ -100,11 +111,13 @@ impl Exec {
         self.queue_bytes.set(bytes);
         self.queue_records.set(records);
         self.publish_queue();
-        let (slot, gen) = if wait {
+        let (slot, gen) = if let Some(deadline) = wait {
             let gen = self.next_gen.get().wrapping_add(1);
             self.next_gen.set(gen);
             let key = self.waiters.borrow_mut().insert(Waiter {
                 gen,
+                deadline,
+                expired: false,
                 remaining: n as u32,
                 first: None,
                 last: None,
@@ -290,18 +303,22 @@ pub struct Ticket {
 }
 
 impl Exec {
-    /// Waits for every record of the ticket's request, or until `deadline`.
-    pub async fn wait(&self, t: Ticket, deadline: std::time::Instant) -> Acked {
-        let guard = TicketGuard { exec: self, t };
-        let now = std::time::Instant::now();
-        let timeout = glommio::timer::sleep(deadline.saturating_duration_since(now));
-        let res = futures_lite::future::or(AckWait { exec: self, t }, async {
-            timeout.await;
-            Err(HttpError::AckTimeout)
-        })
-        .await;
-        drop(guard);
-        res
+    /// Waits for every record of the ticket's request, or its deadline.
+    pub async fn wait(&self, t: Ticket) -> Acked {
+        let _guard = TicketGuard { exec: self, t };
+        AckWait { exec: self, t }.await
+    }
+
+    /// Ticker: answers the waits whose deadline passed (504).
+    pub fn expire_waiters(&self, now: Instant) {
+        for (_, w) in self.waiters.borrow_mut().iter_mut() {
+            if !w.expired && w.remaining > 0 && w.deadline <= now {
+                w.expired = true;
+                if let Some(k) = w.waker.take() {
+                    k.wake();
+                }
+            }
+        }
     }
 }
 
@@ -338,6 +355,9 @@ impl Future for AckWait<'_> {
             return Poll::Ready(Err(HttpError::AckTimeout));
         };
         if w.remaining > 0 {
+            if w.expired {
+                return Poll::Ready(Err(HttpError::AckTimeout));
+            }
             w.waker = Some(cx.waker().clone());
             return Poll::Pending;
         }

@@ -276,7 +276,7 @@ async fn run_executor(
 }
 
 /// Once per 100 ms: refresh the Date header each second, advance the heartbeat, end reads
-/// past their deadline, and at shutdown close idle keep-alive connections.
+/// and ack=kafka waits past their deadline, and at shutdown close idle connections.
 async fn ticker(exec: Rc<Exec>, shutdown: Arc<AtomicBool>, conns: Registry, stop: Rc<Cell<bool>>) {
     let mut n = 0u64;
     loop {
@@ -294,6 +294,7 @@ async fn ticker(exec: Rc<Exec>, shutdown: Arc<AtomicBool>, conns: Registry, stop
             }
         }
         let (now, closing) = (Instant::now(), exec.shutting_down.get());
+        exec.expire_waiters(now);
         for (_, w) in conns.borrow().iter() {
             w.check(now, closing);
         }
