@@ -827,21 +827,8 @@ impl Wire {
     fn read(&mut self, head_only: bool, wait: Duration) -> Got {
         let deadline = Instant::now() + wait;
         loop {
-            let mut hs = [httparse::EMPTY_HEADER; 32];
-            let mut r = httparse::Response::new(&mut hs);
-            match r.parse(&self.buf) {
-                Ok(httparse::Status::Complete(n)) => {
-                    let status = r.code.unwrap();
-                    let headers: Vec<(String, String)> = r
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_ascii_lowercase(),
-                                String::from_utf8_lossy(h.value).into_owned(),
-                            )
-                        })
-                        .collect();
+            match common::http::parse_response_head(&self.buf) {
+                Ok(Some((n, status, headers))) => {
                     let len = headers
                         .iter()
                         .find(|(k, _)| k == "content-length")
@@ -874,7 +861,7 @@ impl Wire {
                         body,
                     });
                 }
-                Ok(httparse::Status::Partial) => {}
+                Ok(None) => {}
                 Err(e) => return Got::Garbage(format!("{e}: {}", show(&self.buf))),
             }
             let left = deadline.saturating_duration_since(Instant::now());

@@ -369,9 +369,11 @@ fn metrics_agree_with_what_was_sent() {
     let text = loop {
         let text = ing.metrics_text();
         scrapes += 1.0;
-        if metric_sum(&text, "ingestd_records_delivered_total", "") >= 33.0
-            || t0.elapsed() > Duration::from_secs(10)
-        {
+        // The queue gauge drops when the executor applies the delivery results, a moment
+        // after the Kafka thread counted them: wait for both.
+        let done = metric_sum(&text, "ingestd_records_delivered_total", "") >= 33.0
+            && metric_sum(&text, "ingestd_queue_records", "") == 0.0;
+        if done || t0.elapsed() > Duration::from_secs(10) {
             break text;
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -58,20 +58,7 @@ impl Client {
     /// Reads one response (Content-Length framed, as ingestd always answers).
     pub fn read(&mut self) -> io::Result<Response> {
         loop {
-            let mut hs = [httparse::EMPTY_HEADER; 32];
-            let mut r = httparse::Response::new(&mut hs);
-            if let httparse::Status::Complete(n) = r.parse(&self.buf).map_err(io::Error::other)? {
-                let status = r.code.unwrap();
-                let headers: Vec<(String, String)> = r
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_ascii_lowercase(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect();
+            if let Some((n, status, headers)) = parse_response_head(&self.buf)? {
                 if status == 100 {
                     self.buf.drain(..n);
                     return Ok(Response {
@@ -148,4 +135,27 @@ pub fn post(path: &str, body: &[u8], headers: &[(&str, &str)]) -> Vec<u8> {
 pub fn get(addr: SocketAddr, path: &str) -> io::Result<Response> {
     let mut c = Client::connect(addr)?;
     c.request(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+}
+
+/// A parsed response head: its length, the status, and headers with lowercase names.
+pub type RespHead = (usize, u16, Vec<(String, String)>);
+
+/// Parses a response head, or None if it is still partial.
+pub fn parse_response_head(buf: &[u8]) -> io::Result<Option<RespHead>> {
+    let mut hs = [httparse::EMPTY_HEADER; 32];
+    let mut r = httparse::Response::new(&mut hs);
+    let httparse::Status::Complete(n) = r.parse(buf).map_err(io::Error::other)? else {
+        return Ok(None);
+    };
+    let headers = r
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    Ok(Some((n, r.code.unwrap_or(0), headers)))
 }
