@@ -6,7 +6,6 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// When a request is answered: once queued in ingestd, or once Kafka acknowledged it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -307,10 +306,6 @@ impl Config {
 
     pub fn embedded(&self) -> bool {
         self.brokers == "embedded"
-    }
-
-    pub fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
     }
 
     /// librdkafka properties as strings, ingestd's defaults first so `[kafka]` wins.

@@ -9,6 +9,7 @@ use crate::lane::{ExecutorLane, HeaderMeta, Opaque, RecordBatch, RecordMeta};
 use crate::metrics::{bump, ExecStats, Metrics};
 use slab::Slab;
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -45,7 +46,7 @@ pub struct Exec {
     batch: RefCell<RecordBatch>,
     pool: RefCell<Vec<RecordBatch>>,
     /// Batches the lane could not take yet (it is full); retried on the next flush.
-    overflow: RefCell<Vec<RecordBatch>>,
+    overflow: RefCell<VecDeque<RecordBatch>>,
     queue_bytes: Cell<usize>,
     queue_records: Cell<usize>,
     flush_scheduled: Cell<bool>,
@@ -80,7 +81,7 @@ impl Exec {
             shutting_down: Cell::new(false),
             batch: RefCell::new(RecordBatch::default()),
             pool: RefCell::new(Vec::new()),
-            overflow: RefCell::new(Vec::new()),
+            overflow: RefCell::new(VecDeque::new()),
             queue_bytes: Cell::new(0),
             queue_records: Cell::new(0),
             flush_scheduled: Cell::new(false),
@@ -159,13 +160,12 @@ impl Exec {
         let mut batch = self.batch.borrow_mut();
         if !batch.is_empty() {
             let fresh = self.pool.borrow_mut().pop().unwrap_or_default();
-            overflow.push(std::mem::replace(&mut *batch, fresh));
+            overflow.push_back(std::mem::replace(&mut *batch, fresh));
         }
         let mut pushed = false;
-        while !overflow.is_empty() {
-            let b = overflow.remove(0);
+        while let Some(b) = overflow.pop_front() {
             if let Some(b) = self.lane.to_kafka.try_push(b) {
-                overflow.insert(0, b);
+                overflow.push_front(b);
                 break;
             }
             pushed = true;
@@ -237,10 +237,6 @@ impl Exec {
                 }
             }
         }
-    }
-
-    pub fn queue_len(&self) -> usize {
-        self.queue_records.get()
     }
 }
 

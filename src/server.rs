@@ -17,7 +17,7 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -36,8 +36,6 @@ pub struct Server {
     probe: Option<JoinHandle<()>>,
     /// Keeps the embedded mock cluster alive for the process.
     _mock: Option<MockCluster<'static, DefaultProducerContext>>,
-    /// Executors still running; shared with the executors for the watchdog.
-    pub running: Arc<AtomicUsize>,
 }
 
 impl Server {
@@ -88,7 +86,6 @@ impl Server {
         let retry_after: &'static str =
             Box::leak(format!("retry-after: {}\r\n", cfg.retry_after_secs).into_boxed_str());
         let shutdown = Arc::new(AtomicBool::new(false));
-        let running = Arc::new(AtomicUsize::new(0));
         let allowed = sys::allowed_cpus();
         let mut addr = cfg.listen;
         let mut executors = Vec::new();
@@ -99,18 +96,11 @@ impl Server {
                 .copied()
                 .unwrap_or(allowed[i % allowed.len()]);
             let (tx, rx) = mpsc::channel();
-            let (c, m, sd, run) = (
-                cfg.clone(),
-                metrics.clone(),
-                shutdown.clone(),
-                running.clone(),
-            );
-            running.fetch_add(1, Ordering::SeqCst);
+            let (c, m, sd) = (cfg.clone(), metrics.clone(), shutdown.clone());
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("ingestd-exec-{i}"))
                 .spawn(move || async move {
                     run_executor(lane, c, m, sd, addr, tx, retry_after).await;
-                    run.fetch_sub(1, Ordering::SeqCst);
                 })
                 .map_err(|e| {
                     format!("executor {i} on cpu {cpu}: {e} (raise `ulimit -l` / LimitMEMLOCK)")
@@ -134,7 +124,6 @@ impl Server {
             probe_stop,
             probe: Some(probe),
             _mock: mock,
-            running,
         })
     }
 
