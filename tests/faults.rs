@@ -166,16 +166,17 @@ fn second_signal_exits_at_once() {
     b.signal(libc::SIGCONT);
 }
 
-#[test]
-fn broker_stall_then_recovery_without_restart() {
+/// A broker of this test's own (it will be stopped or killed) with a 2-partition topic,
+/// and ingestd answering ack=kafka within 2 s.
+fn private_broker_and_ingestd(topic: &str) -> (common::Broker, Ingestd) {
     let b = start_broker();
-    b.create_topic("stall", 2);
+    b.create_topic(topic, 2);
     let ing = Ingestd::start_env(
         &[
             "--brokers",
             &b.addr,
             "--default-topic",
-            "stall",
+            topic,
             "--ack",
             "kafka",
             "--executors",
@@ -183,6 +184,12 @@ fn broker_stall_then_recovery_without_restart() {
         ],
         &[("INGESTD_ACK_TIMEOUT_MS", "2000")],
     );
+    (b, ing)
+}
+
+#[test]
+fn broker_stall_then_recovery_without_restart() {
+    let (b, ing) = private_broker_and_ingestd("stall");
     let stop = Arc::new(AtomicBool::new(false));
     let h = load(ing.addr, "/".into(), 8, stop.clone(), "kafka");
     std::thread::sleep(Duration::from_millis(1000));
@@ -249,22 +256,10 @@ fn broker_stall_then_recovery_without_restart() {
 
 #[test]
 fn broker_killed_and_restarted() {
-    let b = start_broker();
-    b.create_topic("restart", 2);
     // tansu's memory store forgets idempotent producer ids on restart, and librdkafka
     // then bumps its epoch forever: ingestd must notice (records time out while the
     // broker answers) and rebuild its producer by itself.
-    let ing = Ingestd::start_env(
-        &[
-            "--brokers",
-            &b.addr,
-            "--default-topic",
-            "restart",
-            "--ack",
-            "kafka",
-        ],
-        &[("INGESTD_ACK_TIMEOUT_MS", "2000")],
-    );
+    let (b, ing) = private_broker_and_ingestd("restart");
     let mut c = Client::connect(ing.addr).unwrap();
     assert_eq!(c.request(&post("/", b"before", &[])).unwrap().status, 200);
     b.signal(libc::SIGKILL);

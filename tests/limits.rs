@@ -190,11 +190,15 @@ fn max_connections_per_executor() {
         "4th connection is closed at once"
     );
     drop(kept.pop());
-    std::thread::sleep(Duration::from_millis(200));
-    let mut again = Client::connect(ing.addr).unwrap();
-    let r = again
-        .request(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
+    // Once the server has seen the close, a new connection is served again.
+    let mut r = None;
+    common::wait_until("a slot frees up", Duration::from_secs(2), || {
+        r = Client::connect(ing.addr)
+            .and_then(|mut c| c.request(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n"))
+            .ok();
+        r.is_some()
+    });
+    let r = r.unwrap();
     assert_eq!(r.status, 200);
     assert!(common::metric_sum(&r.text(), "ingestd_connections_refused_total", "") >= 1.0);
 }
