@@ -4,6 +4,7 @@
 #   benches/run.sh            # --quick: a few minutes, results in benches/results/quick/
 #   benches/run.sh --full     # every scenario (about an hour), benches/results/full/
 #   benches/run.sh --help     # scenario flags (bodies, connections, ack modes, ...)
+#   benches/run.sh --soak     # 10 minutes at 80% of the maximum (benches/soak.py)
 #
 # This wrapper installs what is missing, builds, and hands over to benches/run.py, which
 # starts tansu, nginx and ingestd itself and stops them by PID when it exits.
@@ -28,4 +29,8 @@ tests/tansu.sh install
 # The server, and the independent record counter (benches/tools/kcount.rs).
 cargo build --release --bin ingestd --example kcount
 
+if [ "${1:-}" = --soak ]; then
+    shift
+    exec python3 benches/soak.py "$@"
+fi
 exec python3 benches/run.py "$@"
