@@ -59,7 +59,6 @@ fn main() {
         cfg.brokers = m.bootstrap_servers();
         m
     });
-    cfg.kafka = BTreeMap::new();
     let cfg = Arc::new(cfg);
     let metrics = Metrics::new(lanes);
     let shared = Arc::new(KafkaShared {
