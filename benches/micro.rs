@@ -9,7 +9,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ingestd::http::chunked::ChunkedDecoder;
 use ingestd::http::parse::{parse_head, Head, Limits};
-use ingestd::lane::{make_lane, Completion, Completions, KafkaWake, RecordBatch, RecordMeta};
+use ingestd::lane::{make_lane, Completion, Completions, KafkaWake, RecordBatch};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -127,16 +127,7 @@ fn chunked(c: &mut Criterion) {
 fn fill(b: &mut RecordBatch, records: usize, value: &[u8]) {
     b.clear();
     for i in 0..records {
-        let topic = b.put(b"bench");
-        let value = b.put(value);
-        b.records.push(RecordMeta {
-            topic,
-            key: None,
-            value,
-            headers: (0, 0),
-            partition: -1,
-            opaque: i,
-        });
+        b.push_record(b"bench", None, value, (0, 0), -1, i);
     }
 }
 

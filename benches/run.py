@@ -279,6 +279,11 @@ class Ingestd:
             m[name] = m.get(name, 0) + float(value)
         return m
 
+    def answered(self):
+        """Every HTTP answer so far, all status codes."""
+        return sum(v for k, v in self.metrics().items()
+                   if k.startswith("ingestd_http_requests_total["))
+
     def refresh(self):
         pass  # one process; /proc/PID/stat already sums its threads
 
@@ -390,8 +395,7 @@ def run_wrk(server, point, duration, tansu_pid, topic):
             break
         # Connection: close runs: show that accepting never stalls, as answered requests
         # per second read from ingestd's /metrics.
-        m = server.metrics()
-        now = sum(v for k, v in m.items() if k.startswith("ingestd_http_requests_total["))
+        now = server.answered()
         if last is not None:
             progress.append(int(now - last))
         last = now

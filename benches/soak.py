@@ -34,10 +34,6 @@ def rss_mib(pid):
     return round(kb / 1024, 1)
 
 
-def answered(ing):
-    return sum(v for k, v in ing.metrics().items() if k.startswith("ingestd_http_requests_total["))
-
-
 def point(conns, body):
     return dict(body=body, conns=conns, mode="keepalive", executors=None, ack="queued")
 
@@ -90,10 +86,10 @@ def main():
     t0 = time.monotonic()
     c0 = bench.cpu_ticks(ing.pids)
     wrk = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    samples, last = [], (t0, answered(ing))
+    samples, last = [], (t0, ing.answered())
     while wrk.poll() is None:
         time.sleep(10)
-        now, n = time.monotonic(), answered(ing)
+        now, n = time.monotonic(), ing.answered()
         s = dict(t=round(now - t0), rss_mib=rss_mib(ing.proc.pid),
                  rps=round((n - last[1]) / (now - last[0])))
         samples.append(s)

@@ -68,6 +68,30 @@ impl RecordBatch {
     pub fn get(&self, r: (u32, u32)) -> &[u8] {
         &self.arena[r.0 as usize..r.1 as usize]
     }
+
+    /// Appends one record: its bytes into the arena, its metadata to `records`.
+    /// `headers` is the range of `self.headers` pushed for it just before.
+    pub fn push_record(
+        &mut self,
+        topic: &[u8],
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: (u32, u32),
+        partition: i32,
+        opaque: usize,
+    ) {
+        let topic = self.put(topic);
+        let key = key.map(|k| self.put(k));
+        let value = self.put(value);
+        self.records.push(RecordMeta {
+            topic,
+            key,
+            value,
+            headers,
+            partition,
+            opaque,
+        });
+    }
 }
 
 /// The delivery opaque: which executor, which waiter slot (and its generation), and

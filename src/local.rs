@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::error::{FailReason, HttpError};
 use crate::http::response::DateLine;
-use crate::lane::{ExecutorLane, HeaderMeta, Opaque, RecordBatch, RecordMeta};
+use crate::lane::{ExecutorLane, HeaderMeta, Opaque, RecordBatch};
 use crate::metrics::{bump, ExecStats, Metrics};
 use slab::Slab;
 use std::cell::{Cell, RefCell};
@@ -258,9 +258,6 @@ impl Enqueue<'_> {
             b.headers.push(HeaderMeta { name, value });
         }
         let h1 = b.headers.len() as u32;
-        let topic = b.put(topic);
-        let key = key.map(|k| b.put(k));
-        let value = b.put(value);
         let opaque = Opaque {
             executor: self.exec.index,
             slot: self.slot,
@@ -269,14 +266,7 @@ impl Enqueue<'_> {
             last: self.i + 1 == self.n,
         }
         .encode();
-        b.records.push(RecordMeta {
-            topic,
-            key,
-            value,
-            headers: (h0, h1),
-            partition,
-            opaque,
-        });
+        b.push_record(topic, key, value, (h0, h1), partition, opaque);
         self.i += 1;
         drop(b);
         self.exec.schedule_flush();

@@ -324,29 +324,19 @@ fn fd_exhaustion_neither_spins_nor_stalls() {
     let b = broker();
     let topic = b.topic("fds", 1);
     // Find the baseline, then allow only a few client connections.
-    let probe = Ingestd::start(&[
+    let args = [
         "--brokers",
         &b.addr,
         "--default-topic",
         &topic,
         "--executors",
         "1",
-    ]);
+    ];
+    let probe = Ingestd::start(&args);
     let base = probe.open_fds() as u64;
     drop(probe);
     let limit = base + 12;
-    let ing = Ingestd::spawn_limited(
-        &[
-            "--brokers",
-            &b.addr,
-            "--default-topic",
-            &topic,
-            "--executors",
-            "1",
-        ],
-        &[],
-        Some(limit),
-    );
+    let ing = Ingestd::spawn_limited(&args, &[], Some(limit));
     ing.wait_ready(Duration::from_secs(20));
     let mut first = Client::connect(ing.addr).unwrap();
     assert_eq!(

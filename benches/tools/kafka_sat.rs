@@ -14,7 +14,7 @@
 
 use ingestd::config::Config;
 use ingestd::kafka::{KafkaShared, KafkaThread};
-use ingestd::lane::{make_lane, ExecutorLane, Opaque, RecordBatch, RecordMeta};
+use ingestd::lane::{make_lane, ExecutorLane, Opaque, RecordBatch};
 use ingestd::metrics::Metrics;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
@@ -210,17 +210,15 @@ fn feed(
         let mut b = spare.pop().unwrap_or_default();
         b.clear();
         for _ in 0..BATCH {
-            let topic = b.put(topic.as_bytes());
             at = (at + 4099) % (1 << 20);
-            let value = b.put(&noise[at..at + body]);
-            b.records.push(RecordMeta {
-                topic,
-                key: None,
-                value,
-                headers: (0, 0),
-                partition: -1,
+            b.push_record(
+                topic.as_bytes(),
+                None,
+                &noise[at..at + body],
+                (0, 0),
+                -1,
                 opaque,
-            });
+            );
         }
         if lane.to_kafka.try_push(b).is_some() {
             std::thread::yield_now();
