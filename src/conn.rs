@@ -8,10 +8,9 @@ use crate::http::parse::{parse_head, Framing, Head, Limits, Method};
 use crate::http::response::{self, Conn as Keep};
 use crate::lane::record_cost;
 use crate::local::{Exec, Ticket};
+use crate::poller::Sock;
 use crate::route::{authorized, ndjson_lines, route, Produce, Route, Topic};
 use crate::watch::Watch;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 use std::io::{self, Write};
 use std::ops::Range;
 use std::rc::Rc;
@@ -85,14 +84,13 @@ impl Conn {
     }
 
     /// Serves requests until the client closes, an error breaks framing, or shutdown.
-    pub async fn serve(&mut self, s: &mut TcpStream) {
-        let _ = s.set_write_timeout(Some(Duration::from_millis(self.exec.cfg.body_timeout_ms)));
+    pub async fn serve(&mut self, s: &Sock) {
         while let Ok(true) = self.one(s).await {}
         let _ = self.finish(s).await;
     }
 
     /// Handles one request (reading as needed). Ok(false): close the connection.
-    async fn one(&mut self, s: &mut TcpStream) -> Result<bool, Stop> {
+    async fn one(&mut self, s: &Sock) -> Result<bool, Stop> {
         // 1. A complete head. The header timeout is one deadline for the whole head, so
         // a client dripping a byte at a time cannot hold the connection.
         let mut head_deadline: Option<Instant> = None;
@@ -309,7 +307,7 @@ impl Conn {
 
     /// Reads the body per the head's framing. For Content-Length bodies the bytes stay
     /// in `buf` (`inline`); chunked bodies are decoded into `self.body`.
-    async fn read_body(&mut self, s: &mut TcpStream) -> Result<Body, Stop> {
+    async fn read_body(&mut self, s: &Sock) -> Result<Body, Stop> {
         let hl = self.head.len;
         let deadline = Instant::now() + Duration::from_millis(self.exec.cfg.body_timeout_ms);
         match self.head.framing {
@@ -322,9 +320,7 @@ impl Conn {
                 while self.end - self.start < hl + n {
                     if self.head.expect_continue && !continued && self.end - self.start == hl {
                         self.finish(s).await?;
-                        s.write_all(response::CONTINUE)
-                            .await
-                            .map_err(|_| Stop::Close)?;
+                        self.send(s, response::CONTINUE).await?;
                         continued = true;
                     }
                     self.reserve(hl + n);
@@ -356,9 +352,7 @@ impl Conn {
                     }
                     if self.head.expect_continue && !continued && region.is_empty() {
                         self.finish(s).await?;
-                        s.write_all(response::CONTINUE)
-                            .await
-                            .map_err(|_| Stop::Close)?;
+                        self.send(s, response::CONTINUE).await?;
                         continued = true;
                     }
                     self.reserve(self.end - self.start + 4096);
@@ -368,7 +362,7 @@ impl Conn {
         }
     }
 
-    async fn body_read(&mut self, s: &mut TcpStream, deadline: Instant) -> Result<(), Stop> {
+    async fn body_read(&mut self, s: &Sock, deadline: Instant) -> Result<(), Stop> {
         match self.read_more(s, deadline, false).await {
             Ok(0) => Err(Stop::Close),
             Ok(_) => Ok(()),
@@ -395,12 +389,7 @@ impl Conn {
 
     /// Reads more bytes, failing with `TimedOut` at `deadline` (enforced by the ticker
     /// through `Watch`). `idle`: waiting for a new request, closed early at shutdown.
-    async fn read_more(
-        &mut self,
-        s: &mut TcpStream,
-        deadline: Instant,
-        idle: bool,
-    ) -> io::Result<usize> {
+    async fn read_more(&mut self, s: &Sock, deadline: Instant, idle: bool) -> io::Result<usize> {
         if self.start == self.end && self.buf.len() > 64 << 10 {
             // A large request has passed; give the memory back for idle connections.
             self.buf = vec![0; INITIAL_BUF];
@@ -425,7 +414,7 @@ impl Conn {
     }
 
     /// Writes every answer in order, waiting for Kafka where needed.
-    async fn finish(&mut self, s: &mut TcpStream) -> Result<(), Stop> {
+    async fn finish(&mut self, s: &Sock) -> Result<(), Stop> {
         let exec = self.exec.clone();
         for reply in std::mem::take(&mut self.replies) {
             match reply {
@@ -486,11 +475,31 @@ impl Conn {
         }
         self.side.clear();
         if !self.out.is_empty() {
-            let r = s.write_all(&self.out).await;
+            let out = std::mem::take(&mut self.out);
+            let r = self.send(s, &out).await;
+            self.out = out;
             self.out.clear();
-            r.map_err(|_| Stop::Close)?;
+            r?;
         }
         Ok(())
+    }
+
+    /// Writes `bytes`; a client that stops reading gets `body_timeout_ms` to make room.
+    async fn send(&self, s: &Sock, bytes: &[u8]) -> Result<(), Stop> {
+        let (watch, ms) = (&self.watch, self.exec.cfg.body_timeout_ms);
+        let mut armed = false;
+        let r = s
+            .write_all(bytes, || {
+                if !armed {
+                    armed = true;
+                    watch.arm_write(Instant::now() + Duration::from_millis(ms));
+                }
+            })
+            .await;
+        if armed {
+            watch.disarm();
+        }
+        r.map_err(|_| Stop::Close)
     }
 
     /// Appends an answer after any that wait for Kafka.

@@ -14,6 +14,7 @@ pub mod lane;
 pub mod local;
 pub mod metrics;
 pub mod notify;
+pub mod poller;
 pub mod route;
 pub mod server;
 pub mod sys;

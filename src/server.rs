@@ -7,6 +7,7 @@ use crate::kafka::{create_producer, probe_metadata, KafkaShared, KafkaThread};
 use crate::lane::{make_lane, ExecutorLane, KafkaWake};
 use crate::local::Exec;
 use crate::metrics::{bump, Metrics};
+use crate::poller::{Listener, Poller, Sock};
 use crate::sys;
 use crate::watch::Watch;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -15,7 +16,6 @@ use rdkafka::producer::DefaultProducerContext;
 use slab::Slab;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -180,15 +180,27 @@ async fn run_executor(
     ready: mpsc::Sender<Result<SocketAddr, String>>,
     retry_after: &'static str,
 ) {
-    let (listener, listen_fd) = match sys::listener(addr, cfg.listen_backlog) {
+    let poller = match Poller::new() {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = ready.send(Err(format!("epoll: {e}")));
+            return;
+        }
+    };
+    let bound = sys::listener(addr, cfg.listen_backlog).and_then(|l| {
+        let local = l.local_addr()?;
+        Ok((Listener::new(l, poller.clone())?, local))
+    });
+    let (listener, local) = match bound {
         Ok(l) => l,
         Err(e) => {
             let _ = ready.send(Err(format!("bind {addr}: {e}")));
             return;
         }
     };
-    let local = listener.local_addr().unwrap_or(addr);
+    let listen_fd = listener.fd();
     let _ = ready.send(Ok(local));
+    glommio::spawn_local(poller.clone().run()).detach();
     let exec = Exec::new(lane, cfg.clone(), metrics, retry_after);
     glommio::spawn_local(exec.clone().flusher()).detach();
     glommio::spawn_local(exec.clone().completer()).detach();
@@ -230,14 +242,19 @@ async fn run_executor(
             drop(stream);
             continue;
         }
-        let _ = stream.set_nodelay(true);
-        let watch = Rc::new(Watch::new(stream.as_raw_fd()));
+        let stream = match Sock::new(stream, poller.clone()) {
+            Ok(s) => s,
+            Err(_) => {
+                bump(&exec.stats().accept_errors, 1);
+                continue;
+            }
+        };
+        let watch = Rc::new(Watch::new(stream.fd()));
         let key = conns.borrow_mut().insert(watch.clone());
         bump(&exec.stats().connections, 1);
         let (exec2, conns2) = (exec.clone(), conns.clone());
         glommio::spawn_local(async move {
-            let mut stream = stream;
-            Conn::new(exec2.clone(), watch).serve(&mut stream).await;
+            Conn::new(exec2.clone(), watch).serve(&stream).await;
             conns2.borrow_mut().remove(key);
             let s = &exec2.stats().connections;
             s.store(

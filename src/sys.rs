@@ -4,24 +4,126 @@
 use socket2::{Domain, Protocol, Socket, Type};
 use std::fs::File;
 use std::io;
-use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-/// A listening socket with SO_REUSEPORT (one per executor) and our backlog, handed to
-/// Glommio. Also returns the fd so `shed_pending` can use it at the fd limit.
-pub fn listener(addr: SocketAddr, backlog: i32) -> io::Result<(glommio::net::TcpListener, RawFd)> {
+/// A non-blocking listening socket with SO_REUSEPORT (one per executor) and our backlog.
+pub fn listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
     let sk = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sk.set_reuse_port(true)?;
     sk.set_reuse_address(true)?;
     sk.bind(&addr.into())?;
     sk.listen(backlog)?;
-    // Non-blocking so `shed_pending` stops when the backlog is empty; io_uring's accept
-    // and Glommio's direct accept both work on a non-blocking listener.
+    // Accepted sockets inherit TCP_NODELAY from the listener (Linux copies the listener's
+    // TCP state), which saves a setsockopt per connection. Nagle would hold a second small
+    // answer (pipelined, ack=kafka) until the client's delayed ACK.
+    sk.set_nodelay(true)?;
+    // Non-blocking: the executor's epoll tells when to accept, and `shed_pending` stops
+    // when the backlog is empty.
     sk.set_nonblocking(true)?;
-    let fd = sk.into_raw_fd();
-    // SAFETY: `fd` is a bound, listening TCP socket we own; ownership moves to Glommio.
-    let l = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
-    Ok((l, fd))
+    Ok(sk.into())
+}
+
+/// accept4 of one pending connection, non-blocking and close-on-exec.
+pub fn accept(listen_fd: RawFd) -> io::Result<TcpStream> {
+    // SAFETY: accept4 on a listening fd; null address pointers are allowed.
+    let fd = unsafe {
+        libc::accept4(
+            listen_fd,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by accept4 and is owned by nobody else.
+    Ok(unsafe { TcpStream::from_raw_fd(fd) })
+}
+
+/// recv(2) without blocking; WouldBlock when nothing is there.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// send(2) without blocking and without SIGPIPE; WouldBlock when the buffer is full.
+pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// A new epoll instance.
+pub fn epoll() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the returned fd is ours.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Registers `fd` once, edge-triggered, for both directions, with `token` as its data.
+pub fn epoll_add(ep: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+        u64: token,
+    };
+    // SAFETY: `ev` is a valid epoll_event; the kernel copies it.
+    if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Ready events without waiting.
+pub fn epoll_poll(ep: RawFd, events: &mut [libc::epoll_event]) -> &[libc::epoll_event] {
+    // SAFETY: `events` is valid for `events.len()` entries, which the kernel fills.
+    let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 0) };
+    &events[..n.max(0) as usize]
+}
+
+/// Resolves once `fd` is readable, through a one-shot poll on the executor's io_uring,
+/// so the executor sleeps in its ring and still wakes for `fd`. Glommio has no public
+/// poll-an-fd call; a stream over a duplicate of `fd` arms exactly that poll when created
+/// and completes its read when the poll fires (the recv itself then fails on a non-socket,
+/// which is expected). The duplicate is closed on return.
+pub async fn ring_readable(fd: RawFd) {
+    use futures_lite::AsyncReadExt;
+    // SAFETY: F_DUPFD_CLOEXEC duplicates a live fd of ours; the duplicate is owned by the
+    // stream below and closed when it drops.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        // Out of fds: fall back to a short sleep rather than spinning.
+        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        return;
+    }
+    // SAFETY: `dup` is a fresh fd owned by nobody else.
+    let mut s = unsafe { glommio::net::TcpStream::from_raw_fd(dup) };
+    let _ = s.read(&mut [0u8; 1]).await;
+}
+
+/// Shuts both directions: a pending write fails at once (write deadline passed).
+pub fn shutdown_both(fd: RawFd) {
+    // SAFETY: as in `shutdown_read`.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
 
 /// At the fd limit: accepts and immediately closes pending connections, so clients are

@@ -14,6 +14,8 @@ pub struct Watch {
     deadline: Cell<Option<Instant>>,
     /// The armed read waits for a new request (close it at shutdown).
     idle: Cell<bool>,
+    /// The deadline is a write's: a client that stops reading our answers.
+    write: Cell<bool>,
     expired: Cell<bool>,
 }
 
@@ -25,6 +27,7 @@ impl Watch {
             fd,
             deadline: Cell::new(None),
             idle: Cell::new(false),
+            write: Cell::new(false),
             expired: Cell::new(false),
         }
     }
@@ -35,10 +38,17 @@ impl Watch {
         self.idle.set(idle);
     }
 
-    /// After a read: no deadline while the request is processed.
+    /// Before waiting for a full send buffer to drain: it must by `deadline`.
+    pub fn arm_write(&self, deadline: Instant) {
+        self.deadline.set(Some(deadline));
+        self.write.set(true);
+    }
+
+    /// After a read or write: no deadline while the request is processed.
     pub fn disarm(&self) {
         self.deadline.set(None);
         self.idle.set(false);
+        self.write.set(false);
     }
 
     /// Whether the read ended because its deadline passed.
@@ -52,7 +62,11 @@ impl Watch {
         if late {
             self.expired.set(true);
         }
-        if late || (shutting_down && self.idle.get()) {
+        if late && self.write.get() {
+            // Nothing more can be sent: fail the write and close.
+            self.deadline.set(None);
+            sys::shutdown_both(self.fd);
+        } else if late || (shutting_down && self.idle.get()) {
             self.deadline.set(None);
             sys::shutdown_read(self.fd);
         }

@@ -172,6 +172,38 @@ fn body_timeout_and_idle_timeout() {
 }
 
 #[test]
+fn a_client_that_stops_reading_is_cut_off_at_the_body_timeout() {
+    // Pipelined requests whose answers the client never reads: once the socket buffers
+    // are full ingestd cannot write, and must give up after body_timeout_ms rather than
+    // hold the connection forever.
+    let ing = no_broker(&[("INGESTD_BODY_TIMEOUT_MS", "500")]);
+    let mut s = std::net::TcpStream::connect(ing.addr).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n".repeat(1000);
+    let t0 = Instant::now();
+    let mut sent = 0usize;
+    // Writes block (then fail) once ingestd stops reading: it is stuck writing answers.
+    while t0.elapsed() < Duration::from_secs(20) && s.write_all(&req).is_ok() {
+        sent += 1000;
+    }
+    assert!(sent >= 10_000, "only {sent} requests were accepted");
+    // The server side is gone while this client still holds its socket open.
+    common::wait_until(
+        "the stalled connection is closed",
+        Duration::from_secs(5),
+        || {
+            ing.metric("ingestd_connections", "") == 1.0 // the /metrics request itself
+        },
+    );
+    assert_eq!(
+        common::http::get(ing.addr, "/healthz").unwrap().status,
+        200,
+        "the executor keeps serving"
+    );
+    drop(s);
+}
+
+#[test]
 fn max_connections_per_executor() {
     let ing = no_broker(&[("INGESTD_MAX_CONNECTIONS", "3")]);
     let mut kept: Vec<Client> = (0..3).map(|_| Client::connect(ing.addr).unwrap()).collect();
