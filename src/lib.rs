@@ -1,8 +1,9 @@
 //! ingestd: HTTP/1.1 in, one Kafka record per body out.
 //!
-//! Request path: `server` (executors, accept) -> `conn` (read, answer in order) ->
-//! `http` (pure parsing) -> `route` (what to do) -> `local` (bounded executor queue,
-//! waiters) -> `lane` (batched hand-off) -> `kafka` (producer thread, delivery reports).
+//! Request path: `server` (executors, accept) -> `poller` (socket readiness) -> `conn`
+//! (read, answer in order) -> `http` (pure parsing) -> `route` (what to do) -> `local`
+//! (bounded executor queue, waiters) -> `lane` (batched hand-off) -> `kafka` (producer
+//! thread, delivery reports).
 //! `error` maps every failure to its status code.
 
 pub mod config;

@@ -61,13 +61,12 @@ impl Poller {
         }))
     }
 
-    /// `readable`: try reading before the first event. A new connection starts without:
-    /// registering a socket that already holds data queues an event at once, and a
-    /// client's request usually arrives after the accept, so a recv now would mostly just
-    /// say WouldBlock.
-    fn register(&self, fd: RawFd, readable: bool) -> io::Result<usize> {
+    /// A new socket's first read waits for its first event: registering a socket that
+    /// already holds data queues an event at once, and a client's request usually
+    /// arrives after the accept, so a recv right away would mostly just say WouldBlock.
+    fn register(&self, fd: RawFd) -> io::Result<usize> {
         let key = self.waiters.borrow_mut().insert(Slot {
-            readable,
+            readable: false,
             ..Slot::default()
         });
         if let Err(e) = sys::epoll_add(self.ep.as_raw_fd(), fd, key as u64) {
@@ -165,7 +164,7 @@ pub struct Sock {
 
 impl Sock {
     pub fn new(stream: TcpStream, poller: Rc<Poller>) -> io::Result<Sock> {
-        let key = poller.register(stream.as_raw_fd(), false)?;
+        let key = poller.register(stream.as_raw_fd())?;
         Ok(Sock {
             stream,
             key,
