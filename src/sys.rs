@@ -131,24 +131,11 @@ pub fn shutdown_both(fd: RawFd) {
 /// The caller frees one fd first (see `SpareFd`), so accept can succeed.
 pub fn shed_pending(listen_fd: RawFd) -> usize {
     let mut n = 0;
-    loop {
-        // SAFETY: accept4 on a listening fd owned by this executor's live listener; null
-        // address pointers are allowed. The returned fd is ours and closed right away.
-        let fd = unsafe {
-            libc::accept4(
-                listen_fd,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return n;
-        }
-        // SAFETY: `fd` was just returned by accept4 and is not used elsewhere.
-        drop(unsafe { File::from_raw_fd(fd) });
+    // Each accepted stream is dropped (closed) right away.
+    while accept(listen_fd).is_ok() {
         n += 1;
     }
+    n
 }
 
 /// Makes a pending read on a connection return 0, so an idle keep-alive connection
