@@ -198,16 +198,16 @@ impl Sock {
                 p.park(self.key, READ, cx);
                 return Poll::Pending;
             }
-            let r = p.poll_op(self.key, READ, cx, || sys::recv(fd, &mut *buf));
+            let r = sys::recv(fd, &mut *buf);
+            // Drained: WouldBlock, or a short read. Not EINTR: data may still be queued.
             let drained = match &r {
-                Poll::Pending => true,
-                Poll::Ready(Ok(n)) => *n > 0 && *n < len,
-                Poll::Ready(Err(_)) => false,
+                Ok(n) => *n > 0 && *n < len,
+                Err(e) => e.kind() == io::ErrorKind::WouldBlock,
             };
             if drained {
                 p.slot(self.key, |s| s.readable = s.hup);
             }
-            r
+            p.poll_op(self.key, READ, cx, || r)
         })
         .await
     }

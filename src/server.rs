@@ -220,6 +220,11 @@ async fn run_executor(
         let stream = match accepted {
             None => break,
             Some(Ok(s)) => s,
+            Some(Err(e)) if !sys::out_of_fds(&e) => {
+                // This connection failed (e.g. reset before accept): try the next one.
+                bump(&exec.stats().accept_errors, 1);
+                continue;
+            }
             Some(Err(e)) => {
                 bump(&exec.stats().accept_errors, 1);
                 // At the fd limit the listener stays readable. Close what waits in the
@@ -271,6 +276,15 @@ async fn run_executor(
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     let left = conns.borrow().len();
+    for (_, w) in conns.borrow().iter() {
+        // Their tasks' reads and writes fail now, so they end and close their sockets
+        // before the executor stops, rather than holding clients through the flush.
+        w.close();
+    }
+    let closing = Instant::now() + Duration::from_millis(200);
+    while !conns.borrow().is_empty() && Instant::now() < closing {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
     if left > 0 {
         warn!(
             connections = left,

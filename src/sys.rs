@@ -42,6 +42,15 @@ pub fn accept(listen_fd: RawFd) -> io::Result<TcpStream> {
     Ok(unsafe { TcpStream::from_raw_fd(fd) })
 }
 
+/// An accept error that means "no fd or memory for a new socket", not "this connection
+/// failed": the backlog then has to be shed (see `shed_pending`).
+pub fn out_of_fds(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
 /// recv(2) without blocking; WouldBlock when nothing is there.
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes.

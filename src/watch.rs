@@ -56,6 +56,11 @@ impl Watch {
         self.expired.replace(false)
     }
 
+    /// Shutdown deadline: ends the connection's pending read or write at once.
+    pub fn close(&self) {
+        sys::shutdown_both(self.fd);
+    }
+
     /// Ticker: ends reads whose deadline passed, and idle reads at shutdown.
     pub fn check(&self, now: Instant, shutting_down: bool) {
         let late = self.deadline.get().is_some_and(|d| d <= now);

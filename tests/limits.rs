@@ -204,6 +204,28 @@ fn a_client_that_stops_reading_is_cut_off_at_the_body_timeout() {
 }
 
 #[test]
+fn shutdown_deadline_closes_connections_still_waiting() {
+    // A request waiting for a broker that never answers: at the shutdown deadline its
+    // connection is closed, before the producer's flush (which gets the same deadline)
+    // ends and the process exits.
+    let mut ing = no_broker(&[("INGESTD_SHUTDOWN_TIMEOUT_MS", "1500")]);
+    let mut c = Client::connect(ing.addr).unwrap();
+    c.send(&post("/", b"never acked", &[("Kafka-Ack", "kafka")]))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    ing.signal(libc::SIGTERM);
+    assert!(c.closed(Duration::from_secs(5)), "connection closed");
+    let closed = t0.elapsed();
+    ing.wait_exit(Duration::from_secs(10));
+    let exited = t0.elapsed();
+    assert!(
+        closed >= Duration::from_millis(1300) && closed + Duration::from_millis(700) < exited,
+        "closed after {closed:?}, exited after {exited:?}"
+    );
+}
+
+#[test]
 fn max_connections_per_executor() {
     let ing = no_broker(&[("INGESTD_MAX_CONNECTIONS", "3")]);
     let mut kept: Vec<Client> = (0..3).map(|_| Client::connect(ing.addr).unwrap()).collect();

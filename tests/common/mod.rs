@@ -236,6 +236,11 @@ impl Ingestd {
     /// SIGTERM and wait for exit (bounded).
     pub fn stop(&mut self, timeout: Duration) -> ExitStatus {
         self.signal(libc::SIGTERM);
+        self.wait_exit(timeout)
+    }
+
+    /// Waits for the process to exit (bounded; killed and a panic past `timeout`).
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let t0 = Instant::now();
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
