@@ -8,9 +8,10 @@
 //! connections of a whole loop iteration with one epoll_wait. The executor still sleeps in
 //! its io_uring: when nothing is ready, `run` waits on a ring poll of the epoll fd.
 //!
-//! Reads and writes always try the syscall first and wait only after WouldBlock. With
-//! edge triggering, data that arrives after that WouldBlock raises a new event, so no
-//! wakeup is lost; an event for a socket nobody waits on is simply dropped.
+//! Writes always try the syscall first and wait only after WouldBlock; reads do too,
+//! unless the previous read already drained the socket (`Slot::readable`). With edge
+//! triggering, data that arrives after that point raises a new event, so no wakeup is
+//! lost; an event for a socket nobody waits on only marks it readable.
 
 use crate::sys;
 use slab::Slab;
