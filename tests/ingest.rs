@@ -6,7 +6,7 @@ mod common;
 use common::http::{post, Client};
 use common::{broker, metric_sum, read_topic, Ingestd, Rec};
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -460,9 +460,10 @@ fn ack_kafka_answers_promptly_while_the_executor_is_saturated() {
         "1",
     ]);
     let stop = Arc::new(AtomicBool::new(false));
+    let running = Arc::new(AtomicUsize::new(0));
     let load: Vec<_> = (0..4)
         .map(|_| {
-            let (addr, stop) = (ing.addr, stop.clone());
+            let (addr, stop, running) = (ing.addr, stop.clone(), running.clone());
             std::thread::spawn(move || {
                 let mut c = Client::connect(addr).unwrap();
                 let batch = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n".repeat(16);
@@ -474,13 +475,18 @@ fn ack_kafka_answers_promptly_while_the_executor_is_saturated() {
                     for _ in 0..16 {
                         assert_eq!(c.read().unwrap().status, 200);
                     }
+                    if answered == 0 {
+                        running.fetch_add(1, Ordering::Relaxed);
+                    }
                     answered += 16;
                 }
                 answered
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    common::wait_until("the load runs", Duration::from_secs(10), || {
+        running.load(Ordering::Relaxed) == 4
+    });
     let mut c = Client::connect(ing.addr).unwrap();
     let mut lat = Vec::new();
     for _ in 0..40 {

@@ -212,7 +212,9 @@ fn shutdown_deadline_closes_connections_still_waiting() {
     let mut c = Client::connect(ing.addr).unwrap();
     c.send(&post("/", b"never acked", &[("Kafka-Ack", "kafka")]))
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    common::wait_until("the request is queued", Duration::from_secs(5), || {
+        ing.metric("ingestd_records_enqueued_total", "") >= 1.0
+    });
     let t0 = Instant::now();
     ing.signal(libc::SIGTERM);
     assert!(c.closed(Duration::from_secs(5)), "connection closed");
