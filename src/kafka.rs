@@ -181,7 +181,20 @@ pub struct KafkaThread {
     last_progress: Instant,
     timeouts_at_progress: u64,
     next_health_check: Instant,
+    /// Records taken from the lanes since `window_start`; at the end of each
+    /// `BUSY_WINDOW` they decide whether the thread naps or sleeps when idle (`busy`).
+    window_start: Instant,
+    window_records: usize,
+    busy: bool,
 }
+
+/// The thread naps (see `KafkaWake`) once records arrive at 32 per ms or more: there the
+/// nap's timed wake-ups are far fewer than the executors' wakes would be (one per
+/// scheduler round). Below it, napping saved nothing measurable, and at 8 per ms one
+/// connection's round trips got slower (16.9k -> 13.5k req/s); sleeping keeps them as
+/// they were.
+const BUSY_WINDOW: Duration = Duration::from_millis(1);
+const BUSY_RECORDS: usize = 32;
 
 impl KafkaThread {
     pub fn new(
@@ -208,6 +221,9 @@ impl KafkaThread {
             last_progress: Instant::now(),
             timeouts_at_progress: 0,
             next_health_check: Instant::now(),
+            window_start: Instant::now(),
+            window_records: 0,
+            busy: false,
         })
     }
 
@@ -255,6 +271,7 @@ impl KafkaThread {
         for i in 0..self.lanes.len() {
             while let Some(batch) = self.lanes[i].from_exec.try_pop() {
                 work = true;
+                self.window_records += batch.records.len();
                 bump(&self.metrics.kafka.batches, 1);
                 self.send_batch(&batch);
                 self.backlog[i].spent.push(batch);
@@ -422,24 +439,35 @@ impl KafkaThread {
         self.timeouts_at_progress = timeouts;
     }
 
-    /// Nothing to do: wait for a delivery report, or sleep until an executor pushes.
+    /// Nothing to do: wait for a delivery report, or until an executor pushes. While
+    /// records keep coming (`busy`) this is a nap of `KafkaWake::NAP` that executors do
+    /// not interrupt for routine pushes; otherwise a sleep that any push ends.
     fn idle(&mut self) {
         // Sleep until an executor pushes or librdkafka queues an event (`QueueWake` unparks
         // us from its thread). Not `producer.poll(timeout)`: it would not see executor
         // pushes, and rdkafka turns the last sub-millisecond of a deadline into a 0 ms poll
-        // and spins. The timeout is only a safety net.
+        // and spins. The sleep's timeout is only a safety net.
         if self.queue_wake.as_ref().is_some_and(QueueWake::pending) {
             return;
         }
+        let now = Instant::now();
+        if now.duration_since(self.window_start) >= BUSY_WINDOW {
+            self.busy = self.window_records >= BUSY_RECORDS;
+            self.window_records = 0;
+            self.window_start = now;
+        }
         let w = &self.shared.wake;
-        w.sleeping.store(true, Ordering::SeqCst);
-        if !w.take_pending()
+        if w.begin_park(self.busy)
             && !self.shared.stop.load(Ordering::Acquire)
             && !self.queue_wake.as_ref().is_some_and(QueueWake::pending)
         {
-            std::thread::park_timeout(Duration::from_millis(100));
+            std::thread::park_timeout(if self.busy {
+                KafkaWake::NAP
+            } else {
+                Duration::from_millis(100)
+            });
         }
-        w.sleeping.store(false, Ordering::SeqCst);
+        w.end_park();
     }
 
     /// Shutdown: every executor has stopped; deliver what is in flight within the deadline.

@@ -4,7 +4,7 @@
 
 use crate::error::FailReason;
 use glommio::channels::spsc_queue::{self, Consumer, Producer};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::thread::Thread;
@@ -154,20 +154,39 @@ impl Completions {
     }
 }
 
+/// How the Kafka thread is waiting, if it is (`KafkaWake::state`).
+const AWAKE: u8 = 0;
+/// A short timed park while records keep coming: it wakes itself within
+/// `KafkaWake::NAP`, so routine pushes need not wake it.
+const NAPPING: u8 = 1;
+/// Parked until woken (only a safety-net timeout).
+const SLEEPING: u8 = 2;
+
 /// Wake-up state for the Kafka thread, shared by every executor.
+///
+/// Waking a parked thread costs a futex call and a context switch on both sides (about
+/// 0.9 us per request at 64 connections when every scheduler round woke it). Under load
+/// the thread therefore naps for `NAP` between rounds and executors only `nudge` it:
+/// a nudge wakes it from a real sleep, never from a nap. Records someone waits for
+/// (ack=kafka), a full batch and librdkafka's events still `wake` it at once.
 pub struct KafkaWake {
     thread: Mutex<Option<Thread>>,
-    /// Set by the Kafka thread just before it parks; executors unpark it when set.
-    pub sleeping: AtomicBool,
+    /// AWAKE, NAPPING or SLEEPING; set by the Kafka thread before it parks.
+    state: AtomicU8,
     /// Set by an executor after each push, so a thread about to park sees new work.
     pending: AtomicBool,
 }
 
 impl KafkaWake {
+    /// The longest a pushed record waits for a napping Kafka thread: ingestd's default
+    /// `linger.ms` (1), the time librdkafka holds records anyway. 1 ms measured better
+    /// than 0.5 ms at 64 connections (8.44 vs 10.0 us per request, median of 8 runs).
+    pub const NAP: std::time::Duration = std::time::Duration::from_millis(1);
+
     pub fn new() -> Arc<Self> {
         Arc::new(KafkaWake {
             thread: Mutex::new(None),
-            sleeping: AtomicBool::new(false),
+            state: AtomicU8::new(AWAKE),
             pending: AtomicBool::new(false),
         })
     }
@@ -181,15 +200,52 @@ impl KafkaWake {
         *self.thread.lock().unwrap() = Some(t);
     }
 
-    /// Called once per pushed batch; a lock is taken only when the thread sleeps.
-    /// SeqCst pairs with the Kafka thread's `sleeping` store then `take_pending` load:
-    /// at least one side sees the other, so no push is left sleeping.
+    /// Kafka thread: about to park, napping (wakes itself soon) or sleeping. Returns
+    /// false when work arrived meanwhile and it must not park. SeqCst pairs with the
+    /// executors' `pending` store then `state` load: at least one side sees the other.
+    pub fn begin_park(&self, nap: bool) -> bool {
+        self.state
+            .store(if nap { NAPPING } else { SLEEPING }, Ordering::SeqCst);
+        !self.take_pending()
+    }
+
+    /// Kafka thread: awake again (woken, timed out, or did not park).
+    pub fn end_park(&self) {
+        self.state.store(AWAKE, Ordering::SeqCst);
+    }
+
+    /// Wakes the thread however it waits. A lock is taken only when it is parked.
     pub fn wake(&self) {
         self.pending.store(true, Ordering::SeqCst);
-        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
-            if let Some(t) = self.thread.lock().unwrap().as_ref() {
-                t.unpark();
-            }
+        if self.state.load(Ordering::SeqCst) != AWAKE
+            && self.state.swap(AWAKE, Ordering::SeqCst) != AWAKE
+        {
+            self.unpark();
+        }
+    }
+
+    /// Announces a push; wakes the thread only from a sleep, not from a nap (it comes
+    /// back within `NAP` and finds the push).
+    pub fn nudge(&self) {
+        self.pending.store(true, Ordering::SeqCst);
+        if self.state.load(Ordering::SeqCst) == SLEEPING
+            && self
+                .state
+                .compare_exchange(SLEEPING, AWAKE, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            self.unpark();
+        }
+    }
+
+    #[cfg(test)]
+    fn state(&self) -> u8 {
+        self.state.load(Ordering::SeqCst)
+    }
+
+    fn unpark(&self) {
+        if let Some(t) = self.thread.lock().unwrap().as_ref() {
+            t.unpark();
         }
     }
 }
@@ -267,6 +323,82 @@ pub fn make_lane(index: u8, kafka: Arc<KafkaWake>) -> (ExecutorLane, KafkaLane) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::{Duration, Instant};
+
+    /// A stand-in Kafka thread: parks once (napping or sleeping, for up to `timeout`)
+    /// and reports when it came back.
+    fn parked_thread(w: &Arc<KafkaWake>, nap: bool, timeout: Duration) -> Arc<AtomicUsize> {
+        let back = Arc::new(AtomicUsize::new(0));
+        let (w2, back2) = (w.clone(), back.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            rx.recv().unwrap();
+            if w2.begin_park(nap) {
+                std::thread::park_timeout(timeout);
+            }
+            w2.end_park();
+            back2.store(1, Ordering::SeqCst);
+        });
+        w.set_thread(t.thread().clone());
+        tx.send(()).unwrap();
+        let expect = if nap { NAPPING } else { SLEEPING };
+        let t0 = Instant::now();
+        while w.state() != expect {
+            assert!(t0.elapsed() < Duration::from_secs(5), "thread never parked");
+            std::thread::yield_now();
+        }
+        back
+    }
+
+    fn wait_back(back: &AtomicUsize, within: Duration) -> bool {
+        let t0 = Instant::now();
+        while back.load(Ordering::SeqCst) == 0 {
+            if t0.elapsed() > within {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    #[test]
+    fn a_nudge_ends_a_sleep() {
+        let w = KafkaWake::new();
+        let back = parked_thread(&w, false, Duration::from_secs(30));
+        w.nudge();
+        assert!(
+            wait_back(&back, Duration::from_secs(5)),
+            "nudge did not wake a sleeper"
+        );
+    }
+
+    #[test]
+    fn a_nudge_leaves_a_nap_alone_but_a_wake_ends_it() {
+        let w = KafkaWake::new();
+        let back = parked_thread(&w, true, Duration::from_secs(30));
+        w.nudge();
+        // The nudge only announced work: still napping, and the push is pending for it.
+        assert!(!wait_back(&back, Duration::from_millis(100)));
+        assert_eq!(w.state(), NAPPING);
+        w.wake();
+        assert!(
+            wait_back(&back, Duration::from_secs(5)),
+            "wake did not end the nap"
+        );
+        assert!(w.take_pending(), "the pushes stay announced");
+    }
+
+    #[test]
+    fn a_push_before_parking_cancels_the_park() {
+        let w = KafkaWake::new();
+        w.nudge();
+        assert!(!w.begin_park(false), "must not park with work announced");
+        w.end_park();
+        assert!(w.begin_park(true), "nothing pending any more");
+        w.end_park();
+        assert_eq!(w.state(), AWAKE);
+    }
 
     #[test]
     fn opaque_round_trip() {

@@ -51,9 +51,17 @@ pub struct Exec {
     queue_records: Cell<usize>,
     flush_scheduled: Cell<bool>,
     flusher: RefCell<Option<Waker>>,
+    /// Records pushed to the lane since the Kafka thread was last woken outright, and
+    /// whether one of them has a waiter (ack=kafka): see `flush`.
+    unwoken: Cell<usize>,
+    urgent: Cell<bool>,
     waiters: RefCell<Slab<Waiter>>,
     next_gen: Cell<u16>,
 }
+
+/// Records after which a push wakes the Kafka thread even from a nap: by then it has a
+/// full round of work, and holding more only adds latency.
+const WAKE_RECORDS: usize = 256;
 
 /// A reserved place in the queue for one request's records.
 pub struct Enqueue<'a> {
@@ -86,6 +94,8 @@ impl Exec {
             queue_records: Cell::new(0),
             flush_scheduled: Cell::new(false),
             flusher: RefCell::new(None),
+            unwoken: Cell::new(0),
+            urgent: Cell::new(false),
             waiters: RefCell::new(Slab::new()),
             next_gen: Cell::new(0),
         })
@@ -155,6 +165,9 @@ impl Exec {
     }
 
     /// Hands the records gathered since the last flush to the Kafka thread in one push.
+    /// Waking the thread outright is kept for pushes that need it soon: a record someone
+    /// waits for (ack=kafka), `WAKE_RECORDS` gathered, a full lane, shutdown. Otherwise
+    /// a nudge: it ends the thread's sleep but not its short nap under load.
     fn flush(&self) {
         let mut overflow = self.overflow.borrow_mut();
         let mut batch = self.batch.borrow_mut();
@@ -162,16 +175,30 @@ impl Exec {
             let fresh = self.pool.borrow_mut().pop().unwrap_or_default();
             overflow.push_back(std::mem::replace(&mut *batch, fresh));
         }
-        let mut pushed = false;
+        let mut pushed = 0;
         while let Some(b) = overflow.pop_front() {
+            let n = b.records.len();
             if let Some(b) = self.lane.to_kafka.try_push(b) {
                 overflow.push_front(b);
                 break;
             }
-            pushed = true;
+            pushed += n;
         }
-        if pushed {
+        if pushed == 0 && overflow.is_empty() {
+            return;
+        }
+        let unwoken = self.unwoken.get() + pushed;
+        if self.urgent.get()
+            || unwoken >= WAKE_RECORDS
+            || !overflow.is_empty()
+            || self.shutting_down.get()
+        {
             self.lane.kafka.wake();
+            self.unwoken.set(0);
+            self.urgent.set(false);
+        } else {
+            self.lane.kafka.nudge();
+            self.unwoken.set(unwoken);
         }
     }
 
@@ -267,6 +294,9 @@ impl Enqueue<'_> {
         }
         .encode();
         b.push_record(topic, key, value, (h0, h1), partition, opaque);
+        if self.slot != 0 {
+            self.exec.urgent.set(true);
+        }
         self.i += 1;
         drop(b);
         self.exec.schedule_flush();
