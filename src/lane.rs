@@ -243,6 +243,12 @@ impl KafkaWake {
         self.state.load(Ordering::SeqCst)
     }
 
+    /// Tests of the executors' side: whether the last push woke a napping thread.
+    #[cfg(test)]
+    pub(crate) fn woken_from_nap(&self) -> bool {
+        self.state() == AWAKE
+    }
+
     fn unpark(&self) {
         if let Some(t) = self.thread.lock().unwrap().as_ref() {
             t.unpark();

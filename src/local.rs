@@ -166,8 +166,8 @@ impl Exec {
 
     /// Hands the records gathered since the last flush to the Kafka thread in one push.
     /// Waking the thread outright is kept for pushes that need it soon: a record someone
-    /// waits for (ack=kafka), `WAKE_RECORDS` gathered, a full lane, shutdown. Otherwise
-    /// a nudge: it ends the thread's sleep but not its short nap under load.
+    /// waits for (ack=kafka), `WAKE_RECORDS` gathered, a backlog, a full lane, shutdown.
+    /// Otherwise a nudge: it ends the thread's sleep but not its short nap under load.
     fn flush(&self) {
         let mut overflow = self.overflow.borrow_mut();
         let mut batch = self.batch.borrow_mut();
@@ -188,8 +188,12 @@ impl Exec {
             return;
         }
         let unwoken = self.unwoken.get() + pushed;
+        // A backlog (more than 1/8 of the queue undelivered) means the Kafka side is the
+        // limit: then every push wakes it, as a nap would leave it idle with work waiting.
+        let backlog = self.queue_records.get() > self.cfg.queue_max_records / 8;
         if self.urgent.get()
             || unwoken >= WAKE_RECORDS
+            || backlog
             || !overflow.is_empty()
             || self.shutting_down.get()
         {
@@ -423,5 +427,65 @@ impl Future for CompletionWait<'_> {
         } else {
             Poll::Pending
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lane::{make_lane, KafkaLane, KafkaWake};
+    use std::time::Duration;
+
+    /// An executor whose Kafka thread is napping (state only: nothing parks here).
+    fn napping_exec() -> (Rc<Exec>, Arc<KafkaWake>, KafkaLane) {
+        let wake = KafkaWake::new();
+        let (lane, kafka_end) = make_lane(0, wake.clone());
+        let exec = Exec::new(lane, Arc::new(Config::default()), Metrics::new(1), "1");
+        assert!(wake.begin_park(true));
+        (exec, wake, kafka_end)
+    }
+
+    fn push(exec: &Exec, n: usize, wait: Option<Instant>) {
+        let mut q = exec.reserve(n, n * 100, wait).unwrap();
+        for _ in 0..n {
+            q.push(b"t", None, b"v", -1, std::iter::empty());
+        }
+    }
+
+    #[test]
+    fn routine_pushes_leave_a_napping_kafka_thread_alone() {
+        let (exec, wake, _kafka) = napping_exec();
+        push(&exec, 3, None);
+        exec.flush();
+        assert!(!wake.woken_from_nap());
+        assert!(
+            wake.take_pending(),
+            "the push is announced for the nap's end"
+        );
+        push(&exec, WAKE_RECORDS - 4, None);
+        exec.flush();
+        assert!(!wake.woken_from_nap(), "below WAKE_RECORDS in all");
+        push(&exec, 1, None);
+        exec.flush();
+        assert!(wake.woken_from_nap(), "WAKE_RECORDS gathered");
+    }
+
+    #[test]
+    fn a_record_someone_waits_for_wakes_the_kafka_thread() {
+        let (exec, wake, _kafka) = napping_exec();
+        push(&exec, 1, Some(Instant::now() + Duration::from_secs(5)));
+        exec.flush();
+        assert!(wake.woken_from_nap());
+    }
+
+    #[test]
+    fn a_backlog_wakes_the_kafka_thread_on_every_push() {
+        let (exec, wake, _kafka) = napping_exec();
+        // Undelivered records above 1/8 of the queue: the Kafka side is behind.
+        let many = exec.cfg.queue_max_records / 8 + 1;
+        let _reserved = exec.reserve(many, many * 100, None).unwrap();
+        push(&exec, 1, None);
+        exec.flush();
+        assert!(wake.woken_from_nap());
     }
 }
