@@ -105,8 +105,12 @@ start_nginx() {
 # Builds, starts tansu and ingestd; sets BROKER, PORT, SERVER_PIDS.
 start_ingestd() {
     ulimit -l unlimited 2>/dev/null || true # io_uring rings need locked memory
-    (cd "$REPO" && cargo build --release --bin ingestd)
-    cp "$REPO/target/release/ingestd" "$TMP/ingestd" # immune to rebuilds meanwhile
+    if [ -n "${INGESTD_BIN:-}" ]; then # a given binary (perf/ab.sh)
+        cp "$INGESTD_BIN" "$TMP/ingestd"
+    else
+        (cd "$REPO" && cargo build --release --bin ingestd)
+        cp "$REPO/target/release/ingestd" "$TMP/ingestd" # immune to rebuilds meanwhile
+    fi
     "$REPO/tests/tansu.sh" install
     local out
     out=$(TANSU_RUN_DIR=$TMP "$REPO/tests/tansu.sh" start "$(free_port)" --watch $$)

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# A/B of two ingestd binaries under the same wrk load: runs interleaved (order
+# alternating), medians printed. Single runs on this shared 2-core VM spread +-10%, which
+# hides changes of a few percent; ten interleaved rounds of 5 s show them.
+#
+#   perf/ab.sh OLD_BINARY NEW_BINARY [--rounds N] [options of perf/lib.sh]
+#   perf/ab.sh /tmp/ingestd-old target/release/ingestd --rounds 10 --executors 1 --seconds 5
+#
+# Each run starts a fresh tansu and ingestd (perf/lib.sh), lets wrk warm up for 1 s, then
+# measures --seconds: req/s, server CPU us per request (all threads) and per thread, and
+# voluntary + involuntary context switches per request per thread.
+set -euo pipefail
+
+if [ "${1:-}" = --one ]; then
+    INGESTD_BIN=$(realpath "$2")
+    shift 2
+    source "$(dirname "$0")/lib.sh"
+    parse_common "$@"
+    start_server >/dev/null
+    start_wrk $((SECONDS_ + 3))
+    sleep 1
+    threads() {
+        local t
+        for t in /proc/$SERVER_PIDS/task/*; do
+            printf '%s %s %s\n' "$(tr ' ' _ <"$t/comm")" \
+                "$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "$t/stat")" \
+                "$(awk '/ctxt_switches/ { n += $2 } END { print n }' "$t/status")"
+        done
+    }
+    r0=$(answered) c0=$(cpu_ticks)
+    threads >"$TMP/t0"
+    sleep "$SECONDS_"
+    r1=$(answered) c1=$(cpu_ticks)
+    threads >"$TMP/t1"
+    n=$((r1 - r0)) tck=$(getconf CLK_TCK)
+    # Answers other than 2xx over the whole run (503 = queue full), from /metrics.
+    bad=$(curl -fsS "http://127.0.0.1:$PORT/metrics" | awk '/^ingestd_http_requests_total/ &&
+        !/code="2/ { n += $NF } END { printf "%d\n", n }')
+    printf 'RESULT %s %d %.3f %d' "$(basename "$INGESTD_BIN")" $((n / SECONDS_)) \
+        "$(echo "($c1 - $c0) * 1000000 / $tck / $n" | bc -l)" "$bad"
+    paste "$TMP/t0" "$TMP/t1" | awk -v n=$n -v t="$tck" '$2 != $5 {
+        printf " %s=%.3f/%.4f", $1, ($5 - $2) * 1e6 / t / n, ($6 - $3) / n }'
+    echo
+    exit 0
+fi
+
+[ $# -ge 2 ] || { sed -n '2,12p' "$0"; exit 2; }
+A=$1 B=$2
+shift 2
+ROUNDS=6
+ARGS=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --rounds) ROUNDS=$2; shift 2 ;;
+        *) ARGS+=("$1"); shift ;;
+    esac
+done
+[ "$(basename "$A")" != "$(basename "$B")" ] || { echo "give the binaries different names" >&2; exit 2; }
+command -v bc >/dev/null || apt-get install -y -qq bc
+OUT=$(mktemp /tmp/ingestd-ab.XXXXXX)
+for r in $(seq 1 "$ROUNDS"); do
+    order=("$A" "$B")
+    [ $((r % 2)) = 0 ] && order=("$B" "$A")
+    for bin in "${order[@]}"; do
+        "$0" --one "$bin" "${ARGS[@]}" | grep '^RESULT' | tee -a "$OUT"
+    done
+done
+python3 - "$OUT" <<'PY'
+import statistics as st, sys
+runs = {}
+for line in open(sys.argv[1]):
+    f = line.split()
+    r = runs.setdefault(f[1], {"rps": [], "us": [], "thr": {}})
+    r["rps"].append(int(f[2])); r["us"].append(float(f[3]))
+    r.setdefault("bad", []).append(int(f[4]))
+    for kv in f[5:]:
+        name, v = kv.split("=")
+        us, cs = v.split("/")
+        r["thr"].setdefault(name, []).append((float(us), float(cs)))
+print(f"\nmedians of {len(next(iter(runs.values()))['rps'])} runs each")
+for name, r in runs.items():
+    thr = "  ".join(f"{t} {st.median(u for u, _ in v):.2f}us {st.median(c for _, c in v):.3f}cs"
+                    for t, v in sorted(r["thr"].items()))
+    print(f"{name}: {st.median(r['rps']):,.0f} req/s, {st.median(r['us']):.2f} us/request, "
+          f"non-2xx per run {r['bad']}  [{thr}]")
+PY
+rm -f "$OUT"
