@@ -188,13 +188,13 @@ pub struct KafkaThread {
     busy: bool,
 }
 
-/// The thread naps (see `KafkaWake`) once records arrive at 32 per ms or more: there the
+/// The thread naps (see `KafkaWake`) once records arrive at 64 per ms or more: there the
 /// nap's timed wake-ups are far fewer than the executors' wakes would be (one per
-/// scheduler round). Below it, napping saved nothing measurable, and at 8 per ms one
-/// connection's round trips got slower (16.9k -> 13.5k req/s); sleeping keeps them as
-/// they were.
+/// scheduler round). Below it napping saves little and slowed one connection (~16
+/// records per ms; perf/ab.sh against the old wake-per-round: threshold 8 gave 16.9k ->
+/// 13.5k req/s, 32 gave 16.4k -> 15.6k, 64 gives 16.1k -> 17.4k, i.e. no loss).
 const BUSY_WINDOW: Duration = Duration::from_millis(1);
-const BUSY_RECORDS: usize = 32;
+const BUSY_RECORDS: usize = 64;
 
 impl KafkaThread {
     pub fn new(
