@@ -40,7 +40,8 @@ if [ "${1:-}" = --one ]; then
     threads >"$TMP/t1"
     n=$((r1 - r0)) tck=$(getconf CLK_TCK)
     printf 'RESULT %s %d %.3f %d' "$(basename "$INGESTD_BIN")" $((n / SECONDS_)) \
-        "$(echo "($c1 - $c0) * 1000000 / $tck / $n" | bc -l)" $((b1 - b0))
+        "$(awk -v c=$((c1 - c0)) -v t="$tck" -v n=$n 'BEGIN { print c * 1e6 / t / n }')" \
+        $((b1 - b0))
     paste "$TMP/t0" "$TMP/t1" | awk -v n=$n -v t="$tck" '$2 != $5 {
         printf " %s=%.3f/%.4f", $1, ($5 - $2) * 1e6 / t / n, ($6 - $3) / n }'
     echo
@@ -59,7 +60,6 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ "$(basename "$A")" != "$(basename "$B")" ] || { echo "give the binaries different names" >&2; exit 2; }
-command -v bc >/dev/null || apt-get install -y -qq bc
 OUT=$(mktemp /tmp/ingestd-ab.XXXXXX)
 for r in $(seq 1 "$ROUNDS"); do
     order=("$A" "$B")
