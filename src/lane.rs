@@ -216,25 +216,29 @@ impl KafkaWake {
 
     /// Wakes the thread however it waits. A lock is taken only when it is parked.
     pub fn wake(&self) {
-        self.pending.store(true, Ordering::SeqCst);
-        if self.state.load(Ordering::SeqCst) != AWAKE
-            && self.state.swap(AWAKE, Ordering::SeqCst) != AWAKE
-        {
-            self.unpark();
-        }
+        self.announce(NAPPING);
     }
 
     /// Announces a push; wakes the thread only from a sleep, not from a nap (it comes
     /// back within `NAP` and finds the push).
     pub fn nudge(&self) {
+        self.announce(SLEEPING);
+    }
+
+    /// Marks work pending, and unparks the thread if it waits at `from` or deeper
+    /// (SLEEPING > NAPPING > AWAKE). While it is awake this is one load, no lock.
+    fn announce(&self, from: u8) {
         self.pending.store(true, Ordering::SeqCst);
-        if self.state.load(Ordering::SeqCst) == SLEEPING
-            && self
-                .state
-                .compare_exchange(SLEEPING, AWAKE, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-        {
-            self.unpark();
+        let woke = self
+            .state
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
+                (s >= from).then_some(AWAKE)
+            })
+            .is_ok();
+        if woke {
+            if let Some(t) = self.thread.lock().unwrap().as_ref() {
+                t.unpark();
+            }
         }
     }
 
@@ -247,12 +251,6 @@ impl KafkaWake {
     #[cfg(test)]
     pub(crate) fn woken_from_nap(&self) -> bool {
         self.state() == AWAKE
-    }
-
-    fn unpark(&self) {
-        if let Some(t) = self.thread.lock().unwrap().as_ref() {
-            t.unpark();
-        }
     }
 }
 
