@@ -271,20 +271,14 @@ async fn run_executor(
     }
     drop(listener);
     // Let connections finish what they have, within the shutdown deadline.
-    let deadline = Instant::now() + Duration::from_millis(cfg.shutdown_timeout_ms);
-    while !conns.borrow().is_empty() && Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(10)).await;
-    }
+    until_empty(&conns, Duration::from_millis(cfg.shutdown_timeout_ms)).await;
     let left = conns.borrow().len();
     for (_, w) in conns.borrow().iter() {
         // Their tasks' reads and writes fail now, so they end and close their sockets
         // before the executor stops, rather than holding clients through the flush.
         w.close();
     }
-    let closing = Instant::now() + Duration::from_millis(200);
-    while !conns.borrow().is_empty() && Instant::now() < closing {
-        glommio::timer::sleep(Duration::from_millis(10)).await;
-    }
+    until_empty(&conns, Duration::from_millis(200)).await;
     if left > 0 {
         warn!(
             connections = left,
@@ -293,6 +287,14 @@ async fn run_executor(
         );
     }
     drop(ticker);
+}
+
+/// Waits until every connection has ended, or `within` passed.
+async fn until_empty(conns: &Registry, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !conns.borrow().is_empty() && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Once per 100 ms: refresh the Date header each second, advance the heartbeat, end reads
