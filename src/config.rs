@@ -284,12 +284,8 @@ impl Config {
         if let Some(path) = &self.auth_token_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("auth_token_file: cannot read {}: {e}", path.display()))?;
-            self.auth_tokens.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .map(String::from),
-            );
+            self.auth_tokens
+                .extend(token_file_lines(&text).map(String::from));
         }
         for (k, v) in &self.kafka {
             if v.is_table() || v.is_array() {
@@ -322,17 +318,21 @@ impl Config {
             ("queue.buffering.max.messages", "2000000"),
             ("queue.buffering.max.kbytes", "4194304"),
             ("statistics.interval.ms", "0"),
+            // Never give up on a record while the process lives: a 202 must outlive a
+            // broker outage of any length (the executor queues bound memory and answer 503
+            // when full). ack=kafka clients get 504 at ack_timeout_ms meanwhile; their
+            // records are still delivered. Records that do time out (an operator's own
+            // finite value) are produced again, see `FailReason::transient`.
+            ("message.timeout.ms", "0"),
+            // The partition a Java producer picks for the same key (librdkafka's default,
+            // crc32, differs): mixed producers keep a key's records on one partition.
+            ("partitioner", "murmur2_random"),
             // Idle-connection closes by brokers are normal; do not log each one.
             ("log.connection.close", "false"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        // The record is answered at ack_timeout; librdkafka may keep retrying a little longer.
-        props.insert(
-            "message.timeout.ms".into(),
-            (self.ack_timeout_ms.max(1000) * 3).to_string(),
-        );
         for (k, v) in &self.kafka {
             let v = match v {
                 toml::Value::String(s) => s.clone(),
@@ -342,6 +342,15 @@ impl Config {
         }
         props.into_iter().collect()
     }
+}
+
+/// The tokens of an `auth_token_file`: one per line, surrounding blanks trimmed; blank
+/// lines and lines starting with `#` are skipped (a token never contains a space, so a
+/// comment can never be mistaken for one).
+fn token_file_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
 }
 
 fn env_value(key: &str, raw: &str) -> toml::Value {

@@ -181,7 +181,8 @@ impl Conn {
                         (200, "OK"),
                         date,
                         keep,
-                        Some("text/plain; version=0.0.4"),
+                        // prometheus-client writes OpenMetrics text (it ends in `# EOF`).
+                        Some("application/openmetrics-text; version=1.0.0; charset=utf-8"),
                         "",
                         text.as_bytes(),
                     );
@@ -257,6 +258,9 @@ impl Conn {
         if n == 0 {
             return Err(HttpError::BadRequest("NDJSON body has no records"));
         }
+        if n > exec.cfg.queue_max_records || cost > exec.cfg.queue_max_bytes {
+            return Err(HttpError::NeverFits);
+        }
         let deadline = started + Duration::from_millis(exec.cfg.ack_timeout_ms);
         let wait = (p.ack == AckMode::Kafka).then_some(deadline);
         let mut q = exec.reserve(n, cost, wait)?;
@@ -276,7 +280,8 @@ impl Conn {
                         let _ = writeln!(w, "{{\"queued\":{n}}}");
                         40 - w.len()
                     };
-                    self.simple(202, "Accepted", &msg[..len], keep, head_only);
+                    let json = "application/json";
+                    self.typed(202, "Accepted", json, &msg[..len], keep, head_only);
                 } else {
                     let date = exec.date.borrow();
                     if self.replies.is_empty() {
@@ -337,6 +342,7 @@ impl Conn {
                 let mut continued = false;
                 loop {
                     let region = &self.buf[self.start + hl..self.end];
+                    let nothing_yet = region.is_empty();
                     match self
                         .chunked
                         .decode(region, &mut self.body, self.lim.max_body_bytes)
@@ -347,10 +353,17 @@ impl Conn {
                                 consumed,
                             })
                         }
-                        Ok(None) => {}
+                        Ok(None) => {
+                            // Drop the wire bytes already decoded; the head stays (the
+                            // route's ranges point into it).
+                            let gone = self.chunked.take_consumed();
+                            let from = self.start + hl;
+                            self.buf.copy_within(from + gone..self.end, from);
+                            self.end -= gone;
+                        }
                         Err(e) => return Err(self.fail_stop(e)),
                     }
-                    if self.head.expect_continue && !continued && region.is_empty() {
+                    if self.head.expect_continue && !continued && nothing_yet {
                         self.finish(s).await?;
                         self.send(s, response::CONTINUE).await?;
                         continued = true;
@@ -515,13 +528,25 @@ impl Conn {
     }
 
     fn simple(&mut self, code: u16, reason: &str, body: &[u8], keep: Keep, head_only: bool) {
+        self.typed(code, reason, "text/plain", body, keep, head_only);
+    }
+
+    fn typed(
+        &mut self,
+        code: u16,
+        reason: &str,
+        content_type: &str,
+        body: &[u8],
+        keep: Keep,
+        head_only: bool,
+    ) {
         self.emit(|out, date| {
             response::write(
                 out,
                 (code, reason),
                 date,
                 keep,
-                Some("text/plain"),
+                Some(content_type),
                 "",
                 body,
             );

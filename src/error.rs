@@ -7,7 +7,9 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum FailReason {
-    /// librdkafka gave up (message.timeout.ms) or ingestd's ack timeout fired first.
+    /// Not used for records any more: a record librdkafka gives up on for a passing
+    /// reason (a timeout among them) is produced again (`transient`). Kept so the
+    /// `reason` label set of `ingestd_records_failed_total` stays stable.
     Timeout = 0,
     UnknownTopic = 1,
     UnknownPartition = 2,
@@ -37,6 +39,53 @@ impl FailReason {
             FailReason::Broker => "broker",
             FailReason::Shutdown => "shutdown",
         }
+    }
+
+    /// Whether librdkafka gave up on a record for a reason that passes: a timeout, an
+    /// outage, a leader election, the idempotent producer's state, or ingestd's own purge
+    /// when it rebuilds the producer. Such a record is produced again, not failed, so a
+    /// `202` outlives any outage while the process lives. Everything else (too large, no
+    /// such topic or partition, not authorized, invalid) is Kafka's verdict on the record
+    /// and final.
+    pub fn transient(code: rdkafka::types::RDKafkaErrorCode) -> bool {
+        use rdkafka::types::RDKafkaErrorCode as E;
+        matches!(
+            code,
+            E::MessageTimedOut
+                | E::RequestTimedOut
+                | E::OperationTimedOut
+                | E::TimedOutQueue
+                | E::PurgeQueue
+                | E::PurgeInflight
+                | E::Fatal
+                | E::Retry
+                | E::QueueFull
+                | E::BrokerTransportFailure
+                | E::AllBrokersDown
+                | E::Resolve
+                | E::BrokerNotAvailable
+                | E::NetworkException
+                | E::LeaderNotAvailable
+                | E::NotLeaderForPartition
+                | E::PreferredLeaderNotAvailable
+                | E::EligibleLeadersNotAvailable
+                | E::FencedLeaderEpoch
+                | E::UnknownLeaderEpoch
+                | E::ReplicaNotAvailable
+                | E::NotEnoughReplicas
+                | E::NotEnoughReplicasAfterAppend
+                | E::ISRInsufficient
+                | E::KafkaStorageError
+                | E::ThrottlingQuotaExceeded
+                | E::OutOfOrderSequenceNumber
+                | E::InvalidProducerEpoch
+                | E::UnknownProducerId
+                | E::InvalidProducerIdMapping
+                | E::ProducerFenced
+                | E::Fenced
+                | E::Inconsistent
+                | E::GaplessGuarantee
+        )
     }
 
     pub fn from_code(code: rdkafka::types::RDKafkaErrorCode) -> FailReason {
@@ -72,6 +121,10 @@ pub enum HttpError {
     VersionNotSupported,
     /// The executor's bounded queue cannot take the records now.
     QueueFull,
+    /// The request's records could never fit an executor's queue (NDJSON with more
+    /// lines than `queue_max_records`, or more bytes than `queue_max_bytes`): retrying
+    /// cannot help, so not 503.
+    NeverFits,
     /// The broker rejected or failed the record(s).
     Delivery(FailReason),
     /// No delivery report within ack_timeout.
@@ -91,7 +144,7 @@ impl HttpError {
             MethodNotAllowed { .. } => (405, "Method Not Allowed"),
             RequestTimeout => (408, "Request Timeout"),
             LengthRequired => (411, "Length Required"),
-            PayloadTooLarge => (413, "Content Too Large"),
+            PayloadTooLarge | NeverFits => (413, "Content Too Large"),
             UriTooLong => (414, "URI Too Long"),
             ExpectationFailed => (417, "Expectation Failed"),
             HeadersTooLarge => (431, "Request Header Fields Too Large"),
@@ -123,6 +176,7 @@ impl HttpError {
             HeadersTooLarge => "request headers too large",
             VersionNotSupported => "only HTTP/1.0 and HTTP/1.1 are supported",
             QueueFull => "ingest queue full, retry later",
+            NeverFits => "more records or bytes than an executor's queue holds (queue_max_records, queue_max_bytes): split the body",
             ShuttingDown => "shutting down",
             AckTimeout => "kafka did not acknowledge in time",
             Delivery(FailReason::Timeout) => "kafka delivery timed out",
@@ -169,6 +223,28 @@ impl HttpError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verdicts_on_the_record_are_final_outages_are_not() {
+        use rdkafka::types::RDKafkaErrorCode as E;
+        for c in [
+            E::MessageTimedOut,
+            E::PurgeQueue,
+            E::PurgeInflight,
+            E::NotEnoughReplicas,
+        ] {
+            assert!(FailReason::transient(c), "{c:?}");
+        }
+        for c in [
+            E::MessageSizeTooLarge,
+            E::UnknownPartition,
+            E::UnknownTopicOrPartition,
+            E::TopicAuthorizationFailed,
+            E::InvalidRecord,
+        ] {
+            assert!(!FailReason::transient(c), "{c:?}");
+        }
+    }
 
     #[test]
     fn client_faults_are_never_5xx() {

@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::error::FailReason;
 use crate::lane::{
-    record_cost, Completion, Completions, KafkaLane, KafkaWake, Opaque, RecordBatch,
+    record_cost, Completion, Completions, HeaderMeta, KafkaLane, KafkaWake, Opaque, RecordBatch,
 };
 use crate::metrics::{bump, Metrics};
 use crate::sys::QueueWake;
@@ -31,13 +31,53 @@ struct Sink {
     per_exec: Vec<Completions>,
     delivered: u64,
     failed: [u64; FailReason::ALL.len()],
+    /// Records librdkafka gave up on for a passing reason (`FailReason::transient`), to be
+    /// produced again once `RETRY_BACKOFF` has passed since `retry_since`. They keep
+    /// their queue space and their opaque (and so their waiter) meanwhile.
+    retry: RecordBatch,
+    retry_since: Option<Instant>,
+    retried: u64,
 }
+
+/// How long a record that failed for a passing reason waits before it is produced
+/// again (librdkafka's own `retry.backoff.ms` default): long enough that a producer
+/// that fails every send at once (fatal, being rebuilt) is not spun on.
+const RETRY_BACKOFF: Duration = Duration::from_millis(100);
 
 thread_local! {
     static SINK: RefCell<Sink> = RefCell::new(Sink::default());
 }
 
 impl Sink {
+    /// Keeps a record for `KafkaThread::send_retries`. `headers` are (name, value) pairs.
+    fn keep<'a>(
+        &mut self,
+        topic: &[u8],
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+        partition: i32,
+        opaque: usize,
+    ) {
+        if self.retry.is_empty() {
+            self.retry_since = Some(Instant::now());
+        }
+        let b = &mut self.retry;
+        let h0 = b.headers.len() as u32;
+        for (n, v) in headers {
+            let (name, value) = (b.put(n), b.put(v));
+            b.headers.push(HeaderMeta { name, value });
+        }
+        let h1 = b.headers.len() as u32;
+        b.push_record(topic, key, value, (h0, h1), partition, opaque);
+        self.retried += 1;
+    }
+
+    /// When the kept records are due to be produced again, if any are kept.
+    fn retry_due(&self) -> Option<Instant> {
+        self.retry_since.map(|t| t + RETRY_BACKOFF)
+    }
+
     fn record(&mut self, opaque: usize, cost: usize, result: Result<(i32, i64), FailReason>) {
         let o = Opaque::decode(opaque);
         let Some(c) = self.per_exec.get_mut(o.executor as usize) else {
@@ -119,6 +159,24 @@ impl ProducerContext for Ctx {
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         let (msg, res) = match result {
             Ok(m) => (m, Ok((m.partition(), m.offset()))),
+            Err((KafkaError::MessageProduction(code), m)) if FailReason::transient(*code) => {
+                let headers = m.headers();
+                let headers = headers
+                    .iter()
+                    .flat_map(|h| h.iter())
+                    .map(|h| (h.key.as_bytes(), h.value.unwrap_or(&[])));
+                SINK.with(|s| {
+                    s.borrow_mut().keep(
+                        m.topic().as_bytes(),
+                        m.key(),
+                        m.payload().unwrap_or(&[]),
+                        headers,
+                        m.partition(),
+                        opaque,
+                    )
+                });
+                return;
+            }
             Err((KafkaError::MessageProduction(code), m)) => (m, Err(FailReason::from_code(*code))),
             Err((_, m)) => (m, Err(FailReason::Broker)),
         };
@@ -177,9 +235,12 @@ pub struct KafkaThread {
     /// Failure counters at the last aggregate log line.
     logged_failures: [u64; FailReason::ALL.len()],
     last_log: Instant,
-    /// Last time a record was delivered, and the timeout count then (see `check_health`).
+    /// Last time a record was delivered, or nothing was in flight, or the broker did not
+    /// answer (see `check_health`).
     last_progress: Instant,
-    timeouts_at_progress: u64,
+    /// Set once the stop flag is seen: the flush ends here, and so does any wait for
+    /// room in librdkafka's queue.
+    deadline: Option<Instant>,
     next_health_check: Instant,
     /// Records taken from the lanes since `window_start`; at the end of each
     /// `BUSY_WINDOW` they decide whether the thread naps or sleeps when idle (`busy`).
@@ -219,7 +280,7 @@ impl KafkaThread {
             logged_failures: [0; FailReason::ALL.len()],
             last_log: Instant::now(),
             last_progress: Instant::now(),
-            timeouts_at_progress: 0,
+            deadline: None,
             next_health_check: Instant::now(),
             window_start: Instant::now(),
             window_records: 0,
@@ -248,9 +309,15 @@ impl KafkaThread {
                     std::thread::park();
                 }
             }
+            // Set only after every executor has exited and handed over its last batch:
+            // what the lanes hold now is all there will be.
             let stopping = self.shared.stop.load(Ordering::Acquire);
+            if stopping && self.deadline.is_none() {
+                self.deadline = Some(Instant::now() + self.flush_timeout);
+            }
             let mut work = self.drain_lanes();
             self.producer.poll(Duration::ZERO);
+            work |= self.send_retries();
             work |= self.dispatch();
             bump(&self.metrics.kafka.heartbeat, 1);
             self.log_failures();
@@ -310,6 +377,16 @@ impl KafkaThread {
             loop {
                 match self.producer.send(rec) {
                     Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                        if self.deadline.is_some_and(|d| Instant::now() >= d) =>
+                    {
+                        // Shutting down and out of time: no more waiting for room.
+                        SINK.with(|s| {
+                            s.borrow_mut()
+                                .record(r.opaque, cost, Err(FailReason::Shutdown))
+                        });
+                        break;
+                    }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         // Backpressure, not an error: let librdkafka deliver, then retry.
                         bump(&self.metrics.kafka.queue_full_waits, 1);
@@ -318,6 +395,18 @@ impl KafkaThread {
                         rec = back;
                         self.producer.poll(Duration::from_millis(5));
                         self.dispatch();
+                    }
+                    Err((KafkaError::MessageProduction(code), _))
+                        if FailReason::transient(code) =>
+                    {
+                        let hs = &b.headers[r.headers.0 as usize..r.headers.1 as usize];
+                        let hs = hs.iter().map(|h| (b.get(h.name), b.get(h.value)));
+                        let t = b.get(r.topic);
+                        SINK.with(|s| {
+                            s.borrow_mut()
+                                .keep(t, key, value, hs, r.partition, r.opaque)
+                        });
+                        break;
                     }
                     Err((e, _)) => {
                         let reason = match e {
@@ -333,7 +422,29 @@ impl KafkaThread {
         }
     }
 
+    /// Produces again the records kept after a passing failure, once they are due.
+    fn send_retries(&mut self) -> bool {
+        let due = SINK.with(|s| s.borrow().retry_due().is_some_and(|t| Instant::now() >= t));
+        if !due {
+            return false;
+        }
+        let batch = SINK.with(|s| {
+            let mut s = s.borrow_mut();
+            s.retry_since = None;
+            std::mem::take(&mut s.retry)
+        });
+        self.send_batch(&batch);
+        true
+    }
+
+    /// Records kept for another try.
+    fn retrying(&self) -> usize {
+        SINK.with(|s| s.borrow().retry.records.len())
+    }
+
     /// Pushes gathered results to their executors, one push and one wake per executor.
+    /// Once stopping, the executors have exited: their results are dropped (the counters
+    /// still count them), so a lane nobody reads any more cannot keep this thread busy.
     fn dispatch(&mut self) -> bool {
         let mut any = false;
         SINK.with(|s| {
@@ -341,9 +452,8 @@ impl KafkaThread {
             let k = &self.metrics.kafka;
             if s.delivered > 0 {
                 self.last_progress = Instant::now();
-                self.timeouts_at_progress =
-                    k.failed[FailReason::Timeout as usize].load(Ordering::Relaxed);
             }
+            bump(&k.retried, std::mem::take(&mut s.retried));
             bump(&k.delivered, std::mem::take(&mut s.delivered));
             for (i, n) in std::mem::take(&mut s.failed).into_iter().enumerate() {
                 bump(&k.failed[i], n);
@@ -355,7 +465,11 @@ impl KafkaThread {
                 b.released_records += std::mem::take(&mut c.released_records);
             }
         });
+        let gone = self.deadline.is_some();
         for (i, lane) in self.lanes.iter().enumerate() {
+            if gone {
+                self.backlog[i] = Completions::default();
+            }
             if self.backlog[i].is_empty() {
                 continue;
             }
@@ -395,9 +509,10 @@ impl KafkaThread {
     }
 
     /// Rebuilds the producer when librdkafka cannot recover by itself: it reported a fatal
-    /// error, or records keep timing out while the broker answers metadata requests (seen
-    /// when a broker lost the idempotent producer's state and librdkafka bumps its epoch
-    /// forever). Records in flight fail (clients get 503); new ones go to a new producer.
+    /// error, or records stay in flight without a single delivery for 4x `ack_timeout_ms`
+    /// while the broker answers metadata requests (seen when a broker lost the idempotent
+    /// producer's state and librdkafka bumps its epoch forever). The old producer's
+    /// records come back purged, a passing failure: they are produced again on the new one.
     fn check_health(&mut self) {
         let now = Instant::now();
         if now < self.next_health_check {
@@ -406,12 +521,15 @@ impl KafkaThread {
         self.next_health_check = now + Duration::from_secs(1);
         // A fatal error arrives as an ordinary error event; librdkafka remembers it here.
         let fatal = self.producer.client().fatal_error();
-        let timeouts =
-            self.metrics.kafka.failed[FailReason::Timeout as usize].load(Ordering::Relaxed);
+        // Time without progress counts only while records wait and the broker answers: an
+        // outage is librdkafka's to ride out, not a reason to start over.
+        if self.producer.in_flight_count() == 0
+            || !self.metrics.broker_ready.load(Ordering::Acquire)
+        {
+            self.last_progress = now;
+        }
         let stuck_after = Duration::from_millis(self.cfg.ack_timeout_ms.max(1000) * 4);
-        let stuck = timeouts > self.timeouts_at_progress
-            && self.last_progress.elapsed() > stuck_after
-            && self.metrics.broker_ready.load(Ordering::Acquire);
+        let stuck = self.last_progress.elapsed() > stuck_after;
         if fatal.is_none() && !stuck {
             return;
         }
@@ -436,7 +554,6 @@ impl KafkaThread {
             Err(e) => error!(error = %e, "cannot rebuild the kafka producer"),
         }
         self.last_progress = Instant::now();
-        self.timeouts_at_progress = timeouts;
     }
 
     /// Nothing to do: wait for a delivery report, or until an executor pushes. While
@@ -457,33 +574,41 @@ impl KafkaThread {
             self.window_start = now;
         }
         let w = &self.shared.wake;
+        let mut timeout = if self.busy {
+            KafkaWake::NAP
+        } else {
+            Duration::from_millis(100)
+        };
+        if let Some(t) = SINK.with(|s| s.borrow().retry_due()) {
+            timeout = timeout.min(t.saturating_duration_since(now));
+        }
         if w.begin_park(self.busy)
             && !self.shared.stop.load(Ordering::Acquire)
             && !self.queue_wake.as_ref().is_some_and(QueueWake::pending)
         {
-            std::thread::park_timeout(if self.busy {
-                KafkaWake::NAP
-            } else {
-                Duration::from_millis(100)
-            });
+            std::thread::park_timeout(timeout);
         }
         w.end_park();
     }
 
-    /// Shutdown: every executor has stopped; deliver what is in flight within the deadline.
+    /// Shutdown: every executor has stopped and its lanes are drained; deliver what is in
+    /// flight (and what waits for another try) within the deadline.
     fn flush(&mut self) {
-        let deadline = Instant::now() + self.flush_timeout;
-        let start = self.producer.in_flight_count();
+        let deadline = self
+            .deadline
+            .unwrap_or_else(|| Instant::now() + self.flush_timeout);
+        let left = |t: &Self| t.producer.in_flight_count().max(0) as u64 + t.retrying() as u64;
         info!(
-            records = start,
+            records = left(self),
             timeout_ms = self.flush_timeout.as_millis() as u64,
             "flushing kafka producer"
         );
-        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
-            self.producer.poll(Duration::from_millis(50));
+        while left(self) > 0 && Instant::now() < deadline {
+            self.producer.poll(Duration::from_millis(20));
+            self.send_retries();
             self.dispatch();
         }
-        let left = self.producer.in_flight_count().max(0) as u64;
+        let left = left(self);
         if left > 0 {
             bump(
                 &self.metrics.kafka.failed[FailReason::Shutdown as usize],

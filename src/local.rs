@@ -27,6 +27,10 @@ struct Waiter {
     /// executor's ticker enforces it (no io_uring timer per request).
     deadline: Instant,
     expired: bool,
+    /// The request was answered (504) or its connection went away while records were
+    /// still in flight: the slot stays taken until their reports have all come back, so
+    /// a late report can never land on a newer request in a reused slot.
+    abandoned: bool,
     remaining: u32,
     first: Option<(i32, i64)>,
     last: Option<(i32, i64)>,
@@ -129,6 +133,7 @@ impl Exec {
                 gen,
                 deadline,
                 expired: false,
+                abandoned: false,
                 remaining: n as u32,
                 first: None,
                 last: None,
@@ -263,10 +268,38 @@ impl Exec {
             }
             w.remaining = w.remaining.saturating_sub(1);
             if w.remaining == 0 {
-                if let Some(k) = w.waker.take() {
+                if w.abandoned {
+                    waiters.remove(d.slot as usize - 1);
+                } else if let Some(k) = w.waker.take() {
                     k.wake();
                 }
             }
+        }
+    }
+
+    /// Executor exit: hands the records still gathered here (answered 202 or waited for)
+    /// to the Kafka thread, which keeps running until every executor has exited. Only if
+    /// the lane stays full past `within` are the rest counted and logged as not
+    /// delivered, never dropped in silence.
+    pub async fn hand_over(&self, within: std::time::Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            self.flush();
+            let left: usize = self.overflow.borrow().iter().map(|b| b.records.len()).sum();
+            if left == 0 {
+                return;
+            }
+            if Instant::now() >= deadline {
+                self.metrics.kafka.failed[FailReason::Shutdown as usize]
+                    .fetch_add(left as u64, Relaxed);
+                tracing::error!(
+                    records = left,
+                    executor = self.index,
+                    "shutdown deadline reached: records not handed to the kafka thread"
+                );
+                return;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
 }
@@ -332,7 +365,7 @@ impl Exec {
     /// Ticker: answers the waits whose deadline passed (504).
     pub fn expire_waiters(&self, now: Instant) {
         for (_, w) in self.waiters.borrow_mut().iter_mut() {
-            if !w.expired && w.remaining > 0 && w.deadline <= now {
+            if !w.expired && !w.abandoned && w.remaining > 0 && w.deadline <= now {
                 w.expired = true;
                 if let Some(k) = w.waker.take() {
                     k.wake();
@@ -352,8 +385,16 @@ impl Drop for TicketGuard<'_> {
     fn drop(&mut self) {
         let mut w = self.exec.waiters.borrow_mut();
         let key = self.t.slot as usize - 1;
-        if w.get(key).is_some_and(|x| x.gen == self.t.gen) {
-            w.remove(key);
+        match w.get_mut(key) {
+            Some(x) if x.gen == self.t.gen && x.remaining == 0 => {
+                w.remove(key);
+            }
+            Some(x) if x.gen == self.t.gen => {
+                // Records still in flight: the last report frees the slot (see `apply`).
+                x.abandoned = true;
+                x.waker = None;
+            }
+            _ => {}
         }
     }
 }
@@ -376,6 +417,8 @@ impl Future for AckWait<'_> {
         };
         if w.remaining > 0 {
             if w.expired {
+                // Not confirmed: the records are still being delivered.
+                bump(&self.exec.stats().records_unconfirmed, w.remaining as u64);
                 return Poll::Ready(Err(HttpError::AckTimeout));
             }
             w.waker = Some(cx.waker().clone());
@@ -468,6 +511,66 @@ mod tests {
         push(&exec, 1, None);
         exec.flush();
         assert!(wake.woken_from_nap(), "WAKE_RECORDS gathered");
+    }
+
+    fn poll_wait(exec: &Exec, t: Ticket) -> Poll<Acked> {
+        let mut f = std::pin::pin!(exec.wait(t));
+        f.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    /// The report of one record of `t`'s request, delivered at (0, offset).
+    fn report(t: Ticket, offset: i64) -> crate::lane::Completions {
+        crate::lane::Completions {
+            done: vec![crate::lane::Completion {
+                slot: t.slot,
+                gen: t.gen,
+                first: true,
+                last: true,
+                result: Ok((0, offset)),
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn waiter(exec: &Exec, deadline: Instant) -> Ticket {
+        let mut q = exec.reserve(1, 100, Some(deadline)).unwrap();
+        q.push(b"t", None, b"v", -1, std::iter::empty());
+        q.ticket().unwrap()
+    }
+
+    #[test]
+    fn a_late_report_never_answers_a_newer_request() {
+        let (exec, _wake, _kafka) = napping_exec();
+        let far = Instant::now() + Duration::from_secs(600);
+        // A: answered 504 while its record is still in flight (librdkafka retries it).
+        let a = waiter(&exec, Instant::now());
+        exec.expire_waiters(Instant::now());
+        assert!(matches!(
+            poll_wait(&exec, a),
+            Poll::Ready(Err(HttpError::AckTimeout))
+        ));
+        // 65,535 requests answered since: enough to wrap a 16-bit generation counter.
+        for i in 0..u16::MAX as i64 {
+            let t = waiter(&exec, far);
+            exec.apply(report(t, i));
+            assert!(matches!(poll_wait(&exec, t), Poll::Ready(Ok(_))));
+        }
+        let c = waiter(&exec, far);
+        let mut wait_c = std::pin::pin!(exec.wait(c));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(wait_c.as_mut().poll(&mut cx).is_pending());
+        // A's report arrives late: it must not answer C with A's offset.
+        exec.apply(report(a, 999_999));
+        assert!(
+            wait_c.as_mut().poll(&mut cx).is_pending(),
+            "C was answered by A's delivery report"
+        );
+        exec.apply(report(c, 7));
+        assert!(matches!(
+            wait_c.as_mut().poll(&mut cx),
+            Poll::Ready(Ok(((0, 7), (0, 7))))
+        ));
+        assert_eq!(exec.waiters.borrow().len(), 0, "every slot freed");
     }
 
     #[test]

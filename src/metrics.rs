@@ -35,6 +35,8 @@ pub fn bump(a: &AtomicU64, n: u64) {
 pub struct ExecStats {
     pub requests: [AtomicU64; CODES.len()],
     pub records_enqueued: AtomicU64,
+    /// Records of ack=kafka requests answered 504: not confirmed yet, still delivered.
+    pub records_unconfirmed: AtomicU64,
     pub queue_bytes: AtomicU64,
     pub queue_records: AtomicU64,
     pub connections: AtomicU64,
@@ -66,6 +68,8 @@ impl ExecStats {
 #[derive(Default)]
 pub struct KafkaStats {
     pub delivered: AtomicU64,
+    /// Records produced again after librdkafka gave up on them for a passing reason.
+    pub retried: AtomicU64,
     pub failed: [AtomicU64; FailReason::ALL.len()],
     pub batches: AtomicU64,
     pub queue_full_waits: AtomicU64,
@@ -178,6 +182,13 @@ impl Collector for Scrape {
         )?;
         self.per_exec(
             &mut enc,
+            "ingestd_records_unconfirmed",
+            "Records of ack=kafka requests answered 504 before Kafka's ack; still delivered",
+            MetricType::Counter,
+            |e| e.records_unconfirmed.load(Relaxed),
+        )?;
+        self.per_exec(
+            &mut enc,
             "ingestd_queue_bytes",
             "Bytes of records queued or in flight to Kafka",
             MetricType::Gauge,
@@ -247,10 +258,16 @@ impl Collector for Scrape {
             None,
             MetricType::Counter,
         )?)?;
+        ConstCounter::new(k.retried.load(Relaxed)).encode(enc.encode_descriptor(
+            "ingestd_records_retried",
+            "Records produced again after a passing failure (timeout, outage, producer rebuild)",
+            None,
+            MetricType::Counter,
+        )?)?;
         {
             let mut d = enc.encode_descriptor(
                 "ingestd_records_failed",
-                "Records Kafka did not take, by reason",
+                "Records Kafka rejected for good (or left at the shutdown deadline), by reason",
                 None,
                 MetricType::Counter,
             )?;

@@ -15,7 +15,7 @@
 
 use crate::sys;
 use slab::Slab;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io;
 use std::net::{TcpListener, TcpStream};
@@ -28,10 +28,17 @@ const READ: usize = 0;
 const WRITE: usize = 1;
 /// Longest stretch `Poller::run` keeps Glommio from reaping its ring under load.
 const RING_PASS: Duration = Duration::from_micros(500);
+/// Longest timer wait of `Poller::ring_wait` when no fd is left to wait in the ring with.
+const MAX_BACKOFF: Duration = Duration::from_millis(50);
 
 pub struct Poller {
     ep: OwnedFd,
     waiters: RefCell<Slab<Slot>>,
+    /// The duplicate of `ep` that the next ring wait hands to Glommio (which closes it).
+    /// Made again right after each wait, while the fd just closed is still free, so that
+    /// at the process's fd limit the executor still sleeps in its ring instead of
+    /// falling back to a timer and spinning.
+    ring_fd: Cell<Option<OwnedFd>>,
 }
 
 /// Per registered fd.
@@ -59,9 +66,12 @@ impl Default for Slot {
 
 impl Poller {
     pub fn new() -> io::Result<Rc<Poller>> {
+        let ep = sys::epoll()?;
+        let ring_fd = Cell::new(Some(sys::dup(ep.as_raw_fd())?));
         Ok(Rc::new(Poller {
-            ep: sys::epoll()?,
+            ep,
             waiters: RefCell::new(Slab::new()),
+            ring_fd,
         }))
     }
 
@@ -127,6 +137,7 @@ impl Poller {
     pub async fn run(self: Rc<Self>) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         let mut last_pass = Instant::now();
+        let mut backoff = Duration::ZERO;
         loop {
             let ready = sys::epoll_poll(self.ep.as_raw_fd(), &mut events);
             if !ready.is_empty() {
@@ -139,8 +150,30 @@ impl Poller {
             }
             // Nothing ready, or time for a pass through the ring: the woken connections
             // run first, then Glommio reaps its ring while this waits for the next event.
-            sys::ring_readable(self.ep.as_raw_fd()).await;
+            self.ring_wait(&mut backoff).await;
             last_pass = Instant::now();
+        }
+    }
+
+    /// Sleeps in the executor's ring until epoll has an event (or Glommio has other
+    /// work). Only if another thread took the fd freed by the last wait (the process is
+    /// at its fd limit) does it wait on a timer instead, longer each time up to
+    /// `MAX_BACKOFF`, so a process at the limit never spins.
+    async fn ring_wait(&self, backoff: &mut Duration) {
+        let fd = match self.ring_fd.take() {
+            Some(fd) => Ok(fd),
+            None => sys::dup(self.ep.as_raw_fd()),
+        };
+        match fd {
+            Ok(fd) => {
+                sys::ring_readable(fd).await;
+                self.ring_fd.set(sys::dup(self.ep.as_raw_fd()).ok());
+                *backoff = Duration::ZERO;
+            }
+            Err(_) => {
+                *backoff = (*backoff * 2).clamp(Duration::from_millis(1), MAX_BACKOFF);
+                glommio::timer::sleep(*backoff).await;
+            }
         }
     }
 
@@ -261,6 +294,24 @@ impl Listener {
 
     pub fn fd(&self) -> RawFd {
         self.sock.fd()
+    }
+
+    /// Waits for the listener's next event (a new connection), without trying accept
+    /// first. At the fd limit accept fails before it looks at the backlog, so after the
+    /// backlog was shed this, not a retry of accept, is what the accept loop waits on.
+    pub async fn next_connection(&self) {
+        let s = &self.sock;
+        s.poller.slot(s.key, |slot| slot.readable = false);
+        poll_fn(|cx| {
+            if s.poller
+                .slot(s.key, |slot| std::mem::take(&mut slot.readable))
+            {
+                return Poll::Ready(());
+            }
+            s.poller.park(s.key, READ, cx);
+            Poll::Pending
+        })
+        .await
     }
 
     pub async fn accept(&self) -> io::Result<TcpStream> {

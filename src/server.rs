@@ -207,7 +207,7 @@ async fn run_executor(
     let conns: Registry = Rc::new(RefCell::new(Slab::new()));
     let stop = Rc::new(Cell::new(false));
     let ticker = glommio::spawn_local(ticker(exec.clone(), shutdown, conns.clone(), stop.clone()));
-    let mut spare = sys::SpareFd::new();
+    let mut spare = sys::SpareFds::new();
     let mut last_log: Option<Instant> = None;
     let mut shed_since_log = 0;
 
@@ -227,10 +227,11 @@ async fn run_executor(
             }
             Some(Err(e)) => {
                 bump(&exec.stats().accept_errors, 1);
-                // At the fd limit the listener stays readable. Close what waits in the
-                // backlog (clients get a prompt close, not a hang), then back off briefly
-                // instead of spinning; existing connections keep being served meanwhile.
-                let shed = spare.with_released(|| sys::shed_pending(listen_fd));
+                // At the fd limit the pending connection stays in the backlog. Close what
+                // waits there with a spare fd (clients get a prompt close, not a hang),
+                // then sleep until the next connection arrives: no timer, no spinning.
+                // Existing connections keep being served meanwhile.
+                let shed = spare.shed(listen_fd);
                 bump(&exec.stats().connections_refused, shed as u64);
                 shed_since_log += shed;
                 if last_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
@@ -238,7 +239,14 @@ async fn run_executor(
                     last_log = Some(Instant::now());
                     shed_since_log = 0;
                 }
-                glommio::timer::sleep(Duration::from_millis(20)).await;
+                // Other threads took every spare: nothing can be accepted (nor shed) until
+                // an fd is freed. Look again later rather than spin.
+                while !spare.refill() && !stop.get() {
+                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                }
+                // At the limit accept fails at once whether or not a client waits, so
+                // retrying it would spin: sleep until a new connection arrives.
+                futures_lite::future::or(listener.next_connection(), StopWait(stop.clone())).await;
                 continue;
             }
         };
@@ -279,6 +287,9 @@ async fn run_executor(
         w.close();
     }
     until_empty(&conns, Duration::from_millis(200)).await;
+    // Records answered 202 may still sit in this executor's batch or overflow.
+    exec.hand_over(Duration::from_millis(cfg.shutdown_timeout_ms))
+        .await;
     if left > 0 {
         warn!(
             connections = left,

@@ -109,23 +109,27 @@ pub fn epoll_poll(ep: RawFd, events: &mut [libc::epoll_event]) -> &[libc::epoll_
     &events[..n.max(0) as usize]
 }
 
-/// Resolves once `fd` is readable, through a one-shot poll on the executor's io_uring,
-/// so the executor sleeps in its ring and still wakes for `fd`. Glommio has no public
-/// poll-an-fd call; a stream over a duplicate of `fd` arms exactly that poll when created
-/// and completes its read when the poll fires (the recv itself then fails on a non-socket,
-/// which is expected). The duplicate is closed on return.
-pub async fn ring_readable(fd: RawFd) {
-    use futures_lite::AsyncReadExt;
-    // SAFETY: F_DUPFD_CLOEXEC duplicates a live fd of ours; the duplicate is owned by the
-    // stream below and closed when it drops.
+/// A duplicate of `fd` (close-on-exec).
+pub fn dup(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC duplicates a live fd of ours and returns a new one or -1.
     let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
     if dup < 0 {
-        // Out of fds: fall back to a short sleep rather than spinning.
-        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-        return;
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: `dup` is a fresh fd owned by nobody else.
-    let mut s = unsafe { glommio::net::TcpStream::from_raw_fd(dup) };
+    Ok(unsafe { OwnedFd::from_raw_fd(dup) })
+}
+
+/// Resolves once the fd that `dup` duplicates is readable, through a one-shot poll on
+/// the executor's io_uring, so the executor sleeps in its ring and still wakes for it.
+/// Glommio has no public poll-an-fd call; a stream over a duplicate arms exactly that poll
+/// when created and completes its read when the poll fires (the recv itself then fails on
+/// a non-socket, which is expected). The stream closes `dup` on return.
+pub async fn ring_readable(dup: OwnedFd) {
+    use futures_lite::AsyncReadExt;
+    use std::os::fd::IntoRawFd;
+    // SAFETY: the stream takes over `dup`, a live fd nobody else owns.
+    let mut s = unsafe { glommio::net::TcpStream::from_raw_fd(dup.into_raw_fd()) };
     let _ = s.read(&mut [0u8; 1]).await;
 }
 
@@ -133,18 +137,6 @@ pub async fn ring_readable(fd: RawFd) {
 pub fn shutdown_both(fd: RawFd) {
     // SAFETY: as in `shutdown_read`.
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-}
-
-/// At the fd limit: accepts and immediately closes pending connections, so clients are
-/// refused promptly instead of waiting in the backlog. Returns how many were closed.
-/// The caller frees one fd first (see `SpareFd`), so accept can succeed.
-pub fn shed_pending(listen_fd: RawFd) -> usize {
-    let mut n = 0;
-    // Each accepted stream is dropped (closed) right away.
-    while accept(listen_fd).is_ok() {
-        n += 1;
-    }
-    n
 }
 
 /// Makes a pending read on a connection return 0, so an idle keep-alive connection
@@ -173,25 +165,57 @@ pub fn allowed_cpus() -> Vec<usize> {
         .collect()
 }
 
-/// One fd kept in reserve so that, at the fd limit, there is a descriptor to accept (and
-/// close) a pending connection with.
-pub struct SpareFd(Option<File>);
+/// Fds kept in reserve so that, at the fd limit, there is a descriptor to accept (and
+/// close) pending connections with. Several, because a freed fd goes to whichever thread
+/// asks first: librdkafka, reconnecting to a broker at the limit, takes one now and then
+/// (and needs it more than a client that would be refused anyway).
+pub struct SpareFds(Vec<File>);
 
-impl SpareFd {
-    pub fn new() -> SpareFd {
-        SpareFd(File::open("/dev/null").ok())
+impl SpareFds {
+    const KEEP: usize = 8;
+
+    pub fn new() -> SpareFds {
+        let mut s = SpareFds(Vec::new());
+        s.refill();
+        s
     }
 
-    /// Frees the reserved fd, runs `f`, then reserves one again.
-    pub fn with_released<T>(&mut self, f: impl FnOnce() -> T) -> T {
-        self.0 = None;
-        let r = f();
-        self.0 = File::open("/dev/null").ok();
-        r
+    /// Takes fds into reserve up to `KEEP`; false when none is held (the process has no
+    /// fd to give until one is freed).
+    pub fn refill(&mut self) -> bool {
+        while self.0.len() < Self::KEEP {
+            match File::open("/dev/null") {
+                Ok(f) => self.0.push(f),
+                Err(_) => break,
+            }
+        }
+        !self.0.is_empty()
+    }
+
+    /// At the fd limit: accepts and at once closes every pending connection, so clients
+    /// are refused promptly instead of waiting in the backlog, freeing a reserved fd
+    /// whenever accept finds none. Returns how many were closed.
+    pub fn shed(&mut self, listen_fd: RawFd) -> usize {
+        let mut n = 0;
+        loop {
+            match accept(listen_fd) {
+                // Dropped, so closed, at once.
+                Ok(_) => n += 1,
+                Err(e) if out_of_fds(&e) => {
+                    if self.0.pop().is_none() {
+                        break;
+                    }
+                }
+                // WouldBlock: the backlog is empty.
+                Err(_) => break,
+            }
+        }
+        self.refill();
+        n
     }
 }
 
-impl Default for SpareFd {
+impl Default for SpareFds {
     fn default() -> Self {
         Self::new()
     }

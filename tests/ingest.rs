@@ -507,3 +507,76 @@ fn ack_kafka_answers_promptly_while_the_executor_is_saturated() {
         "ack=kafka p50 {p50:?} under load ({answered} health answers); all: {lat:?}"
     );
 }
+
+/// The partition Kafka's Java producer picks for `key` (its `Utils.murmur2`, then
+/// `toPositive(h) % partitions`).
+fn java_partition(key: &[u8], partitions: u32) -> i32 {
+    const M: u32 = 0x5bd1e995;
+    let mut h: u32 = 0x9747b28c ^ key.len() as u32;
+    let chunks = key.chunks_exact(4);
+    let tail = chunks.remainder();
+    for c in chunks {
+        let mut k = u32::from_le_bytes(c.try_into().unwrap()).wrapping_mul(M);
+        k ^= k >> 24;
+        h = h.wrapping_mul(M) ^ k.wrapping_mul(M);
+    }
+    if !tail.is_empty() {
+        for (i, b) in tail.iter().enumerate().rev() {
+            h ^= (*b as u32) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    ((h & 0x7fff_ffff) % partitions) as i32
+}
+
+#[test]
+fn keyed_records_land_where_a_java_producer_puts_them() {
+    let b = broker();
+    let topic = b.topic("murmur", 4);
+    let ing = start(&topic, "kafka");
+    let mut c = Client::connect(ing.addr).unwrap();
+    for key in ["user-1", "user-2", "a", "ab", "abc", "order-42", "tenant/7"] {
+        let r = c.request(&post("/", b"v", &[("Kafka-Key", key)])).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            r.json_i64("partition") as i32,
+            java_partition(key.as_bytes(), 4),
+            "key {key}"
+        );
+    }
+}
+
+#[test]
+fn every_answer_says_what_its_body_is() {
+    let b = broker();
+    let topic = b.topic("ctype", 1);
+    let ing = start(&topic, "queued");
+    let mut c = Client::connect(ing.addr).unwrap();
+    let nd = [("Content-Type", "application/x-ndjson")];
+    let r = c.request(&post("/", b"{}\n{}\n", &nd)).unwrap();
+    assert_eq!((r.status, r.text().as_str()), (202, "{\"queued\":2}\n"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let r = c
+        .request(&post("/", b"x", &[("Kafka-Ack", "kafka")]))
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let r = c
+        .request(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert!(r.text().ends_with("# EOF\n"), "OpenMetrics text");
+    let r = c
+        .request(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    let r = c.request(&post("/nowhere", b"x", &[])).unwrap();
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+}

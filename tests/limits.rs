@@ -94,6 +94,70 @@ fn full_queue_answers_503_with_retry_after_at_once() {
 }
 
 #[test]
+fn ndjson_larger_than_the_queue_is_413_not_503() {
+    let ing = no_broker(&[
+        ("INGESTD_QUEUE_MAX_RECORDS", "5"),
+        ("INGESTD_QUEUE_MAX_BYTES", "1000"),
+    ]);
+    let mut c = Client::connect(ing.addr).unwrap();
+    let nd = [("Content-Type", "application/x-ndjson")];
+    // Exactly the queue's records fit; one more line can never fit: 413, not 503 forever.
+    assert_eq!(
+        c.request(&post("/", b"{}\n{}\n{}\n{}\n{}\n", &nd))
+            .unwrap()
+            .status,
+        202
+    );
+    let r = c
+        .request(&post("/", b"{}\n{}\n{}\n{}\n{}\n{}\n", &nd))
+        .unwrap();
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(r.text().contains("queue_max_records"), "{}", r.text());
+    assert!(r.header("retry-after").is_none());
+    // More bytes than the queue holds, in one record: 413 too. The connection survives.
+    let r = c.request(&post("/", &[b'x'; 1000], &[])).unwrap();
+    assert_eq!(r.status, 413, "{}", r.text());
+    // The queue is full now (5 records): a body that fits an empty queue is still 503.
+    let r = c.request(&post("/", b"{}\n", &nd)).unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(ing.metric("ingestd_queue_records", ""), 5.0);
+}
+
+/// A chunked body's wire bytes are dropped as they are decoded: 1-byte chunks that each
+/// carry a 4 KiB chunk extension (about 120 MB on the wire for a 30,000-byte body) used
+/// to stay buffered until the body ended (RSS 61 MB -> 2.1 GB with larger bodies).
+#[test]
+fn chunk_extensions_are_not_buffered() {
+    let b = broker();
+    let topic = b.topic("chunkext", 1);
+    let ing = Ingestd::start(&["--brokers", &b.addr, "--default-topic", &topic]);
+    let rss0 = ing.rss_kib();
+    let mut c = Client::connect(ing.addr).unwrap();
+    c.send(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    let block = format!("1;x={}\r\nz\r\n", "e".repeat(4000)).repeat(100);
+    let mut peak = 0;
+    for i in 0..300 {
+        c.send(block.as_bytes()).unwrap();
+        if i % 20 == 0 {
+            peak = peak.max(ing.rss_kib());
+        }
+    }
+    c.send(b"0\r\n\r\n").unwrap();
+    let r = c.read().unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    peak = peak.max(ing.rss_kib());
+    eprintln!("chunk extensions: RSS {rss0} KiB before, peak {peak} KiB");
+    assert!(
+        peak < rss0 + 32 * 1024,
+        "RSS grew from {rss0} to {peak} KiB for a 30,000-byte body"
+    );
+    let recs = common::read_topic(&b.addr, &topic, 1, 1, Duration::from_secs(1));
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].value, vec![b'z'; 30_000]);
+}
+
+#[test]
 fn queue_byte_limit() {
     // Each record costs its bytes plus 64 of overhead: 2 records of 100 B fit in 400.
     let ing = no_broker(&[("INGESTD_QUEUE_MAX_BYTES", "400")]);
@@ -262,7 +326,11 @@ fn max_connections_per_executor() {
 #[test]
 fn bearer_token_auth_from_config_and_file() {
     let dir = std::env::temp_dir().join(format!("ingestd-auth-{}", std::process::id()));
-    std::fs::write(&dir, "# comment-free file\nfiletoken\n\n").unwrap();
+    std::fs::write(
+        &dir,
+        "# tokens for the ingest fleet\n  # indented comment\nfiletoken\n\n  spaced  \n",
+    )
+    .unwrap();
     let ing = no_broker(&[
         ("INGESTD_AUTH_TOKENS", "cfgtoken"),
         ("INGESTD_AUTH_TOKEN_FILE", dir.to_str().unwrap()),
@@ -289,6 +357,20 @@ fn bearer_token_auth_from_config_and_file() {
             .status,
         202
     );
+    assert_eq!(
+        c.request(&post("/", b"x", &[("Authorization", "Bearer spaced")]))
+            .unwrap()
+            .status,
+        202
+    );
+    // A comment line is not a token.
+    for comment in ["# tokens for the ingest fleet", "#", "# indented comment"] {
+        let auth = format!("Bearer {comment}");
+        let r = c
+            .request(&post("/", b"x", &[("Authorization", &auth)]))
+            .unwrap();
+        assert_eq!(r.status, 401, "{comment:?}");
+    }
     // Probes stay open for load balancers and Prometheus.
     assert_eq!(
         c.request(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")

@@ -36,6 +36,14 @@ impl Default for ChunkedDecoder {
 }
 
 impl ChunkedDecoder {
+    /// Bytes of the body region consumed so far, forgotten: the caller drops them from
+    /// its buffer (and passes what follows as the region from then on), so the raw wire
+    /// bytes of a long body (or of chunk extensions, which decode to nothing) are not
+    /// held until the body ends. Only the decoded bytes are, capped by `max_body`.
+    pub fn take_consumed(&mut self) -> usize {
+        std::mem::take(&mut self.pos)
+    }
+
     /// Decodes from `body` (everything received after the head, from the first chunk on)
     /// and appends data to `out`. Returns `Some(consumed)` when the body is complete.
     pub fn decode(

@@ -218,6 +218,37 @@ impl Ingestd {
         out
     }
 
+    /// Voluntary context switches of the threads whose name starts with `prefix`: how
+    /// often they slept and woke up again (preemption on a busy machine is not counted).
+    /// An idle thread wakes a few times a second; one polling on a timer, hundreds.
+    pub fn thread_switches(&self, prefix: &str) -> u64 {
+        let dir = format!("/proc/{}/task", self.child.id());
+        let mut n = 0;
+        for t in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if !comm.starts_with(prefix) {
+                continue;
+            }
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            n += status
+                .lines()
+                .filter(|l| l.starts_with("voluntary_ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        n
+    }
+
+    /// Resident set size in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    }
+
     pub fn open_fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
             .map(|d| d.count())
