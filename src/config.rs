@@ -2,13 +2,13 @@
 //! environment variables and CLI flags (in that order of precedence), then validated.
 
 use clap::Parser;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// When a request is answered: once queued in ingestd, or once Kafka acknowledged it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum AckMode {
     #[default]
@@ -16,7 +16,7 @@ pub enum AckMode {
     Kafka,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
@@ -24,11 +24,14 @@ pub enum LogFormat {
 }
 
 /// The whole configuration. Every field has a default so an empty file is valid.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address every executor binds with SO_REUSEPORT (port 0 picks a free port).
     pub listen: SocketAddr,
+    /// Start even though another process already listens on `listen`, sharing the port
+    /// through SO_REUSEPORT: the hand-over of a rolling upgrade. Off: refuse to start.
+    pub takeover: bool,
     /// Kafka bootstrap servers, or `embedded` for an in-process mock cluster.
     pub brokers: String,
     /// Topic for `POST /`; unset disables that route.
@@ -88,12 +91,39 @@ pub struct Config {
 
     /// librdkafka properties, passed through verbatim.
     pub kafka: BTreeMap<String, toml::Value>,
+
+    /// Where each explicitly set value came from (`key` or `kafka.key`), for error
+    /// messages and `--check-config`.
+    #[serde(skip)]
+    pub sources: BTreeMap<String, Source>,
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The configuration file, and the line the key is on.
+    File(PathBuf, usize),
+    /// An `INGESTD_*` environment variable.
+    Env(String),
+    /// A command-line flag.
+    Flag(&'static str),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(p, line) => write!(f, "{}:{line}", p.display()),
+            Source::Env(v) => write!(f, "environment {v}"),
+            Source::Flag(flag) => write!(f, "flag {flag}"),
+        }
+    }
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "0.0.0.0:8080".parse().unwrap(),
+            takeover: false,
             brokers: "127.0.0.1:9092".into(),
             default_topic: Some("events".into()),
             topics: vec!["*".into()],
@@ -121,6 +151,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_level: "info".into(),
             kafka: BTreeMap::new(),
+            sources: BTreeMap::new(),
         }
     }
 }
@@ -156,6 +187,9 @@ pub struct Cli {
     /// Log format.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Start even if another process listens on the address (rolling-upgrade hand-over).
+    #[arg(long)]
+    pub takeover: bool,
 }
 
 /// Top-level keys that hold lists: their env values are comma separated.
@@ -165,17 +199,27 @@ const NON_KEY_ENV: &[&str] = &["INGESTD_CONFIG"];
 
 impl Config {
     /// Builds the configuration from file, environment and flags, then validates it.
+    /// Every error names the key and where its value came from (file and line, variable,
+    /// or flag).
     pub fn load(cli: &Cli, env: impl Iterator<Item = (String, String)>) -> Result<Config, String> {
+        let mut sources = BTreeMap::new();
         let mut table = match &cli.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| format!("{}: {e}", path.display()))?
+                // Typed first: toml's errors carry the line, column and key.
+                toml::from_str::<Config>(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+                let table = text
+                    .parse::<toml::Table>()
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                for (key, line) in key_lines(&text, &table) {
+                    sources.insert(key, Source::File(path.clone(), line));
+                }
+                table
             }
             None => toml::Table::new(),
         };
-        for (name, value) in env {
+        for (name, raw) in env {
             let Some(key) = name.strip_prefix("INGESTD_") else {
                 continue;
             };
@@ -183,44 +227,93 @@ impl Config {
                 continue;
             }
             let key = key.to_ascii_lowercase();
-            table.insert(key.clone(), env_value(&key, &value));
+            let value = env_value(&key, &raw);
+            // Each variable on its own, so that an error names it.
+            toml::Table::from_iter([(key.clone(), value.clone())])
+                .try_into::<Config>()
+                .map_err(|e| format!("{name}={raw}: {}", e.message()))?;
+            match (table.get_mut(&key), value) {
+                // INGESTD_KAFKA adds to (and overrides keys of) the file's [kafka] table.
+                (Some(toml::Value::Table(old)), toml::Value::Table(new)) => {
+                    for (k, v) in new {
+                        sources.insert(format!("{key}.{k}"), Source::Env(name.clone()));
+                        old.insert(k, v);
+                    }
+                }
+                (_, value) => {
+                    if let toml::Value::Table(t) = &value {
+                        for k in t.keys() {
+                            sources.insert(format!("{key}.{k}"), Source::Env(name.clone()));
+                        }
+                    }
+                    sources.insert(key.clone(), Source::Env(name.clone()));
+                    table.insert(key, value);
+                }
+            }
         }
         let mut cfg: Config = table
             .try_into()
             .map_err(|e: toml::de::Error| format!("configuration: {}", e.message()))?;
-        cfg.apply_cli(cli);
-        cfg.validate()?;
+        cfg.apply_cli(cli, &mut sources);
+        cfg.sources = sources;
+        if let Err(e) = cfg.validate() {
+            return Err(cfg.with_source(e));
+        }
         Ok(cfg)
     }
 
-    fn apply_cli(&mut self, cli: &Cli) {
+    /// Appends where the value of the key an error message starts with came from.
+    fn with_source(&self, err: String) -> String {
+        let key = err.split(':').next().unwrap_or("");
+        match self.sources.get(key) {
+            Some(src) => format!("{err} (set in {src})"),
+            None => format!("{err} (the default)"),
+        }
+    }
+
+    fn apply_cli(&mut self, cli: &Cli, sources: &mut BTreeMap<String, Source>) {
+        let mut set = |key: &str, flag| {
+            sources.insert(key.to_string(), Source::Flag(flag));
+        };
         if let Some(v) = cli.listen {
             self.listen = v;
+            set("listen", "--listen");
         }
         if let Some(v) = &cli.brokers {
             self.brokers = v.clone();
+            set("brokers", "--brokers");
         }
         if let Some(v) = &cli.default_topic {
             self.default_topic = Some(v.clone()).filter(|t| !t.is_empty());
+            set("default_topic", "--default-topic");
         }
         if let Some(v) = &cli.topics {
             self.topics = v.clone();
+            set("topics", "--topics");
         }
         if let Some(v) = cli.ack {
             self.ack = v;
+            set("ack", "--ack");
         }
         if let Some(v) = cli.executors {
             self.executors = v;
+            set("executors", "--executors");
         }
         if let Some(v) = cli.log_format {
             self.log_format = v;
+            set("log_format", "--log-format");
+        }
+        if cli.takeover {
+            self.takeover = true;
+            set("takeover", "--takeover");
         }
     }
 
     /// Rejects values that would make the daemon misbehave, with a message naming the key.
     pub fn validate(&mut self) -> Result<(), String> {
+        let allowed = crate::sys::allowed_cpus();
         if self.executors == 0 {
-            self.executors = default_executors(crate::sys::allowed_cpus().len());
+            self.executors = default_executors(allowed.len());
         }
         if self.executors > 255 {
             return Err("executors: at most 255".into());
@@ -230,6 +323,31 @@ impl Config {
                 "cpus: {} listed but executors = {}; list one CPU per executor",
                 self.cpus.len(),
                 self.executors
+            ));
+        }
+        if self.cpus.is_empty() && self.executors > allowed.len() {
+            return Err(format!(
+                "executors: {} but this process may run on {} CPUs {allowed:?} (one executor per core; see taskset / CPUAffinity=)",
+                self.executors,
+                allowed.len()
+            ));
+        }
+        for (i, c) in self.cpus.iter().take(self.executors).enumerate() {
+            if !allowed.contains(c) {
+                return Err(format!(
+                    "cpus: CPU {c} is not one this process may run on {allowed:?} (see taskset / CPUAffinity=)"
+                ));
+            }
+            if self.cpus[..i].contains(c) {
+                return Err(format!(
+                    "cpus: CPU {c} listed twice (one executor per core)"
+                ));
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return Err(format!(
+                "log_level: {:?} is not a tracing filter: {e}",
+                self.log_level
             ));
         }
         if self.default_topic.as_deref() == Some("") {
@@ -292,7 +410,62 @@ impl Config {
                 return Err(format!("kafka.{k}: must be a string, number or boolean"));
             }
         }
+        // librdkafka checks each property's name and value without a broker.
+        let mut cc = rdkafka::config::ClientConfig::new();
+        for (k, v) in self.kafka_properties() {
+            cc.set(k, v);
+        }
+        if let Err(e) = cc.create_native_config() {
+            return Err(match e {
+                rdkafka::error::KafkaError::ClientConfig(_, desc, key, _) => {
+                    format!("kafka.{key}: {desc}")
+                }
+                other => format!("kafka: {other}"),
+            });
+        }
         Ok(())
+    }
+
+    /// The effective configuration as TOML for `--check-config`: every key with its
+    /// value and, in a comment, where it came from; secrets (bearer tokens, librdkafka
+    /// passwords and keys) shown as `<redacted>`.
+    pub fn describe(&self) -> String {
+        const REDACTED: &str = "\"<redacted>\"";
+        let table = toml::Table::try_from(self).expect("config serializes");
+        let mut out = String::from(
+            "# ingestd: configuration valid. Effective values, each with where it came from;\n# secrets are shown as <redacted>.\n",
+        );
+        let source = |key: &str| match self.sources.get(key) {
+            Some(s) => s.to_string(),
+            None => "default".to_string(),
+        };
+        for (k, v) in &table {
+            if k == "kafka" {
+                continue;
+            }
+            let v = match (k.as_str(), v) {
+                ("auth_tokens", toml::Value::Array(a)) => {
+                    format!("[{}]", vec![REDACTED; a.len()].join(", "))
+                }
+                _ => v.to_string(),
+            };
+            out.push_str(&format!("{k} = {v}  # {}\n", source(k)));
+        }
+        out.push_str("\n# librdkafka properties: ingestd's defaults, then [kafka] / INGESTD_KAFKA\n[kafka]\n");
+        for (k, v) in self.kafka_properties() {
+            let src = match self.sources.get(&format!("kafka.{k}")) {
+                Some(s) => s.to_string(),
+                None if self.kafka.contains_key(&k) => "[kafka]".into(),
+                None => "ingestd default".into(),
+            };
+            let v = if secret_kafka_key(&k) {
+                REDACTED.to_string()
+            } else {
+                toml::Value::String(v).to_string()
+            };
+            out.push_str(&format!("{} = {v}  # {src}\n", toml_key(&k)));
+        }
+        out
     }
 
     pub fn topic_allowed(&self, topic: &str) -> bool {
@@ -342,6 +515,61 @@ impl Config {
         }
         props.into_iter().collect()
     }
+}
+
+/// librdkafka properties that hold secrets, never printed.
+fn secret_kafka_key(k: &str) -> bool {
+    k.contains("password")
+        || k.contains("secret")
+        || k.contains("token")
+        || k == "ssl.key.pem"
+        || k == "sasl.oauthbearer.config"
+}
+
+/// A key as TOML writes it: bare when it can be, quoted otherwise (`"linger.ms"`).
+fn toml_key(k: &str) -> String {
+    if !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        k.to_string()
+    } else {
+        toml::Value::String(k.to_string()).to_string()
+    }
+}
+
+/// The line (1-based) each key of a TOML file is set on: top-level keys, and the keys
+/// of its tables as `table.key`.
+fn key_lines(text: &str, table: &toml::Table) -> Vec<(String, usize)> {
+    let mut section = String::new();
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            section = name.trim().to_string();
+            continue;
+        }
+        let Some((k, _)) = l.split_once('=') else {
+            continue;
+        };
+        let k = k.trim().trim_matches('"').trim_matches('\'');
+        let key = if section.is_empty() {
+            k.to_string()
+        } else {
+            format!("{section}.{k}")
+        };
+        let known = match key.split_once('.') {
+            Some((t, k)) if !section.is_empty() => table
+                .get(t)
+                .and_then(|v| v.as_table())
+                .is_some_and(|t| t.contains_key(k)),
+            _ => table.contains_key(&key),
+        };
+        if known {
+            out.push((key, i + 1));
+        }
+    }
+    out
 }
 
 /// The tokens of an `auth_token_file`: one per line, surrounding blanks trimmed; blank

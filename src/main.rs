@@ -20,7 +20,7 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
-        println!("configuration ok: {cfg:#?}");
+        print!("{}", cfg.describe());
         return ExitCode::SUCCESS;
     }
     init_logging(&cfg);

@@ -85,6 +85,9 @@ pub struct Metrics {
     pub broker_ready: AtomicBool,
     /// Every executor has bound its listener.
     pub listening: AtomicBool,
+    /// Per-executor queue limits (`queue_max_bytes`, `queue_max_records`), exported so
+    /// alerts on a queue near full need no hard-coded numbers.
+    pub queue_limits: [AtomicU64; 2],
 }
 
 impl Metrics {
@@ -94,6 +97,7 @@ impl Metrics {
             kafka: KafkaStats::default(),
             broker_ready: AtomicBool::new(false),
             listening: AtomicBool::new(false),
+            queue_limits: Default::default(),
         })
     }
 
@@ -201,6 +205,27 @@ impl Collector for Scrape {
             MetricType::Gauge,
             |e| e.queue_records.load(Relaxed),
         )?;
+        for (i, (name, help)) in [
+            (
+                "ingestd_queue_limit_bytes",
+                "queue_max_bytes: the most ingestd_queue_bytes of one executor",
+            ),
+            (
+                "ingestd_queue_limit_records",
+                "queue_max_records: the most ingestd_queue_records of one executor",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let v = m.queue_limits[i].load(Relaxed) as i64;
+            ConstGauge::new(v).encode(enc.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
         self.per_exec(
             &mut enc,
             "ingestd_connections",

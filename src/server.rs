@@ -40,6 +40,12 @@ pub struct Server {
 
 impl Server {
     pub fn start(cfg: Config) -> Result<Server, String> {
+        if cfg.listen.port() != 0 && !cfg.takeover && sys::listened_on(cfg.listen) {
+            return Err(format!(
+                "another process already listens on {}: a second ingestd there would silently take part of its traffic (SO_REUSEPORT). Stop it, or start with --takeover (takeover = true) to hand over during a rolling upgrade",
+                cfg.listen
+            ));
+        }
         let cfg = Arc::new(cfg);
         let (mock, bootstrap) = if cfg.embedded() {
             embedded(&cfg)?
@@ -47,6 +53,8 @@ impl Server {
             (None, cfg.brokers.clone())
         };
         let metrics = Metrics::new(cfg.executors);
+        metrics.queue_limits[0].store(cfg.queue_max_bytes as u64, Ordering::Relaxed);
+        metrics.queue_limits[1].store(cfg.queue_max_records as u64, Ordering::Relaxed);
         let wake = KafkaWake::new();
         let kafka_shared = Arc::new(KafkaShared {
             wake: wake.clone(),

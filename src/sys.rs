@@ -24,6 +24,16 @@ pub fn listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
     Ok(sk.into())
 }
 
+/// Whether some socket already listens on `addr`: a bind without SO_REUSEPORT (but with
+/// SO_REUSEADDR, so connections in TIME_WAIT do not count) fails then.
+pub fn listened_on(addr: SocketAddr) -> bool {
+    let Ok(sk) = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)) else {
+        return false;
+    };
+    let _ = sk.set_reuse_address(true);
+    matches!(sk.bind(&addr.into()), Err(e) if e.kind() == io::ErrorKind::AddrInUse)
+}
+
 /// accept4 of one pending connection, non-blocking and close-on-exec.
 pub fn accept(listen_fd: RawFd) -> io::Result<TcpStream> {
     // SAFETY: accept4 on a listening fd; null address pointers are allowed.

@@ -1,11 +1,13 @@
 //! Counts the records in a topic, independently of ingestd's own counters.
 //!
-//!   cargo run --release --example kcount -- BROKERS TOPIC [IDLE_MS]
+//!   cargo run --release --example kcount -- BROKERS TOPIC [IDLE_MS] [--print]
 //!
 //! Assigns every partition from the beginning (no consumer group: tansu 0.6.0 cannot serve
 //! a fetch that starts mid-batch) and reads until no record has arrived for IDLE_MS
 //! (default 3000). It does not stop at the high watermark: tansu reports stale ones.
 //! Prints one JSON line: {"topic":..,"records":N,"partitions":[n0,n1,..],"bytes":B}.
+//! With `--print`, first one line per record: `partition offset key value` (key `-` when
+//! there is none; bytes that are not UTF-8 are shown as U+FFFD).
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -15,9 +17,11 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::time::{Duration, Instant};
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let print = args.iter().any(|a| a == "--print");
+    args.retain(|a| a != "--print");
     if args.len() < 2 {
-        eprintln!("usage: kcount BROKERS TOPIC [IDLE_MS]");
+        eprintln!("usage: kcount BROKERS TOPIC [IDLE_MS] [--print]");
         std::process::exit(2);
     }
     let (brokers, topic) = (&args[0], &args[1]);
@@ -60,6 +64,17 @@ fn main() {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 per[m.partition() as usize] += 1;
+                if print {
+                    let key = m.key().map(String::from_utf8_lossy);
+                    let value = m.payload().map(String::from_utf8_lossy);
+                    println!(
+                        "{} {} {} {}",
+                        m.partition(),
+                        m.offset(),
+                        key.as_deref().unwrap_or("-"),
+                        value.as_deref().unwrap_or("")
+                    );
+                }
                 bytes += m.payload_len() as u64;
                 last = Instant::now();
             }
