@@ -65,8 +65,19 @@ ensure_perf() {
     fi
 }
 
+# Debian's wrk (the load) and nginx-light (the reference), installed where missing.
+ensure_load_tools() {
+    local need=()
+    command -v wrk >/dev/null || need+=(wrk)
+    if [ $SERVER = nginx ] && [ ! -x /usr/sbin/nginx ]; then need+=(nginx-light); fi
+    if [ ${#need[@]} -gt 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+    fi
+}
+
 # Starts the server under test; sets PORT and SERVER_PIDS (comma-separated, for perf -p).
 start_server() {
+    ensure_load_tools
     ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
     if [ $SERVER = nginx ]; then start_nginx; else start_ingestd; fi
 }

@@ -73,12 +73,20 @@ pub struct Config {
     pub queue_max_bytes: usize,
     /// Records per executor queued or in flight to Kafka (503 above it).
     pub queue_max_records: usize,
+    /// One memory budget per executor for queued records (their `queue_bytes`) and
+    /// connection buffers above their first 4 KiB (request bodies being received): a body
+    /// that would exceed it is answered 503 before it is read, a request whose records
+    /// would, 503 too. With it RAM is bounded by configuration (docs/OPERATING.md).
+    pub memory_max_bytes: usize,
     /// How long an ack=kafka request waits for the broker before 504.
     pub ack_timeout_ms: u64,
     /// Seconds sent in `Retry-After` with 503.
     pub retry_after_secs: u32,
     /// Deadline for finishing requests and flushing the producer at shutdown.
     pub shutdown_timeout_ms: u64,
+    /// After SIGTERM, keep serving this long with /readyz answering 503 (so a load
+    /// balancer's health check takes the instance out), then stop accepting and flush.
+    pub drain_ms: u64,
 
     /// Bearer tokens accepted in `Authorization`; empty (and no file) = auth off.
     pub auth_tokens: Vec<String>,
@@ -143,9 +151,11 @@ impl Default for Config {
             listen_backlog: 4096,
             queue_max_bytes: 64 << 20,
             queue_max_records: 200_000,
+            memory_max_bytes: 128 << 20,
             ack_timeout_ms: 10_000,
             retry_after_secs: 1,
             shutdown_timeout_ms: 10_000,
+            drain_ms: 0,
             auth_tokens: vec![],
             auth_token_file: None,
             log_format: LogFormat::Text,
@@ -381,6 +391,7 @@ impl Config {
             ("listen_backlog", self.listen_backlog.max(0) as u64),
             ("queue_max_bytes", self.queue_max_bytes as u64),
             ("queue_max_records", self.queue_max_records as u64),
+            ("memory_max_bytes", self.memory_max_bytes as u64),
             ("ack_timeout_ms", self.ack_timeout_ms),
             (
                 "embedded_partitions",
@@ -398,6 +409,14 @@ impl Config {
         }
         if self.max_body_bytes > 512 << 20 {
             return Err("max_body_bytes: at most 512 MiB".into());
+        }
+        // The largest request must fit an idle executor: its buffer, and its copy in the
+        // queue while it is handed over.
+        let largest = 2 * (self.max_body_bytes + self.max_header_bytes);
+        if self.memory_max_bytes < largest {
+            return Err(format!(
+                "memory_max_bytes: at least 2 x (max_body_bytes + max_header_bytes) = {largest}, so that the largest request fits"
+            ));
         }
         if let Some(path) = &self.auth_token_file {
             let text = std::fs::read_to_string(path)

@@ -17,6 +17,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 const INITIAL_BUF: usize = 4096;
+/// Buffers larger than this go back to their first size once a request has passed.
+const SHRINK_ABOVE: usize = 64 << 10;
 
 /// An answer that must wait for Kafka, or one queued behind such an answer.
 enum Reply {
@@ -49,6 +51,9 @@ pub struct Conn {
     produce: Produce,
     chunked: ChunkedDecoder,
     body: Vec<u8>,
+    /// Bytes of the executor's memory budget this connection's buffers hold: `buf` above
+    /// `INITIAL_BUF` plus `body`'s capacity (see `footprint`).
+    charged: usize,
 }
 
 /// Why the loop stops reading.
@@ -80,6 +85,7 @@ impl Conn {
             produce: Produce::default(),
             chunked: ChunkedDecoder::default(),
             body: Vec::new(),
+            charged: 0,
         }
     }
 
@@ -117,6 +123,9 @@ impl Conn {
                     match r {
                         Ok(0) => return Ok(false),
                         Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
+                            return self.fail(HttpError::MemoryFull, Instant::now());
+                        }
                         Err(e) if e.kind() == io::ErrorKind::TimedOut && pending => {
                             return self.fail(HttpError::RequestTimeout, Instant::now());
                         }
@@ -215,6 +224,7 @@ impl Conn {
             self.start = 0;
             self.end = 0;
         }
+        self.shrink();
         Ok(keep != Keep::Close)
     }
 
@@ -238,6 +248,9 @@ impl Conn {
             Topic::Default => exec.cfg.default_topic.as_deref().unwrap_or("").as_bytes(),
             Topic::Path(r) => &avail[r.clone()],
         };
+        if !exec.topics.may_exist(&exec.metrics.topics, topic) {
+            return Err(HttpError::NotFound("topic does not exist in kafka"));
+        }
         let key = p.key.clone().map(|r| &avail[r]);
         let names = &exec.cfg.forward_headers;
         let headers = || {
@@ -263,7 +276,7 @@ impl Conn {
         }
         let deadline = started + Duration::from_millis(exec.cfg.ack_timeout_ms);
         let wait = (p.ack == AckMode::Kafka).then_some(deadline);
-        let mut q = exec.reserve(n, cost, wait)?;
+        let mut q = exec.reserve(n, cost, wait, self.charged)?;
         if p.ndjson {
             for r in ndjson_lines(body) {
                 q.push(topic, key, &body[r], p.partition, headers());
@@ -328,7 +341,9 @@ impl Conn {
                         self.send(s, response::CONTINUE).await?;
                         continued = true;
                     }
-                    self.reserve(hl + n);
+                    if let Err(e) = self.reserve(hl + n) {
+                        return Err(self.fail_stop(e));
+                    }
                     self.body_read(s, deadline).await?;
                 }
                 Ok(Body {
@@ -347,6 +362,10 @@ impl Conn {
                         .chunked
                         .decode(region, &mut self.body, self.lim.max_body_bytes)
                     {
+                        // The decoded body counts against the memory budget as it grows.
+                        Ok(_) if self.recharge().is_err() => {
+                            return Err(self.fail_stop(HttpError::MemoryFull));
+                        }
                         Ok(Some(consumed)) => {
                             return Ok(Body {
                                 inline: None,
@@ -368,7 +387,9 @@ impl Conn {
                         self.send(s, response::CONTINUE).await?;
                         continued = true;
                     }
-                    self.reserve(self.end - self.start + 4096);
+                    if let Err(e) = self.reserve(self.end - self.start + 4096) {
+                        return Err(self.fail_stop(e));
+                    }
                     self.body_read(s, deadline).await?;
                 }
             }
@@ -382,12 +403,16 @@ impl Conn {
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                 Err(self.fail_stop(HttpError::RequestTimeout))
             }
+            Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
+                Err(self.fail_stop(HttpError::MemoryFull))
+            }
             Err(_) => Err(Stop::Close),
         }
     }
 
-    /// Makes room for `need` unconsumed bytes: compacts, then grows.
-    fn reserve(&mut self, need: usize) {
+    /// Makes room for `need` unconsumed bytes: compacts, then grows, within the
+    /// executor's memory budget (MemoryFull, before allocating, when it has no room).
+    fn reserve(&mut self, need: usize) -> Result<(), HttpError> {
         if self.start > 0 && self.buf.len() - self.start < need.max(1) + 1 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -395,22 +420,58 @@ impl Conn {
         }
         let want = self.start + need;
         if want > self.buf.len() {
-            let cap = want.next_power_of_two().max(self.buf.len() * 2);
+            // Exactly a known body's size, or doubling for a head or a chunked body.
+            let cap = want.max(self.buf.len() * 2);
+            if !self.exec.take_memory(cap - self.buf.len()) {
+                return Err(HttpError::MemoryFull);
+            }
+            self.charged += cap - self.buf.len();
             self.buf.resize(cap, 0);
+        }
+        Ok(())
+    }
+
+    /// Buffer bytes that count against the memory budget.
+    fn footprint(&self) -> usize {
+        self.buf.len() - INITIAL_BUF + self.body.capacity()
+    }
+
+    /// Charges what the chunked decoder's output grew by.
+    fn recharge(&mut self) -> Result<(), HttpError> {
+        let now = self.footprint();
+        if now > self.charged {
+            if !self.exec.take_memory(now - self.charged) {
+                return Err(HttpError::MemoryFull);
+            }
+            self.charged = now;
+        }
+        Ok(())
+    }
+
+    /// After a request: buffers that grew for a large one go back to their first size,
+    /// and their bytes back to the budget.
+    fn shrink(&mut self) {
+        if self.start == self.end && self.buf.len() > SHRINK_ABOVE {
+            self.buf = vec![0; INITIAL_BUF];
+            self.start = 0;
+            self.end = 0;
+        }
+        if self.body.capacity() > SHRINK_ABOVE {
+            self.body = Vec::new();
+        }
+        let now = self.footprint();
+        if now < self.charged {
+            self.exec.give_memory(self.charged - now);
+            self.charged = now;
         }
     }
 
     /// Reads more bytes, failing with `TimedOut` at `deadline` (enforced by the ticker
     /// through `Watch`). `idle`: waiting for a new request, closed early at shutdown.
     async fn read_more(&mut self, s: &Sock, deadline: Instant, idle: bool) -> io::Result<usize> {
-        if self.start == self.end && self.buf.len() > 64 << 10 {
-            // A large request has passed; give the memory back for idle connections.
-            self.buf = vec![0; INITIAL_BUF];
-            self.start = 0;
-            self.end = 0;
-        }
-        if self.end == self.buf.len() {
-            self.reserve(self.end - self.start + INITIAL_BUF);
+        if self.end == self.buf.len() && self.reserve(self.end - self.start + INITIAL_BUF).is_err()
+        {
+            return Err(io::ErrorKind::OutOfMemory.into());
         }
         if deadline <= Instant::now() {
             return Err(io::ErrorKind::TimedOut.into());
@@ -574,6 +635,12 @@ impl Conn {
     fn fail_stop(&mut self, e: HttpError) -> Stop {
         self.error(e, Instant::now(), Keep::Close);
         Stop::Close
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.exec.give_memory(self.charged);
     }
 }
 

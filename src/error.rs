@@ -121,6 +121,9 @@ pub enum HttpError {
     VersionNotSupported,
     /// The executor's bounded queue cannot take the records now.
     QueueFull,
+    /// The executor's memory budget (`memory_max_bytes`: queued records and bodies being
+    /// received) cannot take this request now.
+    MemoryFull,
     /// The request's records could never fit an executor's queue (NDJSON with more
     /// lines than `queue_max_records`, or more bytes than `queue_max_bytes`): retrying
     /// cannot help, so not 503.
@@ -150,7 +153,7 @@ impl HttpError {
             HeadersTooLarge => (431, "Request Header Fields Too Large"),
             NotImplemented(_) => (501, "Not Implemented"),
             VersionNotSupported => (505, "HTTP Version Not Supported"),
-            QueueFull | ShuttingDown => (503, "Service Unavailable"),
+            QueueFull | MemoryFull | ShuttingDown => (503, "Service Unavailable"),
             Delivery(FailReason::UnknownTopic) => (404, "Not Found"),
             Delivery(FailReason::UnknownPartition) => (400, "Bad Request"),
             Delivery(FailReason::TooLarge) => (413, "Content Too Large"),
@@ -176,6 +179,7 @@ impl HttpError {
             HeadersTooLarge => "request headers too large",
             VersionNotSupported => "only HTTP/1.0 and HTTP/1.1 are supported",
             QueueFull => "ingest queue full, retry later",
+            MemoryFull => "memory budget in use (memory_max_bytes), retry later",
             NeverFits => "more records or bytes than an executor's queue holds (queue_max_records, queue_max_bytes): split the body",
             ShuttingDown => "shutting down",
             AckTimeout => "kafka did not acknowledge in time",
@@ -211,6 +215,7 @@ impl HttpError {
     pub fn extra_header(&self, retry_after: &'static str) -> &'static str {
         match self {
             HttpError::QueueFull
+            | HttpError::MemoryFull
             | HttpError::ShuttingDown
             | HttpError::Delivery(FailReason::Broker) => retry_after,
             HttpError::MethodNotAllowed { allow } => allow,

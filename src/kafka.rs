@@ -298,16 +298,24 @@ impl KafkaThread {
         // TEST HOOK (tests/notify.rs, watchdog test): INGESTD_TEST_FREEZE_KAFKA_AFTER_MS=N
         // makes this thread stop making progress N ms after it started, so the systemd
         // watchdog pings must stop. Read once; costs one branch per loop when unset.
-        let freeze_at = std::env::var("INGESTD_TEST_FREEZE_KAFKA_AFTER_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(|ms| Instant::now() + Duration::from_millis(ms));
+        // INGESTD_TEST_PANIC_KAFKA_AFTER_MS=N (tests/faults.rs) panics it instead.
+        let test_at = |var| {
+            std::env::var(var)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(|ms| Instant::now() + Duration::from_millis(ms))
+        };
+        let freeze_at = test_at("INGESTD_TEST_FREEZE_KAFKA_AFTER_MS");
+        let panic_at = test_at("INGESTD_TEST_PANIC_KAFKA_AFTER_MS");
         loop {
             if freeze_at.is_some_and(|t| Instant::now() >= t) {
                 warn!("INGESTD_TEST_FREEZE_KAFKA_AFTER_MS: kafka thread frozen (test hook)");
                 loop {
                     std::thread::park();
                 }
+            }
+            if panic_at.is_some_and(|t| Instant::now() >= t) {
+                panic!("INGESTD_TEST_PANIC_KAFKA_AFTER_MS: kafka thread panics (test hook)");
             }
             // Set only after every executor has exited and handed over its last batch:
             // what the lanes hold now is all there will be.
@@ -625,22 +633,24 @@ impl KafkaThread {
 }
 
 /// Probes broker metadata every second so /readyz (and READY=1) reflect whether the
-/// broker answers. Runs on its own thread: a metadata request may block for seconds.
-pub fn probe_metadata(
-    producer: KafkaProducer,
-    topic: Option<String>,
-    metrics: Arc<Metrics>,
-    stop: Arc<AtomicBool>,
-) {
+/// broker answers, and publishes the topics it lists (unknown topics get 404 at once).
+/// Runs on its own thread: a metadata request may block for seconds.
+pub fn probe_metadata(producer: KafkaProducer, metrics: Arc<Metrics>, stop: Arc<AtomicBool>) {
     let mut was_ready = false;
     while !stop.load(Ordering::Acquire) {
         let res = producer
             .client()
-            .fetch_metadata(topic.as_deref(), Duration::from_secs(2));
+            .fetch_metadata(None, Duration::from_secs(2));
         let ready = match &res {
             Ok(md) => !md.brokers().is_empty(),
             Err(_) => false,
         };
+        if let (true, Ok(md)) = (ready, &res) {
+            let names = md.topics().iter().filter(|t| t.error().is_none());
+            metrics
+                .topics
+                .publish(names.map(|t| t.name().as_bytes().into()).collect());
+        }
         metrics.broker_ready.store(ready, Ordering::Release);
         if ready != was_ready {
             match res {

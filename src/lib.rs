@@ -19,4 +19,5 @@ pub mod poller;
 pub mod route;
 pub mod server;
 pub mod sys;
+pub mod topics;
 pub mod watch;

@@ -47,12 +47,17 @@ pub struct Exec {
     pub date: RefCell<DateLine>,
     pub retry_after: &'static str,
     pub shutting_down: Cell<bool>,
+    /// This executor's copy of the topics Kafka has.
+    pub topics: crate::topics::TopicView,
     batch: RefCell<RecordBatch>,
     pool: RefCell<Vec<RecordBatch>>,
     /// Batches the lane could not take yet (it is full); retried on the next flush.
     overflow: RefCell<VecDeque<RecordBatch>>,
     queue_bytes: Cell<usize>,
     queue_records: Cell<usize>,
+    /// Connection buffer bytes above their initial size (`take_memory`); with
+    /// `queue_bytes` under `memory_max_bytes`.
+    buffer_bytes: Cell<usize>,
     flush_scheduled: Cell<bool>,
     flusher: RefCell<Option<Waker>>,
     /// Records pushed to the lane since the Kafka thread was last woken outright, and
@@ -91,11 +96,13 @@ impl Exec {
             date: RefCell::new(DateLine::new()),
             retry_after,
             shutting_down: Cell::new(false),
+            topics: Default::default(),
             batch: RefCell::new(RecordBatch::default()),
             pool: RefCell::new(Vec::new()),
             overflow: RefCell::new(VecDeque::new()),
             queue_bytes: Cell::new(0),
             queue_records: Cell::new(0),
+            buffer_bytes: Cell::new(0),
             flush_scheduled: Cell::new(false),
             flusher: RefCell::new(None),
             unwoken: Cell::new(0),
@@ -111,17 +118,23 @@ impl Exec {
 
     /// Reserves queue space for `n` records costing `cost` bytes, and a waiter (answered
     /// by `deadline`) when the caller wants Kafka's acknowledgement. Fails with 503 when
-    /// the queue is full.
+    /// the queue is full, or the memory budget is. `moving`: budget bytes of the caller's
+    /// buffer that hold these records now and are given back right after (the body moves
+    /// into the queue), so they are not counted twice.
     pub fn reserve(
         &self,
         n: usize,
         cost: usize,
         wait: Option<Instant>,
+        moving: usize,
     ) -> Result<Enqueue<'_>, HttpError> {
         let bytes = self.queue_bytes.get() + cost;
         let records = self.queue_records.get() + n;
         if bytes > self.cfg.queue_max_bytes || records > self.cfg.queue_max_records {
             return Err(HttpError::QueueFull);
+        }
+        if bytes + self.buffer_bytes.get().saturating_sub(moving) > self.cfg.memory_max_bytes {
+            return Err(HttpError::MemoryFull);
         }
         self.queue_bytes.set(bytes);
         self.queue_records.set(records);
@@ -154,8 +167,31 @@ impl Exec {
         })
     }
 
+    /// A connection's buffers grow by `bytes`: false (and nothing taken) when that would
+    /// exceed the executor's memory budget.
+    pub fn take_memory(&self, bytes: usize) -> bool {
+        let used = self.buffer_bytes.get() + self.queue_bytes.get();
+        if used + bytes > self.cfg.memory_max_bytes {
+            return false;
+        }
+        self.buffer_bytes.set(self.buffer_bytes.get() + bytes);
+        self.publish_queue();
+        true
+    }
+
+    /// A connection's buffers shrank (or it closed).
+    pub fn give_memory(&self, bytes: usize) {
+        self.buffer_bytes
+            .set(self.buffer_bytes.get().saturating_sub(bytes));
+        self.publish_queue();
+    }
+
     fn publish_queue(&self) {
         let s = self.stats();
+        s.memory_bytes.store(
+            (self.queue_bytes.get() + self.buffer_bytes.get()) as u64,
+            Relaxed,
+        );
         s.queue_bytes.store(self.queue_bytes.get() as u64, Relaxed);
         s.queue_records
             .store(self.queue_records.get() as u64, Relaxed);
@@ -489,7 +525,7 @@ mod tests {
     }
 
     fn push(exec: &Exec, n: usize, wait: Option<Instant>) {
-        let mut q = exec.reserve(n, n * 100, wait).unwrap();
+        let mut q = exec.reserve(n, n * 100, wait, 0).unwrap();
         for _ in 0..n {
             q.push(b"t", None, b"v", -1, std::iter::empty());
         }
@@ -533,7 +569,7 @@ mod tests {
     }
 
     fn waiter(exec: &Exec, deadline: Instant) -> Ticket {
-        let mut q = exec.reserve(1, 100, Some(deadline)).unwrap();
+        let mut q = exec.reserve(1, 100, Some(deadline), 0).unwrap();
         q.push(b"t", None, b"v", -1, std::iter::empty());
         q.ticket().unwrap()
     }
@@ -586,7 +622,7 @@ mod tests {
         let (exec, wake, _kafka) = napping_exec();
         // Undelivered records above 1/8 of the queue: the Kafka side is behind.
         let many = exec.cfg.queue_max_records / 8 + 1;
-        let _reserved = exec.reserve(many, many * 100, None).unwrap();
+        let _reserved = exec.reserve(many, many * 100, None, 0).unwrap();
         push(&exec, 1, None);
         exec.flush();
         assert!(wake.woken_from_nap());

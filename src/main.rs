@@ -24,6 +24,15 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&cfg);
+    // Any panic ends the process, after the usual message: a thread that died (the Kafka
+    // thread above all) would otherwise leave executors answering 202 into lanes nobody
+    // drains while /readyz still says 200. Exiting lets systemd restart the service.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!("panic: exiting (abort) so that the service is restarted");
+        std::process::abort();
+    }));
     let mut signals = Signals::new([SIGTERM, SIGINT]).expect("signal handlers");
     let server = match Server::start(cfg) {
         Ok(s) => s,
@@ -36,8 +45,9 @@ fn main() -> ExitCode {
     };
     println!("ingestd listening on {}", server.addr);
     // systemd: READY=1 once ready, STATUS=, WATCHDOG=1 (no-op without NOTIFY_SOCKET).
-    let shutdown_timeout = Duration::from_millis(server.cfg.shutdown_timeout_ms);
-    let notifier = Notifier::start(server.metrics.clone(), shutdown_timeout);
+    let drain = Duration::from_millis(server.cfg.drain_ms);
+    let stop_bound = drain + 2 * Duration::from_millis(server.cfg.shutdown_timeout_ms);
+    let notifier = Notifier::start(server.metrics.clone(), stop_bound);
     let first = signals.forever().next();
     tracing::info!(signal = first, "signal received");
     // A second signal exits at once, without flushing.
@@ -48,6 +58,18 @@ fn main() -> ExitCode {
         }
     });
     notifier.stopping();
+    if !drain.is_zero() {
+        // Still serving; /readyz turns 503 so health checks move clients elsewhere.
+        tracing::info!(
+            drain_ms = server.cfg.drain_ms,
+            "draining: /readyz answers 503, still serving"
+        );
+        server
+            .metrics
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(drain);
+    }
     server.shutdown();
     notifier.stopped();
     ExitCode::SUCCESS

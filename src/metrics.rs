@@ -39,6 +39,8 @@ pub struct ExecStats {
     pub records_unconfirmed: AtomicU64,
     pub queue_bytes: AtomicU64,
     pub queue_records: AtomicU64,
+    /// Queued record bytes plus connection buffers above their initial size.
+    pub memory_bytes: AtomicU64,
     pub connections: AtomicU64,
     pub connections_refused: AtomicU64,
     pub accept_errors: AtomicU64,
@@ -83,11 +85,16 @@ pub struct Metrics {
     pub kafka: KafkaStats,
     /// Broker metadata is known (set by the metadata probe).
     pub broker_ready: AtomicBool,
+    /// The topics that metadata lists (set by the metadata probe).
+    pub topics: crate::topics::KnownTopics,
     /// Every executor has bound its listener.
     pub listening: AtomicBool,
+    /// SIGTERM arrived and the drain period runs: still serving, but /readyz says 503 so
+    /// load balancers move clients elsewhere first.
+    pub draining: AtomicBool,
     /// Per-executor queue limits (`queue_max_bytes`, `queue_max_records`), exported so
     /// alerts on a queue near full need no hard-coded numbers.
-    pub queue_limits: [AtomicU64; 2],
+    pub queue_limits: [AtomicU64; 3],
 }
 
 impl Metrics {
@@ -96,13 +103,17 @@ impl Metrics {
             execs: (0..executors).map(|_| ExecStats::default()).collect(),
             kafka: KafkaStats::default(),
             broker_ready: AtomicBool::new(false),
+            topics: Default::default(),
             listening: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             queue_limits: Default::default(),
         })
     }
 
     pub fn ready(&self) -> bool {
-        self.listening.load(Relaxed) && self.broker_ready.load(Relaxed)
+        self.listening.load(Relaxed)
+            && self.broker_ready.load(Relaxed)
+            && !self.draining.load(Relaxed)
     }
 
     /// Prometheus text exposition of all metrics.
@@ -214,6 +225,10 @@ impl Collector for Scrape {
                 "ingestd_queue_limit_records",
                 "queue_max_records: the most ingestd_queue_records of one executor",
             ),
+            (
+                "ingestd_memory_limit_bytes",
+                "memory_max_bytes: the most ingestd_memory_bytes of one executor",
+            ),
         ]
         .into_iter()
         .enumerate()
@@ -226,6 +241,13 @@ impl Collector for Scrape {
                 MetricType::Gauge,
             )?)?;
         }
+        self.per_exec(
+            &mut enc,
+            "ingestd_memory_bytes",
+            "Queued record bytes plus request buffers above 4 KiB per connection (memory_max_bytes budget)",
+            MetricType::Gauge,
+            |e| e.memory_bytes.load(Relaxed),
+        )?;
         self.per_exec(
             &mut enc,
             "ingestd_connections",

@@ -8,7 +8,8 @@
 //!   Kafka thread advanced their heartbeats since the previous check, so a stuck thread
 //!   stops the pings and systemd kills and restarts the service;
 //! - `STOPPING=1` at shutdown, then `EXTEND_TIMEOUT_USEC=` every second until the drain and
-//!   flush are done, never past ingestd's own worst case (`2 x shutdown_timeout_ms`).
+//!   flush are done, never past ingestd's own worst case (`drain_ms + 2 x
+//!   shutdown_timeout_ms`).
 //!
 //! Without `NOTIFY_SOCKET` (not started by systemd) no thread is started and every call is
 //! a no-op.
@@ -39,8 +40,8 @@ pub struct Notifier {
 
 impl Notifier {
     /// Starts the notifier thread when `NOTIFY_SOCKET` is set; otherwise returns an inert
-    /// handle. `shutdown_timeout` is the config's `shutdown_timeout_ms`.
-    pub fn start(metrics: Arc<Metrics>, shutdown_timeout: Duration) -> Notifier {
+    /// handle. `stop_bound` is the longest a stop takes: `drain_ms + 2 x shutdown_timeout_ms`.
+    pub fn start(metrics: Arc<Metrics>, stop_bound: Duration) -> Notifier {
         if std::env::var_os("NOTIFY_SOCKET").is_none() {
             return Notifier {
                 tx: None,
@@ -55,7 +56,7 @@ impl Notifier {
             "systemd notify socket found"
         );
         let (tx, rx) = mpsc::channel();
-        let state = State::new(metrics, watchdog, shutdown_timeout);
+        let state = State::new(metrics, watchdog, stop_bound);
         let thread = std::thread::Builder::new()
             .name("ingestd-notify".into())
             .spawn(move || state.run(rx));
@@ -115,14 +116,14 @@ struct State {
 }
 
 impl State {
-    fn new(metrics: Arc<Metrics>, watchdog: Option<Duration>, shutdown_timeout: Duration) -> State {
+    fn new(metrics: Arc<Metrics>, watchdog: Option<Duration>, stop_bound: Duration) -> State {
         let now = Instant::now();
         State {
             heartbeats: Heartbeats::new(&metrics),
             last_requests: (requests(&metrics), now),
             metrics,
             watchdog,
-            stop_budget: shutdown_timeout * 2 + EXTEND_SLACK,
+            stop_budget: stop_bound + EXTEND_SLACK,
             ready: false,
             stopping: None,
             next_status: now,
@@ -218,7 +219,7 @@ impl State {
         let m = &self.metrics;
         if let Some(since) = self.stopping {
             return format!(
-                "stopping: draining connections and flushing to Kafka ({:.1} s, at most {} s)",
+                "stopping: draining and flushing to Kafka ({:.1} s, at most {} s)",
                 (now - since).as_secs_f64(),
                 self.stop_budget.as_secs()
             );
@@ -348,7 +349,7 @@ mod tests {
     #[test]
     fn status_lines() {
         let m = Metrics::new(1);
-        let mut s = State::new(m.clone(), None, Duration::from_secs(10));
+        let mut s = State::new(m.clone(), None, Duration::from_secs(20));
         let t0 = Instant::now();
         assert_eq!(
             s.status_line(t0),

@@ -52,6 +52,10 @@ struct Slot {
     /// The peer closed (or the socket failed): a short read no longer means "wait for an
     /// event", since the EOF may have arrived with the data and raises no further event.
     hup: bool,
+    /// The peer sent TCP urgent data (MSG_OOB): Linux ends a read at the urgent mark, so a
+    /// short read no longer means the queue is empty either. Only WouldBlock does, for the
+    /// rest of this connection's life.
+    urgent: bool,
 }
 
 impl Default for Slot {
@@ -60,6 +64,7 @@ impl Default for Slot {
             wakers: [None, None],
             readable: true,
             hup: false,
+            urgent: false,
         }
     }
 }
@@ -189,7 +194,10 @@ impl Poller {
             if bits & (libc::EPOLLRDHUP | gone) != 0 {
                 slot.hup = true;
             }
-            if bits & (libc::EPOLLIN | libc::EPOLLRDHUP | gone) != 0 {
+            if bits & libc::EPOLLPRI != 0 {
+                slot.urgent = true;
+            }
+            if bits & (libc::EPOLLIN | libc::EPOLLPRI | libc::EPOLLRDHUP | gone) != 0 {
                 slot.readable = true;
                 if let Some(w) = slot.wakers[READ].take() {
                     w.wake();
@@ -233,14 +241,17 @@ impl Sock {
                 return Poll::Pending;
             }
             let r = sys::recv(fd, &mut *buf);
-            // Drained: WouldBlock, or a short read. Not EINTR: data may still be queued.
-            let drained = match &r {
-                Ok(n) => *n > 0 && *n < len,
-                Err(e) => e.kind() == io::ErrorKind::WouldBlock,
-            };
-            if drained {
-                p.slot(self.key, |s| s.readable = s.hup);
-            }
+            // Drained: WouldBlock, or a short read (unless urgent data may have cut it
+            // short). Not EINTR: data may still be queued.
+            p.slot(self.key, |s| {
+                let drained = match &r {
+                    Ok(n) => *n > 0 && *n < len && !s.urgent,
+                    Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+                };
+                if drained {
+                    s.readable = s.hup;
+                }
+            });
             p.poll_op(self.key, READ, cx, || r)
         })
         .await

@@ -55,6 +55,7 @@ impl Server {
         let metrics = Metrics::new(cfg.executors);
         metrics.queue_limits[0].store(cfg.queue_max_bytes as u64, Ordering::Relaxed);
         metrics.queue_limits[1].store(cfg.queue_max_records as u64, Ordering::Relaxed);
+        metrics.queue_limits[2].store(cfg.memory_max_bytes as u64, Ordering::Relaxed);
         let wake = KafkaWake::new();
         let kafka_shared = Arc::new(KafkaShared {
             wake: wake.clone(),
@@ -84,10 +85,9 @@ impl Server {
         let probe = {
             let p = create_producer(&cfg, &bootstrap, true)?;
             let (m, s) = (metrics.clone(), probe_stop.clone());
-            let topic = cfg.default_topic.clone();
             std::thread::Builder::new()
                 .name("ingestd-meta".into())
-                .spawn(move || probe_metadata(p, topic, m, s))
+                .spawn(move || probe_metadata(p, m, s))
                 .map_err(|e| e.to_string())?
         };
 

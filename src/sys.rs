@@ -99,10 +99,12 @@ pub fn epoll() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Registers `fd` once, edge-triggered, for both directions, with `token` as its data.
+/// Registers `fd` once, edge-triggered, for both directions and urgent data, with
+/// `token` as its data.
 pub fn epoll_add(ep: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
     let mut ev = libc::epoll_event {
-        events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+        events: (libc::EPOLLIN | libc::EPOLLPRI | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET)
+            as u32,
         u64: token,
     };
     // SAFETY: `ev` is a valid epoll_event; the kernel copies it.

@@ -509,3 +509,58 @@ fn fd_exhaustion_neither_spins_nor_stalls() {
         t0.elapsed()
     );
 }
+
+/// A panic anywhere (here: the Kafka thread, through a test hook) ends the process, so
+/// systemd restarts it, instead of executors answering 202 into lanes nobody drains.
+#[test]
+fn a_panicking_kafka_thread_ends_the_process() {
+    use std::os::unix::process::ExitStatusExt;
+    let b = broker();
+    let topic = b.topic("panic", 1);
+    let mut ing = Ingestd::start_env(
+        &["--brokers", &b.addr, "--default-topic", &topic],
+        &[("INGESTD_TEST_PANIC_KAFKA_AFTER_MS", "3000")],
+    );
+    let mut c = Client::connect(ing.addr).unwrap();
+    assert_eq!(c.request(&post("/", b"before", &[])).unwrap().status, 202);
+    let st = ing.wait_exit(Duration::from_secs(20));
+    assert_eq!(st.signal(), Some(libc::SIGABRT), "{st:?}");
+    let log = ing.log_text();
+    assert!(log.contains("kafka thread panics"), "{log}");
+    assert!(log.contains("panic: exiting"), "{log}");
+}
+
+/// With `drain_ms`, SIGTERM first turns /readyz to 503 while ingestd keeps serving (new
+/// connections included), and only then stops accepting and flushes.
+#[test]
+fn sigterm_drains_with_readyz_503_before_stopping() {
+    let b = broker();
+    let topic = b.topic("drain", 1);
+    let mut ing = Ingestd::start_env(
+        &["--brokers", &b.addr, "--default-topic", &topic],
+        &[("INGESTD_DRAIN_MS", "3000")],
+    );
+    let t0 = Instant::now();
+    ing.signal(libc::SIGTERM);
+    wait_until("readyz 503", Duration::from_secs(1), || {
+        get(ing.addr, "/readyz").unwrap().status == 503
+    });
+    let mut c = Client::connect(ing.addr).unwrap();
+    let r = c.request(&post("/", b"while-draining", &[])).unwrap();
+    assert_eq!(r.status, 202, "still serving while draining");
+    assert!(
+        t0.elapsed() < Duration::from_millis(3000),
+        "checked within the drain"
+    );
+    let st = ing.wait_exit(Duration::from_secs(20));
+    assert!(st.success(), "{st:?}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(3000),
+        "stopped before the drain ended"
+    );
+    let recs = read_topic(&b.addr, &topic, 1, 1, Duration::from_secs(1));
+    assert_eq!(
+        values(&recs),
+        BTreeSet::from(["while-draining".to_string()])
+    );
+}

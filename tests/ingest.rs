@@ -580,3 +580,40 @@ fn every_answer_says_what_its_body_is() {
     assert_eq!(r.status, 404);
     assert_eq!(r.header("content-type"), Some("text/plain"));
 }
+
+/// A topic that `topics` allows but Kafka does not have: 404 with a reason at once, for
+/// both contracts (it used to wait out librdkafka's 30 s metadata propagation: 504 at the
+/// ack timeout, or 202 and a failure later). Created later, it is accepted.
+#[test]
+fn a_topic_kafka_does_not_have_is_404_at_once() {
+    let b = broker();
+    let topic = b.topic("exists", 1);
+    let ing = start(&topic, "kafka");
+    let mut c = Client::connect(ing.addr).unwrap();
+    assert_eq!(
+        c.request(&post(&format!("/topics/{topic}"), b"x", &[]))
+            .unwrap()
+            .status,
+        200
+    );
+    let missing = format!("{topic}-missing");
+    let path = format!("/topics/{missing}");
+    for ack in ["kafka", "queued"] {
+        let t0 = Instant::now();
+        let r = c
+            .request(&post(&path, b"x", &[("Kafka-Ack", ack)]))
+            .unwrap();
+        assert_eq!(r.status, 404, "ack={ack}: {}", r.text());
+        assert_eq!(r.text(), "topic does not exist in kafka\n");
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    }
+    assert_eq!(ing.metric("ingestd_records_enqueued_total", ""), 1.0);
+    assert_eq!(ing.metric("ingestd_records_failed_total", ""), 0.0);
+    // Created now: accepted once the metadata probe has seen it (every second).
+    b.create_topic(&missing, 1);
+    common::wait_until("the new topic accepted", Duration::from_secs(15), || {
+        let r = c.request(&post(&path, b"y", &[])).unwrap();
+        assert!(r.status == 404 || r.status == 200, "{}", r.status);
+        r.status == 200
+    });
+}

@@ -157,6 +157,146 @@ fn chunk_extensions_are_not_buffered() {
     assert_eq!(recs[0].value, vec![b'z'; 30_000]);
 }
 
+/// TCP urgent data (MSG_OOB) ends a read at the urgent mark: a short read then does not
+/// mean the socket is drained. A request queued behind the mark used to wait for the
+/// idle timeout; it must be answered at once.
+#[test]
+fn urgent_data_does_not_stall_the_connection() {
+    use std::os::fd::AsRawFd;
+    let ing = no_broker(&[]);
+    let mut c = Client::connect(ing.addr).unwrap();
+    assert_eq!(c.request(&post("/", b"before", &[])).unwrap().status, 202);
+    // Both requests must sit in ingestd's receive queue before it reads: stop it meanwhile.
+    ing.signal(libc::SIGSTOP);
+    let fd = c.s.as_raw_fd();
+    let first = post("/", b"one", &[]);
+    let mut urgent = first.clone();
+    urgent.push(b'!');
+    // SAFETY: send(2) on our own connected socket with a valid buffer.
+    let n = unsafe { libc::send(fd, urgent.as_ptr().cast(), urgent.len(), libc::MSG_OOB) };
+    assert_eq!(n, urgent.len() as isize);
+    c.send(&post("/", b"two", &[])).unwrap();
+    // Until the peer's kernel has acknowledged every byte (nothing left unacked).
+    let t0 = Instant::now();
+    loop {
+        let mut unacked: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ writes one int.
+        unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut unacked) };
+        if unacked == 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{unacked} bytes unacked"
+        );
+        std::thread::yield_now();
+    }
+    ing.signal(libc::SIGCONT);
+    c.s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let t0 = Instant::now();
+    assert_eq!(c.read().unwrap().status, 202, "the request before the mark");
+    assert_eq!(c.read().unwrap().status, 202, "the request after the mark");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(ing.metric("ingestd_records_enqueued_total", ""), 3.0);
+}
+
+fn post_head(n: usize) -> Vec<u8> {
+    format!("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {n}\r\n\r\n").into_bytes()
+}
+
+/// Bodies being received count against the executor's memory budget together with its
+/// queued records: past it a request is answered 503 before its body is read, and the
+/// budget comes back once the bodies are queued and delivered.
+#[test]
+fn bodies_in_flight_are_bounded_by_the_memory_budget() {
+    let b = broker();
+    let topic = b.topic("membudget", 1);
+    let ing = Ingestd::start_env(
+        &[
+            "--brokers",
+            &b.addr,
+            "--default-topic",
+            &topic,
+            "--executors",
+            "1",
+        ],
+        &[
+            ("INGESTD_MAX_BODY_BYTES", "262144"),
+            ("INGESTD_MEMORY_MAX_BYTES", "600000"),
+        ],
+    );
+    let n = 250_000;
+    let mut held = Vec::new();
+    for fill in [b'a', b'b'] {
+        let mut c = Client::connect(ing.addr).unwrap();
+        c.send(&post_head(n)).unwrap();
+        c.send(&vec![fill; 1000]).unwrap();
+        held.push((c, fill));
+    }
+    common::wait_until("both bodies charged", Duration::from_secs(5), || {
+        ing.metric("ingestd_memory_bytes", "") >= 480_000.0
+    });
+    // A third does not fit: 503 at once, before its body is sent, and closed.
+    let mut c = Client::connect(ing.addr).unwrap();
+    c.send(&post_head(n)).unwrap();
+    let r = c.read().unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("memory_max_bytes"), "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(c.closed(Duration::from_secs(2)));
+    // The two complete: the body moves into the queue, counted once.
+    for (c, fill) in &mut held {
+        c.send(&vec![*fill; n - 1000]).unwrap();
+        assert_eq!(c.read().unwrap().status, 202);
+    }
+    common::wait_until("the budget given back", Duration::from_secs(10), || {
+        ing.metric("ingestd_memory_bytes", "") == 0.0
+    });
+    let mut c = Client::connect(ing.addr).unwrap();
+    assert_eq!(
+        c.request(&post("/", &vec![b'c'; n], &[])).unwrap().status,
+        202
+    );
+    let recs = common::read_topic(&b.addr, &topic, 1, 3, Duration::from_secs(1));
+    let mut firsts: Vec<u8> = recs.iter().map(|r| r.value[0]).collect();
+    firsts.sort();
+    assert_eq!(firsts, b"abc");
+    assert!(recs.iter().all(|r| r.value.len() == n));
+}
+
+/// Many clients each announcing a 1 MB body and sending part of it: the process's RSS
+/// stays within the memory budget (8 MiB here) instead of growing by a buffer per client.
+#[test]
+fn many_large_bodies_in_flight_keep_rss_flat() {
+    let ing = no_broker(&[
+        ("INGESTD_MAX_BODY_BYTES", "1000000"),
+        ("INGESTD_MEMORY_MAX_BYTES", "8388608"),
+    ]);
+    let rss0 = ing.rss_kib();
+    let clients: Vec<Client> = (0..40)
+        .map(|_| {
+            let mut c = Client::connect(ing.addr).unwrap();
+            c.send(&post_head(1_000_000)).unwrap();
+            c.send(&vec![b'x'; 64 << 10]).unwrap();
+            c
+        })
+        .collect();
+    common::wait_until(
+        "the budget full, the rest refused",
+        Duration::from_secs(10),
+        || ing.metric("ingestd_http_requests_total", "code=\"503\"") >= 30.0,
+    );
+    let rss = ing.rss_kib();
+    let mem = ing.metric("ingestd_memory_bytes", "");
+    eprintln!("40 bodies in flight: RSS {rss0} -> {rss} KiB, budget used {mem} B");
+    assert!(mem <= 8_388_608.0);
+    assert!(
+        rss < rss0 + 20 * 1024,
+        "RSS grew from {rss0} to {rss} KiB with a budget of 8 MiB"
+    );
+    drop(clients);
+}
+
 #[test]
 fn queue_byte_limit() {
     // Each record costs its bytes plus 64 of overhead: 2 records of 100 B fit in 400.

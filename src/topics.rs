@@ -1,0 +1,88 @@
+//! The topics the broker's metadata lists, published by the metadata probe and read by
+//! the executors without a lock per request: a request for a topic Kafka does not have
+//! gets 404 at once, instead of librdkafka waiting out `topic.metadata.propagation.max.ms`
+//! (30 s) with the record (a 504 for ack=kafka, a 202 then a failure for ack=queued).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+type Names = Arc<HashSet<Box<[u8]>>>;
+
+/// Shared by the probe (writer, once a second) and every executor (readers).
+#[derive(Default)]
+pub struct KnownTopics {
+    /// Bumped whenever the list changes; 0 until a metadata request succeeded, and while
+    /// it is 0 every topic may exist.
+    version: AtomicU64,
+    names: Mutex<Names>,
+}
+
+impl KnownTopics {
+    /// Probe: the topics of a successful metadata request.
+    pub fn publish(&self, names: HashSet<Box<[u8]>>) {
+        let mut cur = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if **cur != names || self.version.load(Ordering::Relaxed) == 0 {
+            *cur = Arc::new(names);
+            self.version.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+/// An executor's copy, refreshed only when the probe published a change.
+pub struct TopicView {
+    version: Cell<u64>,
+    names: RefCell<Names>,
+}
+
+impl TopicView {
+    pub fn new() -> TopicView {
+        TopicView {
+            version: Cell::new(0),
+            names: RefCell::new(Names::default()),
+        }
+    }
+
+    /// False only when the broker's metadata is known and does not list `topic`.
+    pub fn may_exist(&self, shared: &KnownTopics, topic: &[u8]) -> bool {
+        let v = shared.version.load(Ordering::Acquire);
+        if v == 0 {
+            return true;
+        }
+        if v != self.version.get() {
+            let names = shared.names.lock().unwrap_or_else(|e| e.into_inner());
+            *self.names.borrow_mut() = names.clone();
+            self.version.set(v);
+        }
+        self.names.borrow().contains(topic)
+    }
+}
+
+impl Default for TopicView {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(names: &[&str]) -> HashSet<Box<[u8]>> {
+        names.iter().map(|n| n.as_bytes().into()).collect()
+    }
+
+    #[test]
+    fn unknown_until_published_then_exact() {
+        let shared = KnownTopics::default();
+        let view = TopicView::new();
+        assert!(view.may_exist(&shared, b"anything"), "no metadata yet");
+        shared.publish(set(&[]));
+        assert!(!view.may_exist(&shared, b"anything"), "an empty cluster");
+        shared.publish(set(&["a", "b"]));
+        assert!(view.may_exist(&shared, b"a") && !view.may_exist(&shared, b"c"));
+        shared.publish(set(&["a", "b", "c"]));
+        assert!(view.may_exist(&shared, b"c"), "refreshed on change");
+    }
+}
