@@ -107,6 +107,8 @@ pub struct Ctx {
     /// While a broker is down librdkafka reports the same failure many times a second:
     /// warnings and errors are logged at most once per interval, with a count of the rest.
     limiter: Mutex<RateLimit>,
+    /// The Kafka thread's producer: where to say whether it can acknowledge now.
+    metrics: Option<Arc<Metrics>>,
 }
 
 #[derive(Default)]
@@ -130,8 +132,22 @@ impl Ctx {
     }
 }
 
+/// librdkafka's debug line for every state change of the idempotent producer (context
+/// `eos`, facility IDEMPSTATE): "[thrd:main]: Idempotent producer state change Init ->
+/// RequestPID".
+const IDEMP_STATE: &str = "Idempotent producer state change ";
+
 impl ClientContext for Ctx {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        // Until its producer id is assigned an idempotent producer holds every record (the
+        // first one waited about a second): readiness waits for "-> Assigned".
+        if let (Some(m), "IDEMPSTATE") = (&self.metrics, fac) {
+            // The message starts with the thread ("[thrd:main]: ").
+            let change = msg.find(IDEMP_STATE).map(|i| &msg[i + IDEMP_STATE.len()..]);
+            if let Some((_, to)) = change.and_then(|c| c.split_once(" -> ")) {
+                m.producer_ready.store(to == "Assigned", Ordering::Release);
+            }
+        }
         match level {
             RDKafkaLogLevel::Debug => debug!(target: "librdkafka", "{fac} {msg}"),
             RDKafkaLogLevel::Info | RDKafkaLogLevel::Notice => {
@@ -194,22 +210,46 @@ impl ProducerContext for Ctx {
     }
 }
 
-/// The producer of the Kafka thread, or (`metadata_only`) the metadata probe's client,
-/// which never produces and so needs no idempotent producer id.
+/// The producer of the Kafka thread (`ready`: the metrics where it says whether it can
+/// acknowledge now), or (None) the metadata probe's client, which never produces and so
+/// needs no idempotent producer id.
 pub fn create_producer(
     cfg: &Config,
     bootstrap: &str,
-    metadata_only: bool,
+    ready: Option<&Arc<Metrics>>,
 ) -> Result<KafkaProducer, String> {
     let mut cc = ClientConfig::new();
-    for (k, v) in cfg.kafka_properties() {
+    let props = cfg.kafka_properties();
+    let idempotent = props
+        .iter()
+        .any(|(k, v)| k == "enable.idempotence" && v == "true");
+    for (k, v) in props {
         cc.set(k, v);
     }
     cc.set("bootstrap.servers", bootstrap);
-    if metadata_only {
-        cc.set("enable.idempotence", "false");
+    let mut ctx = Ctx::default();
+    match ready {
+        None => {
+            cc.set("enable.idempotence", "false");
+        }
+        Some(m) if idempotent => {
+            // The idempotent producer's state changes arrive as `eos` debug lines (a few
+            // per producer id; librdkafka has no other public signal for them).
+            let debug = match cc.get("debug") {
+                Some(d) if d.split(',').any(|c| c == "eos" || c == "all") => d.to_string(),
+                Some(d) if !d.is_empty() => format!("{d},eos"),
+                _ => "eos".to_string(),
+            };
+            cc.set("debug", debug);
+            // rdkafka derives librdkafka's log level from the `log` crate (info here),
+            // which would drop these debug lines before they reach `Ctx::log`.
+            cc.set_log_level(RDKafkaLogLevel::Debug);
+            m.producer_ready.store(false, Ordering::Release);
+            ctx.metrics = Some(m.clone());
+        }
+        Some(m) => m.producer_ready.store(true, Ordering::Release),
     }
-    cc.create_with_context(Ctx::default())
+    cc.create_with_context(ctx)
         .map_err(|e| format!("kafka producer: {e}"))
 }
 
@@ -266,7 +306,7 @@ impl KafkaThread {
         shared: Arc<KafkaShared>,
     ) -> Result<Self, String> {
         let n = lanes.len();
-        let producer = create_producer(&cfg, &bootstrap, false)?;
+        let producer = create_producer(&cfg, &bootstrap, Some(&metrics))?;
         Ok(KafkaThread {
             queue_wake: Some(QueueWake::enable(&producer, shared.wake.clone())),
             producer,
@@ -549,7 +589,7 @@ impl KafkaThread {
             in_flight = self.producer.in_flight_count(),
             "rebuilding the kafka producer"
         );
-        match create_producer(&self.cfg, &self.bootstrap, false) {
+        match create_producer(&self.cfg, &self.bootstrap, Some(&self.metrics)) {
             Ok(p) => {
                 // Dropping the old producer purges its queue; the purge reports arrive in
                 // the sink and are dispatched as failures.

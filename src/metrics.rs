@@ -85,6 +85,9 @@ pub struct Metrics {
     pub kafka: KafkaStats,
     /// Broker metadata is known (set by the metadata probe).
     pub broker_ready: AtomicBool,
+    /// The Kafka thread's producer can acknowledge now: its idempotent producer id is
+    /// assigned (always, without idempotence).
+    pub producer_ready: AtomicBool,
     /// The topics that metadata lists (set by the metadata probe).
     pub topics: crate::topics::KnownTopics,
     /// Every executor has bound its listener.
@@ -103,6 +106,7 @@ impl Metrics {
             execs: (0..executors).map(|_| ExecStats::default()).collect(),
             kafka: KafkaStats::default(),
             broker_ready: AtomicBool::new(false),
+            producer_ready: AtomicBool::new(false),
             topics: Default::default(),
             listening: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -113,6 +117,7 @@ impl Metrics {
     pub fn ready(&self) -> bool {
         self.listening.load(Relaxed)
             && self.broker_ready.load(Relaxed)
+            && self.producer_ready.load(Relaxed)
             && !self.draining.load(Relaxed)
     }
 

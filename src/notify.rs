@@ -1,8 +1,8 @@
 //! systemd's notify protocol for `Type=notify` units, spoken from a thread of its own so it
 //! keeps talking while `Server::shutdown` blocks:
 //!
-//! - `READY=1` once every executor has bound its listener and broker metadata is known
-//!   (`Metrics::ready`, the same check as `GET /readyz`);
+//! - `READY=1` once every executor has bound its listener, broker metadata is known and the
+//!   producer can acknowledge (`Metrics::ready`, the same check as `GET /readyz`);
 //! - `STATUS=` one line every few seconds: req/s, queued records, broker up/down;
 //! - `WATCHDOG=1` at half of `WatchdogSec=`, and only if every executor's ticker and the
 //!   Kafka thread advanced their heartbeats since the previous check, so a stuck thread
@@ -226,7 +226,7 @@ impl State {
         }
         if !self.ready {
             return format!(
-                "starting: listeners {}, broker metadata {}",
+                "starting: listeners {}, broker metadata {}, producer id {}",
                 if m.listening.load(Relaxed) {
                     "bound"
                 } else {
@@ -234,6 +234,11 @@ impl State {
                 },
                 if m.broker_ready.load(Relaxed) {
                     "known"
+                } else {
+                    "waiting"
+                },
+                if m.producer_ready.load(Relaxed) {
+                    "assigned"
                 } else {
                     "waiting"
                 },
@@ -353,7 +358,7 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(
             s.status_line(t0),
-            "starting: listeners binding, broker metadata waiting"
+            "starting: listeners binding, broker metadata waiting, producer id waiting"
         );
         m.listening.store(true, Relaxed);
         m.broker_ready.store(true, Relaxed);

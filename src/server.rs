@@ -83,7 +83,7 @@ impl Server {
 
         let probe_stop = Arc::new(AtomicBool::new(false));
         let probe = {
-            let p = create_producer(&cfg, &bootstrap, true)?;
+            let p = create_producer(&cfg, &bootstrap, None)?;
             let (m, s) = (metrics.clone(), probe_stop.clone());
             std::thread::Builder::new()
                 .name("ingestd-meta".into())

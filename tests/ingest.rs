@@ -617,3 +617,22 @@ fn a_topic_kafka_does_not_have_is_404_at_once() {
         r.status == 200
     });
 }
+
+/// `/readyz` says 200 only once an ack=kafka request can be acknowledged at once: the
+/// idempotent producer has its id. The first ack=kafka request after readiness used to
+/// wait about a second for it.
+#[test]
+fn ready_means_the_first_ack_kafka_request_is_answered_at_once() {
+    let b = broker();
+    let topic = b.topic("readyack", 1);
+    let ing = start(&topic, "kafka");
+    let mut c = Client::connect(ing.addr).unwrap();
+    let t0 = Instant::now();
+    let r = c.request(&post("/", b"first", &[])).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        t0.elapsed() < Duration::from_millis(400),
+        "first ack=kafka answer after readiness took {:?}",
+        t0.elapsed()
+    );
+}

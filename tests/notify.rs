@@ -347,9 +347,8 @@ fn no_ready_while_broker_metadata_is_unknown() {
     assert_eq!(count(&lines, |l| l == "READY=1"), 0, "{lines:?}");
     assert_eq!(count(&lines, |l| l == "WATCHDOG=1"), 0, "{lines:?}");
     assert!(
-        lines
-            .iter()
-            .any(|(_, l)| l == "STATUS=starting: listeners bound, broker metadata waiting"),
+        lines.iter().any(|(_, l)| l
+            == "STATUS=starting: listeners bound, broker metadata waiting, producer id waiting"),
         "{lines:?}"
     );
     ing.signal(libc::SIGTERM);
