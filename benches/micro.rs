@@ -9,7 +9,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ingestd::http::chunked::ChunkedDecoder;
 use ingestd::http::parse::{parse_head, Head, Limits};
-use ingestd::lane::{make_lane, Completion, Completions, KafkaWake, RecordBatch};
+use ingestd::kafka::lane::{make_lane, Completion, Completions, KafkaWake, RecordBatch};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,8 @@
 //! Configuration: one serde struct with defaults, merged from a TOML file, `INGESTD_*`
 //! environment variables and CLI flags (in that order of precedence), then validated.
 
+use crate::http::parse::is_token_byte;
+use crate::kafka::topics::valid_topic;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -614,21 +616,6 @@ fn scalar(raw: &str) -> toml::Value {
         Ok(mut t) => t.remove("v").unwrap_or_else(|| raw.into()),
         Err(_) => toml::Value::String(raw.to_string()),
     }
-}
-
-/// Kafka's legal topic names: 1..=249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
-pub fn valid_topic(t: &str) -> bool {
-    !t.is_empty()
-        && t.len() <= 249
-        && t != "."
-        && t != ".."
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-}
-
-/// RFC 9110 token characters (header names, methods).
-pub fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Executors when none are configured: one per allowed CPU but one, at least one. The CPU

@@ -1,23 +1,20 @@
 //! ingestd: HTTP/1.1 in, one Kafka record per body out.
 //!
-//! Request path: `server` (executors, accept) -> `poller` (socket readiness) -> `conn`
-//! (read, answer in order) -> `http` (pure parsing) -> `route` (what to do) -> `local`
-//! (bounded executor queue, waiters) -> `lane` (batched hand-off) -> `kafka` (producer
-//! thread, delivery reports).
-//! `error` maps every failure to its status code.
+//! Request path: `exec::server` (executors, accept) -> `exec::poller` (socket readiness)
+//! -> `exec::conn` (read, answer in order) -> `http` (pure parsing) -> `exec::route` (what
+//! to do) -> `exec::local` (bounded executor queue, memory budget, waiters) ->
+//! `kafka::lane` (batched hand-off) -> `kafka::thread` (producer thread, delivery reports,
+//! retries) -> back through `exec::local` to the waiting request.
+//! `error` maps every failure to its status code; `sys` holds the raw socket calls.
+
+// Every unsafe block says why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod config;
-pub mod conn;
 pub mod error;
+pub mod exec;
 pub mod http;
 pub mod kafka;
-pub mod lane;
-pub mod local;
 pub mod metrics;
 pub mod notify;
-pub mod poller;
-pub mod route;
-pub mod server;
 pub mod sys;
-pub mod topics;
-pub mod watch;

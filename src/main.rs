@@ -2,8 +2,8 @@
 
 use clap::Parser;
 use ingestd::config::{Cli, Config, LogFormat};
+use ingestd::exec::server::Server;
 use ingestd::notify::{self, Notifier};
-use ingestd::server::Server;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::io::IsTerminal;

@@ -89,7 +89,7 @@ pub struct Metrics {
     /// assigned (always, without idempotence).
     pub producer_ready: AtomicBool,
     /// The topics that metadata lists (set by the metadata probe).
-    pub topics: crate::topics::KnownTopics,
+    pub topics: crate::kafka::topics::KnownTopics,
     /// Every executor has bound its listener.
     pub listening: AtomicBool,
     /// SIGTERM arrived and the drain period runs: still serving, but /readyz says 503 so

@@ -1,5 +1,7 @@
-//! The few raw socket operations Glommio does not expose. All `unsafe` of the crate lives
-//! here, each with its SAFETY note.
+//! The few raw socket and process calls Glommio does not expose (accept, recv/send,
+//! epoll, shutdown, CPU affinity), each `unsafe` with its SAFETY note. The other `unsafe`
+//! of the crate sits where it is needed: `kafka/wake.rs` (librdkafka's queue callback)
+//! and `exec/poller.rs` (the ring wait).
 
 use socket2::{Domain, Protocol, Socket, Type};
 use std::fs::File;
@@ -132,19 +134,6 @@ pub fn dup(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(dup) })
 }
 
-/// Resolves once the fd that `dup` duplicates is readable, through a one-shot poll on
-/// the executor's io_uring, so the executor sleeps in its ring and still wakes for it.
-/// Glommio has no public poll-an-fd call; a stream over a duplicate arms exactly that poll
-/// when created and completes its read when the poll fires (the recv itself then fails on
-/// a non-socket, which is expected). The stream closes `dup` on return.
-pub async fn ring_readable(dup: OwnedFd) {
-    use futures_lite::AsyncReadExt;
-    use std::os::fd::IntoRawFd;
-    // SAFETY: the stream takes over `dup`, a live fd nobody else owns.
-    let mut s = unsafe { glommio::net::TcpStream::from_raw_fd(dup.into_raw_fd()) };
-    let _ = s.read(&mut [0u8; 1]).await;
-}
-
 /// Shuts both directions: a pending write fails at once (write deadline passed).
 pub fn shutdown_both(fd: RawFd) {
     // SAFETY: as in `shutdown_read`.
@@ -162,12 +151,11 @@ pub fn shutdown_read(fd: RawFd) {
 /// CPUs this process may run on (its affinity mask, e.g. from systemd's CPUAffinity= or
 /// taskset), in ascending order; executors are pinned to these by default.
 pub fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; zeroed is a valid empty set, and sched_getaffinity
-    // writes at most size_of::<cpu_set_t>() bytes into it.
+    // SAFETY: cpu_set_t is plain data; zeroed is a valid empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let ok =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }
-            == 0;
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: sched_getaffinity writes at most `size` bytes into `set`.
+    let ok = unsafe { libc::sched_getaffinity(0, size, &mut set) } == 0;
     if !ok {
         return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
     }
@@ -230,67 +218,5 @@ impl SpareFds {
 impl Default for SpareFds {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// Wakes the Kafka thread from librdkafka's own threads whenever the producer's main
-/// queue (delivery reports, errors) goes from empty to non-empty, so that thread can
-/// sleep until there is work instead of napping in short intervals.
-pub struct QueueWake {
-    queue: *mut rdkafka::bindings::rd_kafka_queue_t,
-    /// Kept alive while librdkafka may call back with a pointer to it.
-    _wake: std::sync::Arc<crate::lane::KafkaWake>,
-}
-
-// SAFETY: librdkafka queue handles are thread-safe; the pointer is only used to disable
-// the callback and release the handle on drop.
-unsafe impl Send for QueueWake {}
-
-unsafe extern "C" fn queue_event(
-    _rk: *mut rdkafka::bindings::rd_kafka_t,
-    opaque: *mut std::ffi::c_void,
-) {
-    // SAFETY: `opaque` is the KafkaWake that `QueueWake` keeps alive until the callback
-    // is disabled in its drop.
-    let wake = unsafe { &*(opaque as *const crate::lane::KafkaWake) };
-    wake.wake();
-}
-
-impl QueueWake {
-    pub fn enable(
-        producer: &crate::kafka::KafkaProducer,
-        wake: std::sync::Arc<crate::lane::KafkaWake>,
-    ) -> QueueWake {
-        let rk = rdkafka::producer::Producer::client(producer).native_ptr();
-        // SAFETY: `rk` is a live producer handle; the returned queue reference is released
-        // in drop, before the producer is (the Kafka thread drops this first).
-        let queue = unsafe { rdkafka::bindings::rd_kafka_queue_get_main(rk) };
-        let opaque = std::sync::Arc::as_ptr(&wake) as *mut std::ffi::c_void;
-        // SAFETY: the callback only reads `opaque`, which outlives the registration.
-        unsafe {
-            rdkafka::bindings::rd_kafka_queue_cb_event_enable(queue, Some(queue_event), opaque)
-        };
-        QueueWake { queue, _wake: wake }
-    }
-
-    /// Events waiting in the queue (the callback fires only on empty -> non-empty).
-    pub fn pending(&self) -> bool {
-        // SAFETY: `queue` is a live queue reference owned by self.
-        unsafe { rdkafka::bindings::rd_kafka_queue_length(self.queue) > 0 }
-    }
-}
-
-impl Drop for QueueWake {
-    fn drop(&mut self) {
-        // SAFETY: disables the callback before the KafkaWake may go away, then releases
-        // our queue reference.
-        unsafe {
-            rdkafka::bindings::rd_kafka_queue_cb_event_enable(
-                self.queue,
-                None,
-                std::ptr::null_mut(),
-            );
-            rdkafka::bindings::rd_kafka_queue_destroy(self.queue);
-        }
     }
 }

@@ -620,7 +620,7 @@ fn a_topic_kafka_does_not_have_is_404_at_once() {
 
 /// `/readyz` says 200 only once an ack=kafka request can be acknowledged at once: the
 /// idempotent producer has its id. The first ack=kafka request after readiness used to
-/// wait about a second for it.
+/// wait for it (450-950 ms measured: librdkafka requests the id on a 500 ms timer).
 #[test]
 fn ready_means_the_first_ack_kafka_request_is_answered_at_once() {
     let b = broker();
@@ -631,7 +631,7 @@ fn ready_means_the_first_ack_kafka_request_is_answered_at_once() {
     let r = c.request(&post("/", b"first", &[])).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(
-        t0.elapsed() < Duration::from_millis(400),
+        t0.elapsed() < Duration::from_millis(250),
         "first ack=kafka answer after readiness took {:?}",
         t0.elapsed()
     );

@@ -8,7 +8,7 @@ use common::http::{get, post, Client};
 use common::wait_until;
 use ingestd::config::{AckMode, Config};
 use ingestd::error::FailReason;
-use ingestd::server::Server;
+use ingestd::exec::server::Server;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};

@@ -13,8 +13,8 @@
 //! Prints one JSON line with records/s and CPU microseconds per record per thread group.
 
 use ingestd::config::Config;
+use ingestd::kafka::lane::{make_lane, ExecutorLane, Opaque, RecordBatch};
 use ingestd::kafka::{KafkaShared, KafkaThread};
-use ingestd::lane::{make_lane, ExecutorLane, Opaque, RecordBatch};
 use ingestd::metrics::Metrics;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
@@ -62,7 +62,7 @@ fn main() {
     let cfg = Arc::new(cfg);
     let metrics = Metrics::new(lanes);
     let shared = Arc::new(KafkaShared {
-        wake: ingestd::lane::KafkaWake::new(),
+        wake: ingestd::kafka::lane::KafkaWake::new(),
         stop: AtomicBool::new(false),
     });
     let (mut exec_lanes, mut kafka_lanes) = (Vec::new(), Vec::new());

@@ -167,7 +167,7 @@ fn parse_size(line: &[u8]) -> Result<u64, HttpError> {
         let rest = skip_ws(rest);
         let name = rest
             .iter()
-            .take_while(|&&b| crate::config::is_token_byte(b))
+            .take_while(|&&b| super::parse::is_token_byte(b))
             .count();
         if name == 0 {
             return Err(HttpError::BadFraming("invalid chunk extension"));
@@ -179,7 +179,7 @@ fn parse_size(line: &[u8]) -> Result<u64, HttpError> {
                 quoted_len(v)?
             } else {
                 v.iter()
-                    .take_while(|&&b| crate::config::is_token_byte(b))
+                    .take_while(|&&b| super::parse::is_token_byte(b))
                     .count()
             };
             if vlen == 0 {

@@ -3,7 +3,6 @@
 //! Strict where leniency enables request smuggling: one Content-Length of plain digits,
 //! `chunked` as the only transfer coding, never both, no obsolete line folding.
 
-use crate::config::is_token_byte;
 use crate::error::HttpError;
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -336,4 +335,9 @@ fn valid_host(value: &[u8]) -> bool {
 /// Validates a method token; httparse already does, this is for the router's 405.
 pub fn is_token(v: &[u8]) -> bool {
     !v.is_empty() && v.iter().copied().all(is_token_byte)
+}
+
+/// RFC 9110 token characters (header names, methods).
+pub fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }

@@ -3,14 +3,14 @@
 
 use crate::config::AckMode;
 use crate::error::HttpError;
+use crate::exec::local::{Exec, Ticket};
+use crate::exec::poller::Sock;
+use crate::exec::route::{authorized, ndjson_lines, route, Produce, Route, Topic};
+use crate::exec::watch::Watch;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::parse::{parse_head, Framing, Head, Limits, Method};
 use crate::http::response::{self, Conn as Keep};
-use crate::lane::record_cost;
-use crate::local::{Exec, Ticket};
-use crate::poller::Sock;
-use crate::route::{authorized, ndjson_lines, route, Produce, Route, Topic};
-use crate::watch::Watch;
+use crate::kafka::lane::record_cost;
 use std::io::{self, Write};
 use std::ops::Range;
 use std::rc::Rc;

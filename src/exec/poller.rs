@@ -171,7 +171,7 @@ impl Poller {
         };
         match fd {
             Ok(fd) => {
-                sys::ring_readable(fd).await;
+                ring_readable(fd).await;
                 self.ring_fd.set(sys::dup(self.ep.as_raw_fd()).ok());
                 *backoff = Duration::ZERO;
             }
@@ -330,4 +330,17 @@ impl Listener {
         let s = &self.sock;
         poll_fn(|cx| s.poller.poll_op(s.key, READ, cx, || sys::accept(fd))).await
     }
+}
+
+/// Resolves once the fd that `dup` duplicates is readable, through a one-shot poll on
+/// the executor's io_uring, so the executor sleeps in its ring and still wakes for it.
+/// Glommio has no public poll-an-fd call; a stream over a duplicate arms exactly that poll
+/// when created and completes its read when the poll fires (the recv itself then fails on
+/// a non-socket, which is expected). The stream closes `dup` on return.
+async fn ring_readable(dup: OwnedFd) {
+    use futures_lite::AsyncReadExt;
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: the stream takes over `dup`, a live fd nobody else owns.
+    let mut s = unsafe { glommio::net::TcpStream::from_raw_fd(dup.into_raw_fd()) };
+    let _ = s.read(&mut [0u8; 1]).await;
 }

@@ -4,11 +4,11 @@
 
 use crate::config::Config;
 use crate::error::FailReason;
-use crate::lane::{
+use crate::kafka::lane::{
     record_cost, Completion, Completions, HeaderMeta, KafkaLane, KafkaWake, Opaque, RecordBatch,
 };
+use crate::kafka::wake::QueueWake;
 use crate::metrics::{bump, Metrics};
-use crate::sys::QueueWake;
 use rdkafka::config::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
@@ -278,9 +278,7 @@ pub struct KafkaThread {
     /// Last time a record was delivered, or nothing was in flight, or the broker did not
     /// answer (see `check_health`).
     last_progress: Instant,
-    /// Set once the stop flag is seen: the flush ends here, and so does any wait for
-    /// room in librdkafka's queue.
-    deadline: Option<Instant>,
+    phase: Phase,
     next_health_check: Instant,
     /// Records taken from the lanes since `window_start`; at the end of each
     /// `BUSY_WINDOW` they decide whether the thread naps or sleeps when idle (`busy`).
@@ -320,7 +318,7 @@ impl KafkaThread {
             logged_failures: [0; FailReason::ALL.len()],
             last_log: Instant::now(),
             last_progress: Instant::now(),
-            deadline: None,
+            phase: Phase::Running,
             next_health_check: Instant::now(),
             window_start: Instant::now(),
             window_records: 0,
@@ -357,12 +355,7 @@ impl KafkaThread {
             if panic_at.is_some_and(|t| Instant::now() >= t) {
                 panic!("INGESTD_TEST_PANIC_KAFKA_AFTER_MS: kafka thread panics (test hook)");
             }
-            // Set only after every executor has exited and handed over its last batch:
-            // what the lanes hold now is all there will be.
-            let stopping = self.shared.stop.load(Ordering::Acquire);
-            if stopping && self.deadline.is_none() {
-                self.deadline = Some(Instant::now() + self.flush_timeout);
-            }
+            let stopping = self.observe_stop();
             let mut work = self.drain_lanes();
             self.producer.poll(Duration::ZERO);
             work |= self.send_retries();
@@ -378,6 +371,22 @@ impl KafkaThread {
             }
         }
         self.flush();
+    }
+
+    /// Moves to `Phase::Stopping` once the stop flag is set; whether stopping.
+    fn observe_stop(&mut self) -> bool {
+        if matches!(self.phase, Phase::Running) && self.shared.stop.load(Ordering::Acquire) {
+            self.phase = Phase::Stopping {
+                deadline: Instant::now() + self.flush_timeout,
+            };
+        }
+        matches!(self.phase, Phase::Stopping { .. })
+    }
+
+    /// Stopping, and the flush deadline has passed.
+    fn out_of_time(&mut self) -> bool {
+        self.observe_stop();
+        matches!(self.phase, Phase::Stopping { deadline } if Instant::now() >= deadline)
     }
 
     /// Takes every batch the executors pushed and hands its records to librdkafka.
@@ -426,7 +435,7 @@ impl KafkaThread {
                 match self.producer.send(rec) {
                     Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
-                        if self.deadline.is_some_and(|d| Instant::now() >= d) =>
+                        if self.out_of_time() =>
                     {
                         // Shutting down and out of time: no more waiting for room.
                         SINK.with(|s| {
@@ -513,7 +522,7 @@ impl KafkaThread {
                 b.released_records += std::mem::take(&mut c.released_records);
             }
         });
-        let gone = self.deadline.is_some();
+        let gone = matches!(self.phase, Phase::Stopping { .. });
         for (i, lane) in self.lanes.iter().enumerate() {
             if gone {
                 self.backlog[i] = Completions::default();
@@ -640,30 +649,29 @@ impl KafkaThread {
     }
 
     /// Shutdown: every executor has stopped and its lanes are drained; deliver what is in
-    /// flight (and what waits for another try) within the deadline.
+    /// flight (and what waits for another try) within the deadline. What is left then,
+    /// with what could not be handed over in time, is counted and logged.
     fn flush(&mut self) {
-        let deadline = self
-            .deadline
-            .unwrap_or_else(|| Instant::now() + self.flush_timeout);
+        self.observe_stop();
         let left = |t: &Self| t.producer.in_flight_count().max(0) as u64 + t.retrying() as u64;
         info!(
             records = left(self),
             timeout_ms = self.flush_timeout.as_millis() as u64,
             "flushing kafka producer"
         );
-        while left(self) > 0 && Instant::now() < deadline {
+        while left(self) > 0 && !self.out_of_time() {
             self.producer.poll(Duration::from_millis(20));
             self.send_retries();
             self.dispatch();
         }
-        let left = left(self);
-        if left > 0 {
-            bump(
-                &self.metrics.kafka.failed[FailReason::Shutdown as usize],
-                left,
-            );
+        let metrics = self.metrics.clone();
+        let failed = &metrics.kafka.failed[FailReason::Shutdown as usize];
+        bump(failed, left(self));
+        self.dispatch();
+        let lost = failed.load(Ordering::Relaxed);
+        if lost > 0 {
             error!(
-                records = left,
+                records = lost,
                 "shutdown deadline reached: records not delivered"
             );
         } else {
@@ -672,36 +680,52 @@ impl KafkaThread {
     }
 }
 
-/// Probes broker metadata every second so /readyz (and READY=1) reflect whether the
-/// broker answers, and publishes the topics it lists (unknown topics get 404 at once).
-/// Runs on its own thread: a metadata request may block for seconds.
-pub fn probe_metadata(producer: KafkaProducer, metrics: Arc<Metrics>, stop: Arc<AtomicBool>) {
-    let mut was_ready = false;
-    while !stop.load(Ordering::Acquire) {
-        let res = producer
-            .client()
-            .fetch_metadata(None, Duration::from_secs(2));
-        let ready = match &res {
-            Ok(md) => !md.brokers().is_empty(),
-            Err(_) => false,
-        };
-        if let (true, Ok(md)) = (ready, &res) {
-            let names = md.topics().iter().filter(|t| t.error().is_none());
-            metrics
-                .topics
-                .publish(names.map(|t| t.name().as_bytes().into()).collect());
-        }
-        metrics.broker_ready.store(ready, Ordering::Release);
-        if ready != was_ready {
-            match res {
-                Ok(md) => info!(brokers = md.brokers().len(), "kafka metadata available"),
-                Err(e) => warn!(error = %e, "kafka metadata unavailable"),
-            }
-            was_ready = ready;
-        }
-        let until = Instant::now() + Duration::from_secs(1);
-        while Instant::now() < until && !stop.load(Ordering::Acquire) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+/// Where the Kafka thread is in its life; with the executors' `Exec::hand_over` the one
+/// owner of "never a 2xx, then lost" at shutdown.
+enum Phase {
+    /// Executors run: take their batches, produce, hand results back.
+    Running,
+    /// Every executor has exited and handed over what it held: drain the lanes and flush
+    /// librdkafka by `deadline`, no longer handing results back (nobody reads them), and
+    /// no longer waiting for room in librdkafka's queue past it.
+    Stopping { deadline: Instant },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::lane::make_lane;
+    use rdkafka::mocking::MockCluster;
+
+    /// Once stopping, the executors have exited: a result for a lane nobody drains any
+    /// more (and that is full) is not work, so the thread flushes and exits instead of
+    /// retrying the push forever.
+    #[test]
+    fn exits_when_stopped_although_an_exited_executors_lane_is_full() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("t", 1, 1).unwrap();
+        let cfg = Arc::new(Config {
+            shutdown_timeout_ms: 1000,
+            ..Default::default()
+        });
+        let wake = KafkaWake::new();
+        let (_exec_end, kafka_end) = make_lane(0, wake.clone());
+        while kafka_end.to_exec.try_push(Completions::default()).is_none() {}
+        let shared = Arc::new(KafkaShared {
+            wake,
+            stop: AtomicBool::new(true),
+        });
+        let bootstrap = mock.bootstrap_servers();
+        let mut kt =
+            KafkaThread::new(cfg, bootstrap, vec![kafka_end], Metrics::new(1), shared).unwrap();
+        // A result still waiting for that lane.
+        kt.backlog[0].released_records = 1;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            kt.run();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the kafka thread did not exit");
     }
 }

@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::error::{FailReason, HttpError};
 use crate::http::response::DateLine;
-use crate::lane::{ExecutorLane, HeaderMeta, Opaque, RecordBatch};
+use crate::kafka::lane::{ExecutorLane, HeaderMeta, Opaque, RecordBatch};
 use crate::metrics::{bump, ExecStats, Metrics};
 use slab::Slab;
 use std::cell::{Cell, RefCell};
@@ -48,7 +48,7 @@ pub struct Exec {
     pub retry_after: &'static str,
     pub shutting_down: Cell<bool>,
     /// This executor's copy of the topics Kafka has.
-    pub topics: crate::topics::TopicView,
+    pub topics: crate::kafka::topics::TopicView,
     batch: RefCell<RecordBatch>,
     pool: RefCell<Vec<RecordBatch>>,
     /// Batches the lane could not take yet (it is full); retried on the next flush.
@@ -270,7 +270,7 @@ impl Exec {
         }
     }
 
-    fn apply(&self, c: crate::lane::Completions) {
+    fn apply(&self, c: crate::kafka::lane::Completions) {
         self.queue_bytes
             .set(self.queue_bytes.get().saturating_sub(c.released_bytes));
         self.queue_records
@@ -512,7 +512,7 @@ impl Future for CompletionWait<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lane::{make_lane, KafkaLane, KafkaWake};
+    use crate::kafka::lane::{make_lane, KafkaLane, KafkaWake};
     use std::time::Duration;
 
     /// An executor whose Kafka thread is napping (state only: nothing parks here).
@@ -555,9 +555,9 @@ mod tests {
     }
 
     /// The report of one record of `t`'s request, delivered at (0, offset).
-    fn report(t: Ticket, offset: i64) -> crate::lane::Completions {
-        crate::lane::Completions {
-            done: vec![crate::lane::Completion {
+    fn report(t: Ticket, offset: i64) -> crate::kafka::lane::Completions {
+        crate::kafka::lane::Completions {
+            done: vec![crate::kafka::lane::Completion {
                 slot: t.slot,
                 gen: t.gen,
                 first: true,
@@ -607,6 +607,52 @@ mod tests {
             Poll::Ready(Ok(((0, 7), (0, 7))))
         ));
         assert_eq!(exec.waiters.borrow().len(), 0, "every slot freed");
+    }
+
+    /// At exit an executor hands what it still holds to the Kafka thread; what the lane
+    /// cannot take by the deadline is counted as failed (shutdown), never dropped silently.
+    #[test]
+    fn exit_hands_over_or_counts_every_record() {
+        for drained in [false, true] {
+            let (exec, _wake, kafka) = napping_exec();
+            // Fill the lane (nobody takes from it yet), then some more into the overflow.
+            while exec.overflow.borrow().is_empty() {
+                push(&exec, 1, None);
+                exec.flush();
+            }
+            push(&exec, 2, None);
+            let held: usize = exec
+                .overflow
+                .borrow()
+                .iter()
+                .map(|b| b.records.len())
+                .sum::<usize>()
+                + exec.batch.borrow().records.len();
+            let total = exec.stats().records_enqueued.load(Relaxed) as usize;
+            let taker = drained.then(|| {
+                std::thread::spawn(move || {
+                    let mut n = 0;
+                    let t0 = Instant::now();
+                    while n < total && t0.elapsed() < Duration::from_secs(5) {
+                        match kafka.from_exec.try_pop() {
+                            Some(b) => n += b.records.len(),
+                            None => std::thread::yield_now(),
+                        }
+                    }
+                    n
+                })
+            });
+            let within = Duration::from_millis(if drained { 3000 } else { 50 });
+            let exec2 = exec.clone();
+            glommio::LocalExecutor::default().run(async move { exec2.hand_over(within).await });
+            let failed = exec.metrics.kafka.failed[FailReason::Shutdown as usize].load(Relaxed);
+            if drained {
+                assert_eq!(failed, 0, "everything handed over");
+                assert_eq!(taker.unwrap().join().unwrap(), total);
+            } else {
+                assert_eq!(failed as usize, held, "what the full lane could not take");
+            }
+        }
     }
 
     #[test]

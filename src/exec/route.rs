@@ -1,9 +1,10 @@
 //! Routing: turns a parsed head into what to do, reading the Kafka-* headers and the
 //! configured forward headers. Pure: no I/O, so it is unit-tested with plain buffers.
 
-use crate::config::{valid_topic, AckMode, Config};
+use crate::config::{AckMode, Config};
 use crate::error::HttpError;
 use crate::http::parse::{trim, Head, Method};
+use crate::kafka::topics::valid_topic;
 use std::ops::Range;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

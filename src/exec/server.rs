@@ -2,14 +2,14 @@
 //! core, each with its own SO_REUSEPORT listener. `Server::shutdown` stops them in order.
 
 use crate::config::Config;
-use crate::conn::Conn;
+use crate::exec::conn::Conn;
+use crate::exec::local::Exec;
+use crate::exec::poller::{Listener, Poller, Sock};
+use crate::exec::watch::Watch;
+use crate::kafka::lane::{make_lane, ExecutorLane, KafkaWake};
 use crate::kafka::{create_producer, probe_metadata, KafkaShared, KafkaThread};
-use crate::lane::{make_lane, ExecutorLane, KafkaWake};
-use crate::local::Exec;
 use crate::metrics::{bump, Metrics};
-use crate::poller::{Listener, Poller, Sock};
 use crate::sys;
-use crate::watch::Watch;
 use glommio::{LocalExecutorBuilder, Placement};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;

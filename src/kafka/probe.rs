@@ -1,0 +1,45 @@
+//! The metadata probe: its own thread and client, asking the broker for metadata every
+//! second. Says whether the broker answers (/readyz, READY=1) and which topics exist
+//! (`KnownTopics`: unknown topics are answered 404 at once).
+
+use super::thread::KafkaProducer;
+use crate::metrics::Metrics;
+use rdkafka::producer::Producer;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// Probes broker metadata every second so /readyz (and READY=1) reflect whether the
+/// broker answers, and publishes the topics it lists (unknown topics get 404 at once).
+/// Runs on its own thread: a metadata request may block for seconds.
+pub fn probe_metadata(producer: KafkaProducer, metrics: Arc<Metrics>, stop: Arc<AtomicBool>) {
+    let mut was_ready = false;
+    while !stop.load(Ordering::Acquire) {
+        let res = producer
+            .client()
+            .fetch_metadata(None, Duration::from_secs(2));
+        let ready = match &res {
+            Ok(md) => !md.brokers().is_empty(),
+            Err(_) => false,
+        };
+        if let (true, Ok(md)) = (ready, &res) {
+            let names = md.topics().iter().filter(|t| t.error().is_none());
+            metrics
+                .topics
+                .publish(names.map(|t| t.name().as_bytes().into()).collect());
+        }
+        metrics.broker_ready.store(ready, Ordering::Release);
+        if ready != was_ready {
+            match res {
+                Ok(md) => info!(brokers = md.brokers().len(), "kafka metadata available"),
+                Err(e) => warn!(error = %e, "kafka metadata unavailable"),
+            }
+            was_ready = ready;
+        }
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until && !stop.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
