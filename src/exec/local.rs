@@ -340,6 +340,16 @@ impl Exec {
     }
 }
 
+/// Connection buffers draw on the executor's memory budget.
+impl crate::exec::readbuf::Budget for Exec {
+    fn take(&self, n: usize) -> bool {
+        self.take_memory(n)
+    }
+    fn give(&self, n: usize) {
+        self.give_memory(n)
+    }
+}
+
 impl Enqueue<'_> {
     /// Adds one record of the request. `headers` are (name, value) pairs.
     pub fn push<'h>(

@@ -1,11 +1,15 @@
 //! The per-core world: one Glommio executor per core with its own listener (`server`),
-//! socket readiness (`poller`), connections (`conn`, deadlines in `watch`), request
-//! routing (`route`) and bounded record queue with ack waiters (`local`). Nothing here is
+//! socket readiness (`poller`), connections (`conn`: its `readbuf`, its ordered `replies`,
+//! deadlines in `watch`), what each request gets (`route`, then `handler`), and the
+//! bounded record queue with memory budget and ack waiters (`local`). Nothing here is
 //! shared across cores.
 
 pub mod conn;
+pub mod handler;
 pub mod local;
 pub mod poller;
+pub mod readbuf;
+pub mod replies;
 pub mod route;
 pub mod server;
 pub mod watch;

@@ -1,0 +1,279 @@
+//! A connection's answers, in request order. While nothing waits, an answer goes straight
+//! to the output; behind one that waits for Kafka's acknowledgement, answers queue up (their
+//! bytes kept aside) and follow it once it is settled. All answers of one read leave in
+//! one write.
+
+use crate::exec::local::Acked;
+use crate::http::response::{self, Conn as Keep, DateLine};
+use std::cell::RefCell;
+use std::io::Write;
+use std::ops::Range;
+use std::time::Instant;
+
+/// An answer that waits for Kafka (`T`: what to wait on, the executor's ticket).
+struct Waiting<T> {
+    ticket: T,
+    started: Instant,
+    /// The topic's name, in `Replies::side`.
+    topic: Range<usize>,
+    /// Records of an NDJSON request (0: a single record).
+    count: usize,
+    keep: Keep,
+    head_only: bool,
+}
+
+enum Pending<T> {
+    /// Bytes in `Replies::side`.
+    Ready(Range<usize>),
+    Waiting(Waiting<T>),
+}
+
+pub struct Replies<T> {
+    /// Bytes to write now.
+    out: Vec<u8>,
+    side: Vec<u8>,
+    queue: Vec<Pending<T>>,
+}
+
+impl<T> Default for Replies<T> {
+    fn default() -> Self {
+        Replies {
+            out: Vec::new(),
+            side: Vec::new(),
+            queue: Vec::new(),
+        }
+    }
+}
+
+impl<T> Replies<T> {
+    /// Appends an answer that is known now; `write` serializes it.
+    pub fn now(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        if self.queue.is_empty() {
+            write(&mut self.out);
+        } else {
+            let s = self.side.len();
+            write(&mut self.side);
+            self.queue.push(Pending::Ready(s..self.side.len()));
+        }
+    }
+
+    /// Appends an answer that waits for Kafka's acknowledgement of `ticket`.
+    pub fn later(
+        &mut self,
+        ticket: T,
+        started: Instant,
+        topic: &[u8],
+        count: usize,
+        keep: Keep,
+        head_only: bool,
+    ) {
+        let t = self.side.len();
+        self.side.extend_from_slice(topic);
+        self.queue.push(Pending::Waiting(Waiting {
+            ticket,
+            started,
+            topic: t..self.side.len(),
+            count,
+            keep,
+            head_only,
+        }));
+    }
+
+    /// Settles every queued answer in order: `acked` waits for a ticket's outcome, `done`
+    /// hears each waited answer's status and start. Then `out` holds everything to write.
+    pub async fn settle(
+        &mut self,
+        mut acked: impl AsyncFnMut(T) -> Acked,
+        date: &RefCell<DateLine>,
+        retry_after: &'static str,
+        mut done: impl FnMut(u16, Instant),
+    ) {
+        for p in std::mem::take(&mut self.queue) {
+            match p {
+                Pending::Ready(r) => self.out.extend_from_slice(&self.side[r]),
+                Pending::Waiting(w) => {
+                    let res = acked(w.ticket).await;
+                    let topic = std::str::from_utf8(&self.side[w.topic]).unwrap_or("");
+                    let d = date.borrow();
+                    let code = write_acked(
+                        &mut self.out,
+                        &res,
+                        topic,
+                        w.count,
+                        w.keep,
+                        w.head_only,
+                        &d,
+                        retry_after,
+                    );
+                    done(code, w.started);
+                }
+            }
+        }
+        self.side.clear();
+    }
+
+    /// The bytes to write now (after `settle`); `clear` once written.
+    pub fn out(&self) -> &[u8] {
+        &self.out
+    }
+
+    pub fn clear(&mut self) {
+        self.out.clear();
+    }
+}
+
+/// The answer to an ack=kafka request: 200 with where the record(s) landed, or the error.
+/// Returns the status.
+#[allow(clippy::too_many_arguments)]
+pub fn write_acked(
+    out: &mut Vec<u8>,
+    res: &Acked,
+    topic: &str,
+    count: usize,
+    keep: Keep,
+    head_only: bool,
+    date: &DateLine,
+    retry_after: &'static str,
+) -> u16 {
+    match res {
+        Ok(((p0, o0), (p1, o1))) => {
+            let mut body = Vec::with_capacity(128);
+            let _ = if count > 0 {
+                writeln!(body, "{{\"topic\":\"{topic}\",\"count\":{count},\"first\":{{\"partition\":{p0},\"offset\":{o0}}},\"last\":{{\"partition\":{p1},\"offset\":{o1}}}}}")
+            } else {
+                writeln!(
+                    body,
+                    "{{\"topic\":\"{topic}\",\"partition\":{p1},\"offset\":{o1}}}"
+                )
+            };
+            let json = Some("application/json");
+            response::write(out, (200, "OK"), date, keep, json, "", &body);
+            if head_only {
+                out.truncate(out.len() - body.len());
+            }
+            200
+        }
+        Err(e) => {
+            response::error(out, e, date, keep, retry_after, head_only);
+            e.status().0
+        }
+    }
+}
+
+/// A plain answer known now (`head_only`: HEAD, no body).
+pub fn write_now(
+    out: &mut Vec<u8>,
+    (code, reason): (u16, &str),
+    content_type: &str,
+    body: &[u8],
+    keep: Keep,
+    head_only: bool,
+    date: &DateLine,
+) {
+    response::write(
+        out,
+        (code, reason),
+        date,
+        keep,
+        Some(content_type),
+        "",
+        body,
+    );
+    if head_only {
+        out.truncate(out.len() - body.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::HttpError;
+    use std::future::Future;
+
+    fn text(r: &Replies<u32>) -> String {
+        String::from_utf8_lossy(r.out()).into_owned()
+    }
+
+    fn statuses(s: &str) -> Vec<&str> {
+        s.split("HTTP/1.1 ")
+            .skip(1)
+            .map(|a| a.split(' ').next().unwrap())
+            .collect()
+    }
+
+    fn now(r: &mut Replies<u32>, code: u16, body: &[u8], head_only: bool) {
+        let d = DateLine::new();
+        r.now(|out| {
+            write_now(
+                out,
+                (code, "X"),
+                "text/plain",
+                body,
+                Keep::KeepAlive,
+                head_only,
+                &d,
+            )
+        });
+    }
+
+    fn settle(r: &mut Replies<u32>, results: &[(u32, Acked)]) -> Vec<u16> {
+        let date = RefCell::new(DateLine::new());
+        let mut codes = Vec::new();
+        {
+            let fut = r.settle(
+                async |t| results.iter().find(|(k, _)| *k == t).unwrap().1,
+                &date,
+                "retry-after: 1\r\n",
+                |c, _| codes.push(c),
+            );
+            let mut fut = std::pin::pin!(fut);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(
+                fut.as_mut().poll(&mut cx).is_ready(),
+                "nothing to wait on here"
+            );
+        }
+        codes
+    }
+
+    #[test]
+    fn pipelined_answers_keep_request_order_behind_a_waiting_one() {
+        let mut r = Replies::default();
+        now(&mut r, 202, b"", false);
+        r.later(7, Instant::now(), b"events", 0, Keep::KeepAlive, false);
+        now(&mut r, 404, b"no such path\n", false);
+        r.later(8, Instant::now(), b"events", 3, Keep::KeepAlive, false);
+        now(&mut r, 200, b"ok\n", false);
+        assert_eq!(
+            statuses(&text(&r)),
+            ["202"],
+            "only what precedes the wait is out"
+        );
+        let codes = settle(
+            &mut r,
+            &[(8, Err(HttpError::AckTimeout)), (7, Ok(((1, 41), (1, 41))))],
+        );
+        assert_eq!(codes, [200, 504]);
+        let t = text(&r);
+        assert_eq!(statuses(&t), ["202", "200", "404", "504", "200"]);
+        assert!(
+            t.contains(r#"{"topic":"events","partition":1,"offset":41}"#),
+            "{t}"
+        );
+        r.clear();
+        assert!(r.out().is_empty());
+    }
+
+    #[test]
+    fn head_answers_carry_headers_but_no_body() {
+        let mut r = Replies::default();
+        now(&mut r, 200, b"ok\n", true);
+        r.later(1, Instant::now(), b"t", 0, Keep::KeepAlive, true);
+        settle(&mut r, &[(1, Ok(((0, 5), (0, 5))))]);
+        let t = text(&r);
+        assert_eq!(statuses(&t), ["200", "200"]);
+        assert!(t.contains("content-length: 3\r\n"), "{t}");
+        assert!(!t.contains("ok\n") && !t.contains("offset"), "{t}");
+        assert!(t.ends_with("\r\n\r\n"), "{t}");
+    }
+}
