@@ -240,10 +240,16 @@ impl Config {
             }
             let key = key.to_ascii_lowercase();
             let value = env_value(&key, &raw);
-            // Each variable on its own, so that an error names it.
+            // Each variable on its own, so that an error names it (with its value, unless
+            // that may hold secrets).
             toml::Table::from_iter([(key.clone(), value.clone())])
                 .try_into::<Config>()
-                .map_err(|e| format!("{name}={raw}: {}", e.message()))?;
+                .map_err(|e| match key.as_str() {
+                    // serde's message would quote the value.
+                    "kafka" => format!("{name}: must be a TOML inline table, e.g. {{ \"linger.ms\" = 5 }} (value not shown: it may hold secrets)"),
+                    "auth_tokens" => format!("{name}: must be a comma-separated list of tokens (value not shown)"),
+                    _ => format!("{name}={raw}: {}", e.message()),
+                })?;
             match (table.get_mut(&key), value) {
                 // INGESTD_KAFKA adds to (and overrides keys of) the file's [kafka] table.
                 (Some(toml::Value::Table(old)), toml::Value::Table(new)) => {
@@ -540,11 +546,12 @@ impl Config {
 
 /// librdkafka properties that hold secrets, never printed.
 fn secret_kafka_key(k: &str) -> bool {
-    k.contains("password")
-        || k.contains("secret")
-        || k.contains("token")
-        || k == "ssl.key.pem"
+    ["password", "secret", "token", "passphrase", "private", "key.pem"]
+        .iter()
+        .any(|w| k.contains(w))
         || k == "sasl.oauthbearer.config"
+        // PEM values other than certificates may be keys.
+        || (k.ends_with(".pem") && !k.ends_with("ca.pem") && !k.ends_with("certificate.pem"))
 }
 
 /// A key as TOML writes it: bare when it can be, quoted otherwise (`"linger.ms"`).
@@ -605,7 +612,11 @@ fn token_file_lines(text: &str) -> impl Iterator<Item = &str> {
 fn env_value(key: &str, raw: &str) -> toml::Value {
     if LIST_KEYS.contains(&key) {
         let items = raw.split(',').map(str::trim).filter(|s| !s.is_empty());
-        return toml::Value::Array(items.map(scalar).collect());
+        // Lists of names and tokens hold strings, whatever they look like ("123").
+        return toml::Value::Array(match key {
+            "cpus" => items.map(scalar).collect(),
+            _ => items.map(|s| toml::Value::String(s.into())).collect(),
+        });
     }
     scalar(raw)
 }
@@ -699,6 +710,40 @@ mod tests {
             .unwrap_err()
             .contains("max_headers"));
         assert!(Config::load(&cli(&["--topics", "bad topic"]), std::iter::empty()).is_err());
+    }
+
+    #[test]
+    fn secrets_stay_out_of_describe_and_errors() {
+        let env = vec![
+            ("INGESTD_AUTH_TOKENS".to_string(), "123,true".to_string()),
+            (
+                "INGESTD_KAFKA".to_string(),
+                r#"{ "ssl.key.pem" = "KEYDATA", "ssl.key.password" = "PW", "ssl.ca.pem" = "CA" }"#
+                    .to_string(),
+            ),
+        ];
+        let cfg = Config::load(&cli(&[]), env.into_iter()).unwrap();
+        assert_eq!(cfg.auth_tokens, vec!["123", "true"], "tokens are strings");
+        let out = cfg.describe();
+        for secret in ["123", "KEYDATA", "PW"] {
+            assert!(
+                !out.contains(&format!("\"{secret}\"")),
+                "{secret} in\n{out}"
+            );
+        }
+        assert!(
+            out.contains(r#""ssl.ca.pem" = "CA""#),
+            "a CA is no secret:\n{out}"
+        );
+        let env = vec![(
+            "INGESTD_KAFKA".to_string(),
+            "sasl.password=hunter2".to_string(),
+        )];
+        let err = Config::load(&cli(&[]), env.into_iter()).unwrap_err();
+        assert!(
+            err.contains("INGESTD_KAFKA") && !err.contains("hunter2"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -194,24 +194,26 @@ impl SpareFds {
 
     /// At the fd limit: accepts and at once closes every pending connection, so clients
     /// are refused promptly instead of waiting in the backlog, freeing a reserved fd
-    /// whenever accept finds none. Returns how many were closed.
-    pub fn shed(&mut self, listen_fd: RawFd) -> usize {
+    /// whenever accept finds none. Returns how many were closed, and whether the backlog
+    /// was seen empty (false: the spares ran out first, connections may still wait).
+    pub fn shed(&mut self, listen_fd: RawFd) -> (usize, bool) {
         let mut n = 0;
-        loop {
+        let drained = loop {
             match accept(listen_fd) {
                 // Dropped, so closed, at once.
                 Ok(_) => n += 1,
                 Err(e) if out_of_fds(&e) => {
                     if self.0.pop().is_none() {
-                        break;
+                        break false;
                     }
                 }
-                // WouldBlock: the backlog is empty.
-                Err(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
+                // This connection failed (reset, aborted): on to the next one.
+                Err(_) => {}
             }
-        }
+        };
         self.refill();
-        n
+        (n, drained)
     }
 }
 

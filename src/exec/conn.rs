@@ -145,7 +145,7 @@ impl Conn {
                 None => &self.rb.decoded,
             },
             started,
-            buffered: self.rb.charged(),
+            buffered: self.rb.moving(),
         };
         match routed.and_then(|r| handler::handle(&exec, r, &req)) {
             Ok(answer) => {

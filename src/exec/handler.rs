@@ -19,7 +19,8 @@ pub struct Request<'a> {
     pub produce: &'a Produce,
     pub body: &'a [u8],
     pub started: Instant,
-    /// Budget bytes of the connection's buffers that hold the body (see `Exec::reserve`).
+    /// Budget bytes of the connection's buffers that hold the body and are given back
+    /// right after (see `Exec::reserve`).
     pub buffered: usize,
 }
 

@@ -7,8 +7,10 @@ use crate::error::HttpError;
 /// The size every connection's buffer starts with (not charged to the budget: the
 /// memory formula counts it per connection).
 pub const INITIAL: usize = 4096;
-/// Buffers larger than this go back to their first size once a request has passed.
-const SHRINK_ABOVE: usize = 64 << 10;
+/// Buffers larger than this go back to their first size once a request has passed (so an
+/// idle connection holds at most this much of the budget; smaller ones are kept, as
+/// re-growing them per request would cost an allocation each).
+const SHRINK_ABOVE: usize = 16 << 10;
 
 /// Where buffer growth is charged: the executor's memory budget.
 pub trait Budget {
@@ -105,7 +107,23 @@ impl ReadBuf {
         )
     }
 
-    /// Budget bytes held now: those that move into the queue with a request's records.
+    /// Budget bytes that `shrink` gives back once the current request is handled (when
+    /// nothing else is unread): those that move into the queue with its records.
+    pub fn moving(&self) -> usize {
+        let buf = if self.buf.len() > SHRINK_ABOVE {
+            self.buf.len() - INITIAL
+        } else {
+            0
+        };
+        let decoded = if self.decoded.capacity() > SHRINK_ABOVE {
+            self.decoded.capacity()
+        } else {
+            0
+        };
+        (buf + decoded).min(self.charged)
+    }
+
+    /// Budget bytes held now.
     pub fn charged(&self) -> usize {
         self.charged
     }

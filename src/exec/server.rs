@@ -239,7 +239,7 @@ async fn run_executor(
                 // waits there with a spare fd (clients get a prompt close, not a hang),
                 // then sleep until the next connection arrives: no timer, no spinning.
                 // Existing connections keep being served meanwhile.
-                let shed = spare.shed(listen_fd);
+                let (shed, drained) = spare.shed(listen_fd);
                 bump(&exec.stats().connections_refused, shed as u64);
                 shed_since_log += shed;
                 if last_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
@@ -247,14 +247,16 @@ async fn run_executor(
                     last_log = Some(Instant::now());
                     shed_since_log = 0;
                 }
-                // Other threads took every spare: nothing can be accepted (nor shed) until
-                // an fd is freed. Look again later rather than spin.
-                while !spare.refill() && !stop.get() {
+                if drained {
+                    // At the limit accept fails at once whether or not a client waits, so
+                    // retrying it would spin: sleep until a new connection arrives.
+                    let next = listener.next_connection();
+                    futures_lite::future::or(next, StopWait(stop.clone())).await;
+                } else {
+                    // Other threads took every spare with clients still waiting (no edge
+                    // will come for them): look again shortly rather than spin.
                     glommio::timer::sleep(Duration::from_millis(50)).await;
                 }
-                // At the limit accept fails at once whether or not a client waits, so
-                // retrying it would spin: sleep until a new connection arrives.
-                futures_lite::future::or(listener.next_connection(), StopWait(stop.clone())).await;
                 continue;
             }
         };

@@ -24,7 +24,9 @@ pub fn probe_metadata(producer: KafkaProducer, metrics: Arc<Metrics>, stop: Arc<
             Err(_) => false,
         };
         if let (true, Ok(md)) = (ready, &res) {
-            let names = md.topics().iter().filter(|t| t.error().is_none());
+            // A topic with a passing error (no leader yet) exists all the same.
+            let unknown = rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
+            let names = md.topics().iter().filter(|t| t.error() != Some(unknown));
             metrics
                 .topics
                 .publish(names.map(|t| t.name().as_bytes().into()).collect());

@@ -13,7 +13,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
+};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use std::cell::RefCell;
@@ -600,8 +602,16 @@ impl KafkaThread {
         );
         match create_producer(&self.cfg, &self.bootstrap, Some(&self.metrics)) {
             Ok(p) => {
-                // Dropping the old producer purges its queue; the purge reports arrive in
-                // the sink and are dispatched as failures.
+                // Purge the old producer and serve every report before dropping it (its
+                // drop flushes for only 500 ms and destroys what is left): the purged
+                // records come back as passing failures and are produced again on the new
+                // one.
+                self.producer
+                    .purge(PurgeConfig::default().queue().inflight());
+                let until = Instant::now() + Duration::from_secs(5);
+                while self.producer.in_flight_count() > 0 && Instant::now() < until {
+                    self.producer.poll(Duration::from_millis(10));
+                }
                 self.queue_wake = None;
                 drop(std::mem::replace(&mut self.producer, p));
                 self.queue_wake = Some(QueueWake::enable(&self.producer, self.shared.wake.clone()));
