@@ -46,7 +46,8 @@ start() {
     local pid=$!
     if [ -n "$watch" ]; then
         # Stop the broker when the process that asked for it is gone (a test binary).
-        setsid bash -c "while kill -0 $watch 2>/dev/null && kill -0 $pid 2>/dev/null; do sleep 0.5; done; kill $pid 2>/dev/null" \
+        # SIGCONT first: a broker a test left stopped (SIGSTOP) would never see SIGTERM.
+        setsid bash -c "while kill -0 $watch 2>/dev/null && kill -0 $pid 2>/dev/null; do sleep 0.5; done; kill -CONT $pid 2>/dev/null; kill $pid 2>/dev/null" \
             >/dev/null 2>&1 </dev/null &
     fi
     for _ in $(seq 1 200); do
@@ -72,6 +73,7 @@ topic() {
 }
 
 stop() {
+    kill -CONT "$1" 2>/dev/null || true
     kill "$1" 2>/dev/null || true
     for _ in $(seq 1 50); do
         kill -0 "$1" 2>/dev/null || return 0
