@@ -250,21 +250,16 @@ impl Config {
                     "auth_tokens" => format!("{name}: must be a comma-separated list of tokens (value not shown)"),
                     _ => format!("{name}={raw}: {}", e.message()),
                 })?;
+            if let toml::Value::Table(t) = &value {
+                for k in t.keys() {
+                    sources.insert(format!("{key}.{k}"), Source::Env(name.clone()));
+                }
+            }
+            sources.insert(key.clone(), Source::Env(name.clone()));
             match (table.get_mut(&key), value) {
                 // INGESTD_KAFKA adds to (and overrides keys of) the file's [kafka] table.
-                (Some(toml::Value::Table(old)), toml::Value::Table(new)) => {
-                    for (k, v) in new {
-                        sources.insert(format!("{key}.{k}"), Source::Env(name.clone()));
-                        old.insert(k, v);
-                    }
-                }
+                (Some(toml::Value::Table(old)), toml::Value::Table(new)) => old.extend(new),
                 (_, value) => {
-                    if let toml::Value::Table(t) = &value {
-                        for k in t.keys() {
-                            sources.insert(format!("{key}.{k}"), Source::Env(name.clone()));
-                        }
-                    }
-                    sources.insert(key.clone(), Source::Env(name.clone()));
                     table.insert(key, value);
                 }
             }

@@ -55,7 +55,7 @@ pub struct Exec {
     overflow: RefCell<VecDeque<RecordBatch>>,
     queue_bytes: Cell<usize>,
     queue_records: Cell<usize>,
-    /// Connection buffer bytes above their initial size (`take_memory`); with
+    /// Connection buffer bytes above their initial size (`Budget::take`); with
     /// `queue_bytes` under `memory_max_bytes`.
     buffer_bytes: Cell<usize>,
     flush_scheduled: Cell<bool>,
@@ -165,25 +165,6 @@ impl Exec {
             n,
             i: 0,
         })
-    }
-
-    /// A connection's buffers grow by `bytes`: false (and nothing taken) when that would
-    /// exceed the executor's memory budget.
-    pub fn take_memory(&self, bytes: usize) -> bool {
-        let used = self.buffer_bytes.get() + self.queue_bytes.get();
-        if used + bytes > self.cfg.memory_max_bytes {
-            return false;
-        }
-        self.buffer_bytes.set(self.buffer_bytes.get() + bytes);
-        self.publish_queue();
-        true
-    }
-
-    /// A connection's buffers shrank (or it closed).
-    pub fn give_memory(&self, bytes: usize) {
-        self.buffer_bytes
-            .set(self.buffer_bytes.get().saturating_sub(bytes));
-        self.publish_queue();
     }
 
     fn publish_queue(&self) {
@@ -340,13 +321,22 @@ impl Exec {
     }
 }
 
-/// Connection buffers draw on the executor's memory budget.
+/// Connection buffers draw on the executor's memory budget, which queued records share.
 impl crate::exec::readbuf::Budget for Exec {
     fn take(&self, n: usize) -> bool {
-        self.take_memory(n)
+        let used = self.buffer_bytes.get() + self.queue_bytes.get();
+        if used + n > self.cfg.memory_max_bytes {
+            return false;
+        }
+        self.buffer_bytes.set(self.buffer_bytes.get() + n);
+        self.publish_queue();
+        true
     }
+
     fn give(&self, n: usize) {
-        self.give_memory(n)
+        self.buffer_bytes
+            .set(self.buffer_bytes.get().saturating_sub(n));
+        self.publish_queue();
     }
 }
 

@@ -123,11 +123,6 @@ impl ReadBuf {
         (buf + decoded).min(self.charged)
     }
 
-    /// Budget bytes held now.
-    pub fn charged(&self) -> usize {
-        self.charged
-    }
-
     fn footprint(&self) -> usize {
         self.buf.len() - INITIAL + self.decoded.capacity()
     }
@@ -203,7 +198,7 @@ mod tests {
         rb.consume(10);
         rb.shrink(&budget);
         assert_eq!(budget.0.get(), 0);
-        assert_eq!(rb.charged(), 0);
+        assert_eq!(rb.charged, 0);
     }
 
     #[test]
@@ -211,7 +206,7 @@ mod tests {
         let budget = Fixed(Cell::new(0), 100_000);
         let mut rb = ReadBuf::default();
         assert_eq!(rb.reserve(200_000, &budget), Err(HttpError::MemoryFull));
-        assert_eq!((budget.0.get(), rb.charged()), (0, 0));
+        assert_eq!((budget.0.get(), rb.charged), (0, 0));
         assert_eq!(rb.buf.len(), INITIAL);
         rb.reserve(50_000, &budget).unwrap();
         rb.release(&budget);
@@ -230,9 +225,9 @@ mod tests {
         assert_eq!(rb.unread(), b"HEAD|next");
         rb.consume(5);
         rb.shrink(&budget);
-        assert!(rb.charged() > 0, "unread bytes left: not shrunk yet");
+        assert!(rb.charged > 0, "unread bytes left: not shrunk yet");
         rb.consume(4);
         rb.shrink(&budget);
-        assert_eq!((budget.0.get(), rb.charged()), (0, 0));
+        assert_eq!((budget.0.get(), rb.charged), (0, 0));
     }
 }

@@ -236,9 +236,8 @@ async fn run_executor(
             Some(Err(e)) => {
                 bump(&exec.stats().accept_errors, 1);
                 // At the fd limit the pending connection stays in the backlog. Close what
-                // waits there with a spare fd (clients get a prompt close, not a hang),
-                // then sleep until the next connection arrives: no timer, no spinning.
-                // Existing connections keep being served meanwhile.
+                // waits there with the spare fds (clients get a prompt close, not a hang),
+                // then wait without spinning. Existing connections keep being served.
                 let (shed, drained) = spare.shed(listen_fd);
                 bump(&exec.stats().connections_refused, shed as u64);
                 shed_since_log += shed;

@@ -39,6 +39,8 @@ struct Sink {
     retry: RecordBatch,
     retry_since: Option<Instant>,
     retried: u64,
+    /// Delivery reports served since start, final or not (see `KafkaThread::in_flight`).
+    reports: u64,
 }
 
 /// How long a record that failed for a passing reason waits before it is produced
@@ -175,6 +177,7 @@ impl ProducerContext for Ctx {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        SINK.with(|s| s.borrow_mut().reports += 1);
         let (msg, res) = match result {
             Ok(m) => (m, Ok((m.partition(), m.offset()))),
             Err((KafkaError::MessageProduction(code), m)) if FailReason::transient(*code) => {
@@ -280,6 +283,8 @@ pub struct KafkaThread {
     /// Last time a record was delivered, or nothing was in flight, or the broker did not
     /// answer (see `check_health`).
     last_progress: Instant,
+    /// Records librdkafka accepted since start (see `in_flight`).
+    sent: u64,
     phase: Phase,
     next_health_check: Instant,
     /// Records taken from the lanes since `window_start`; at the end of each
@@ -320,6 +325,7 @@ impl KafkaThread {
             logged_failures: [0; FailReason::ALL.len()],
             last_log: Instant::now(),
             last_progress: Instant::now(),
+            sent: 0,
             phase: Phase::Running,
             next_health_check: Instant::now(),
             window_start: Instant::now(),
@@ -435,7 +441,10 @@ impl KafkaThread {
             let cost = record_cost(key.map_or(0, <[u8]>::len), value.len(), hcost);
             loop {
                 match self.producer.send(rec) {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        self.sent += 1;
+                        break;
+                    }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
                         if self.out_of_time() =>
                     {
@@ -494,6 +503,13 @@ impl KafkaThread {
         });
         self.send_batch(&batch);
         true
+    }
+
+    /// Records handed to librdkafka whose delivery report has not been served yet. Exact,
+    /// unlike `in_flight_count` (librdkafka's out-queue length also counts log and error
+    /// events waiting in the main queue).
+    fn in_flight(&self) -> u64 {
+        self.sent - SINK.with(|s| s.borrow().reports)
     }
 
     /// Records kept for another try.
@@ -582,9 +598,7 @@ impl KafkaThread {
         let fatal = self.producer.client().fatal_error();
         // Time without progress counts only while records wait and the broker answers: an
         // outage is librdkafka's to ride out, not a reason to start over.
-        if self.producer.in_flight_count() == 0
-            || !self.metrics.broker_ready.load(Ordering::Acquire)
-        {
+        if self.in_flight() == 0 || !self.metrics.broker_ready.load(Ordering::Acquire) {
             self.last_progress = now;
         }
         let stuck_after = Duration::from_millis(self.cfg.ack_timeout_ms.max(1000) * 4);
@@ -597,7 +611,7 @@ impl KafkaThread {
             detail = detail
                 .as_deref()
                 .unwrap_or("records time out while the broker answers"),
-            in_flight = self.producer.in_flight_count(),
+            in_flight = self.in_flight(),
             "rebuilding the kafka producer"
         );
         match create_producer(&self.cfg, &self.bootstrap, Some(&self.metrics)) {
@@ -609,7 +623,7 @@ impl KafkaThread {
                 self.producer
                     .purge(PurgeConfig::default().queue().inflight());
                 let until = Instant::now() + Duration::from_secs(5);
-                while self.producer.in_flight_count() > 0 && Instant::now() < until {
+                while self.in_flight() > 0 && Instant::now() < until {
                     self.producer.poll(Duration::from_millis(10));
                 }
                 self.queue_wake = None;
@@ -663,7 +677,7 @@ impl KafkaThread {
     /// with what could not be handed over in time, is counted and logged.
     fn flush(&mut self) {
         self.observe_stop();
-        let left = |t: &Self| t.producer.in_flight_count().max(0) as u64 + t.retrying() as u64;
+        let left = |t: &Self| t.in_flight() + t.retrying() as u64;
         info!(
             records = left(self),
             timeout_ms = self.flush_timeout.as_millis() as u64,
