@@ -9,12 +9,14 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// When a request is answered: once queued in ingestd, or once Kafka acknowledged it.
+/// When a request is answered: once queued in ingestd (202), once synced to the
+/// executor's spool (201, needs `spool_dir`), or once Kafka acknowledged it (200).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum AckMode {
     #[default]
     Queued,
+    Durable,
     Kafka,
 }
 
@@ -90,6 +92,16 @@ pub struct Config {
     /// balancer's health check takes the instance out), then stop accepting and flush.
     pub drain_ms: u64,
 
+    /// Directory of the durable spool (one subdirectory per executor); unset = no spool,
+    /// records live in RAM only until Kafka has them.
+    pub spool_dir: Option<PathBuf>,
+    /// Disk the spool may take, all executors together (each gets an equal share, in
+    /// whole segments); 507 once a share is full of records Kafka has not acknowledged.
+    pub spool_max_bytes: u64,
+    /// Size of one spool segment file (preallocated; trimmed once Kafka acknowledged
+    /// all of its records). A multiple of 4096.
+    pub spool_segment_bytes: u64,
+
     /// Bearer tokens accepted in `Authorization`; empty (and no file) = auth off.
     pub auth_tokens: Vec<String>,
     /// File with one bearer token per line.
@@ -158,6 +170,9 @@ impl Default for Config {
             retry_after_secs: 1,
             shutdown_timeout_ms: 10_000,
             drain_ms: 0,
+            spool_dir: None,
+            spool_max_bytes: 4 << 30,
+            spool_segment_bytes: 16 << 20,
             auth_tokens: vec![],
             auth_token_file: None,
             log_format: LogFormat::Text,
@@ -190,7 +205,8 @@ pub struct Cli {
     /// Allowed topics, comma separated (`*` = any).
     #[arg(long, value_name = "A,B", value_delimiter = ',')]
     pub topics: Option<Vec<String>>,
-    /// Default delivery contract: 202 once queued, or 200 once Kafka acknowledged.
+    /// Default delivery contract: 202 once queued, 201 once synced to the spool, or 200
+    /// once Kafka acknowledged.
     #[arg(long, value_enum)]
     pub ack: Option<AckMode>,
     /// Glommio executors, one per core (0 = one per allowed CPU but one, at least 1).
@@ -202,6 +218,9 @@ pub struct Cli {
     /// Start even if another process listens on the address (rolling-upgrade hand-over).
     #[arg(long)]
     pub takeover: bool,
+    /// Directory of the durable spool.
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
 }
 
 /// Top-level keys that hold lists: their env values are comma separated.
@@ -320,6 +339,10 @@ impl Config {
             self.takeover = true;
             set("takeover", "--takeover");
         }
+        if let Some(v) = &cli.spool_dir {
+            self.spool_dir = Some(v.clone());
+            set("spool_dir", "--spool-dir");
+        }
     }
 
     /// Rejects values that would make the daemon misbehave, with a message naming the key.
@@ -421,6 +444,7 @@ impl Config {
                 "memory_max_bytes: at least 2 x (max_body_bytes + max_header_bytes) = {largest}, so that the largest request fits"
             ));
         }
+        self.validate_spool()?;
         if let Some(path) = &self.auth_token_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("auth_token_file: cannot read {}: {e}", path.display()))?;
@@ -488,6 +512,52 @@ impl Config {
             out.push_str(&format!("{} = {v}  # {src}\n", toml_key(&k)));
         }
         out
+    }
+
+    /// Spool settings: `ack = "durable"` needs a spool; segments hold the largest
+    /// request several times over; each executor's share holds at least 4 segments
+    /// (one written, one prepared, two being trimmed) and fits the segment tags.
+    fn validate_spool(&mut self) -> Result<(), String> {
+        if self.spool_dir.as_deref() == Some(std::path::Path::new("")) {
+            self.spool_dir = None;
+        }
+        if self.spool_dir.is_none() {
+            if self.ack == AckMode::Durable {
+                return Err(
+                    "ack: \"durable\" needs spool_dir (a directory for the on-disk spool)".into(),
+                );
+            }
+            return Ok(());
+        }
+        let seg = self.spool_segment_bytes;
+        if !seg.is_multiple_of(4096) || seg < 1 << 20 {
+            return Err("spool_segment_bytes: a multiple of 4096, at least 1 MiB".into());
+        }
+        let need = 4 * (self.max_body_bytes + self.max_header_bytes) as u64;
+        if seg < need {
+            return Err(format!(
+                "spool_segment_bytes: at least 4 x (max_body_bytes + max_header_bytes) = {need}, so that a segment holds the largest request"
+            ));
+        }
+        let per_exec = self.spool_max_bytes / self.executors.max(1) as u64 / seg;
+        if per_exec < 4 {
+            return Err(format!(
+                "spool_max_bytes: at least 4 segments per executor: 4 x spool_segment_bytes x executors = {}",
+                4 * seg * self.executors.max(1) as u64
+            ));
+        }
+        if per_exec >= crate::kafka::lane::Opaque::SPOOL_MASK as u64 / 2 {
+            return Err(format!(
+                "spool_max_bytes: at most {} segments per executor; raise spool_segment_bytes",
+                crate::kafka::lane::Opaque::SPOOL_MASK / 2 - 1
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whole segments each executor's spool may hold (`spool_max_bytes` share).
+    pub fn spool_segments(&self) -> usize {
+        (self.spool_max_bytes / self.executors.max(1) as u64 / self.spool_segment_bytes) as usize
     }
 
     pub fn topic_allowed(&self, topic: &str) -> bool {
@@ -669,6 +739,34 @@ mod tests {
             cfg.executors,
             default_executors(crate::sys::allowed_cpus().len())
         );
+    }
+
+    #[test]
+    fn spool_settings_are_checked_at_their_edges() {
+        let load = |env: &[(&str, &str)]| {
+            let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+            Config::load(
+                &cli(&["--executors", "1"]),
+                env.collect::<Vec<_>>().into_iter(),
+            )
+        };
+        let err = load(&[("INGESTD_ACK", "durable")]).unwrap_err();
+        assert!(err.contains("needs spool_dir"), "{err}");
+        let dir = ("INGESTD_SPOOL_DIR", "/tmp/x");
+        let cfg = load(&[("INGESTD_ACK", "durable"), dir]).unwrap();
+        assert_eq!(cfg.ack, AckMode::Durable);
+        assert_eq!(cfg.spool_segments(), 256, "4 GiB of 16 MiB segments");
+        let seg = |v| load(&[dir, ("INGESTD_SPOOL_SEGMENT_BYTES", v)]);
+        assert!(seg("1048575").unwrap_err().contains("multiple of 4096"));
+        // The default 1 MiB body needs 4 x (1 MiB + 16 KiB) per segment.
+        assert!(seg("2097152").unwrap_err().contains("largest request"));
+        assert!(seg("4259840").is_ok());
+        let quota = |v| load(&[dir, ("INGESTD_SPOOL_MAX_BYTES", v)]);
+        assert!(quota("67108863")
+            .unwrap_err()
+            .contains("at least 4 segments"));
+        assert_eq!(quota("67108864").unwrap().spool_segments(), 4);
+        assert!(quota("1099511627776").unwrap_err().contains("at most"));
     }
 
     #[test]

@@ -134,6 +134,12 @@ pub enum HttpError {
     AckTimeout,
     /// The server is shutting down.
     ShuttingDown,
+    /// The executor's spool is at its quota (`spool_max_bytes`) with records Kafka has
+    /// not acknowledged.
+    SpoolFull,
+    /// Writing or syncing the spool failed (ENOSPC, EIO): the request's records were
+    /// not accepted.
+    SpoolFailed,
 }
 
 impl HttpError {
@@ -154,6 +160,7 @@ impl HttpError {
             NotImplemented(_) => (501, "Not Implemented"),
             VersionNotSupported => (505, "HTTP Version Not Supported"),
             QueueFull | MemoryFull | ShuttingDown => (503, "Service Unavailable"),
+            SpoolFull | SpoolFailed => (507, "Insufficient Storage"),
             Delivery(FailReason::UnknownTopic) => (404, "Not Found"),
             Delivery(FailReason::UnknownPartition) => (400, "Bad Request"),
             Delivery(FailReason::TooLarge) => (413, "Content Too Large"),
@@ -182,6 +189,8 @@ impl HttpError {
             MemoryFull => "memory budget in use (memory_max_bytes), retry later",
             NeverFits => "more records or bytes than an executor's queue holds (queue_max_records, queue_max_bytes): split the body",
             ShuttingDown => "shutting down",
+            SpoolFull => "spool full (spool_max_bytes) until kafka acknowledges its records, retry later",
+            SpoolFailed => "spool write failed (disk full or failing), records not accepted, retry later",
             AckTimeout => "kafka did not acknowledge in time",
             Delivery(FailReason::Timeout) => "kafka delivery timed out",
             Delivery(FailReason::UnknownTopic) => "topic does not exist in kafka",
@@ -217,6 +226,8 @@ impl HttpError {
             HttpError::QueueFull
             | HttpError::MemoryFull
             | HttpError::ShuttingDown
+            | HttpError::SpoolFull
+            | HttpError::SpoolFailed
             | HttpError::Delivery(FailReason::Broker) => retry_after,
             HttpError::MethodNotAllowed { allow } => allow,
             HttpError::Unauthorized => "www-authenticate: Bearer\r\n",
@@ -268,6 +279,8 @@ mod tests {
         }
         assert_eq!(HttpError::QueueFull.status().0, 503);
         assert_eq!(HttpError::AckTimeout.status().0, 504);
+        assert_eq!(HttpError::SpoolFull.status().0, 507);
+        assert_eq!(HttpError::SpoolFailed.extra_header("r"), "r");
         assert!(HttpError::BadFraming("x").closes());
         assert!(!HttpError::BadRequest("x").closes());
     }

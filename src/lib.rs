@@ -17,4 +17,5 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod notify;
+pub mod spool;
 pub mod sys;

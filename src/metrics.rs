@@ -13,9 +13,45 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// Status codes ingestd answers with; anything else is counted as "other".
-pub const CODES: [u16; 19] = [
-    100, 200, 202, 400, 401, 404, 405, 408, 411, 413, 414, 417, 431, 500, 501, 503, 504, 505, 0,
+pub const CODES: [u16; 21] = [
+    100, 200, 201, 202, 400, 401, 404, 405, 408, 411, 413, 414, 417, 431, 500, 501, 503, 504, 505,
+    507, 0,
 ];
+
+/// fdatasync latency bucket bounds in microseconds.
+pub const FSYNC_US: [u64; 12] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 500_000, 2_000_000,
+];
+
+/// One executor's spool (all zero without one).
+#[derive(Default)]
+pub struct SpoolStats {
+    /// Segment files holding records Kafka has not acknowledged, and their bytes in use.
+    pub segments: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Unix time (ms) of the oldest segment still holding unacknowledged records; 0: none.
+    pub oldest_unix_ms: AtomicU64,
+    /// Records read back from disk for Kafka (replay after a restart, or a backlog that
+    /// did not fit the in-memory window).
+    pub replayed: AtomicU64,
+    /// Records still to read back from segments found at start.
+    pub replay_left: AtomicU64,
+    pub quarantined: AtomicU64,
+    pub write_errors: AtomicU64,
+    pub fsync: [AtomicU64; FSYNC_US.len() + 1],
+    pub fsync_sum_us: AtomicU64,
+}
+
+impl SpoolStats {
+    pub fn fsync_took(&self, micros: u64) {
+        let b = FSYNC_US
+            .iter()
+            .position(|&u| micros <= u)
+            .unwrap_or(FSYNC_US.len());
+        bump(&self.fsync[b], 1);
+        bump(&self.fsync_sum_us, micros);
+    }
+}
 
 /// Request latency bucket bounds in microseconds (Prometheus wants seconds).
 pub const LATENCY_US: [u64; 16] = [
@@ -48,6 +84,7 @@ pub struct ExecStats {
     pub latency_sum_us: AtomicU64,
     /// Advanced by the executor's ticker; the watchdog checks it moves.
     pub heartbeat: AtomicU64,
+    pub spool: SpoolStats,
 }
 
 impl ExecStats {
@@ -77,6 +114,8 @@ pub struct KafkaStats {
     pub queue_full_waits: AtomicU64,
     pub producer_rebuilds: AtomicU64,
     pub heartbeat: AtomicU64,
+    /// Spooled records Kafka rejected for good, written to the dead-letter file.
+    pub dead_letters: AtomicU64,
 }
 
 /// Everything /metrics shows and /readyz decides on.
@@ -98,6 +137,8 @@ pub struct Metrics {
     /// Per-executor queue limits (`queue_max_bytes`, `queue_max_records`), exported so
     /// alerts on a queue near full need no hard-coded numbers.
     pub queue_limits: [AtomicU64; 3],
+    /// A spool is configured.
+    pub spooled: AtomicBool,
 }
 
 impl Metrics {
@@ -111,14 +152,21 @@ impl Metrics {
             listening: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             queue_limits: Default::default(),
+            spooled: AtomicBool::new(false),
         })
     }
 
+    /// Whether /readyz says 200. With a spool the broker need not be up: the spool
+    /// takes the records and they are delivered once it is.
     pub fn ready(&self) -> bool {
-        self.listening.load(Relaxed)
-            && self.broker_ready.load(Relaxed)
-            && self.producer_ready.load(Relaxed)
-            && !self.draining.load(Relaxed)
+        let kafka = self.spooled.load(Relaxed)
+            || self.broker_ready.load(Relaxed) && self.producer_ready.load(Relaxed);
+        self.listening.load(Relaxed) && kafka && !self.draining.load(Relaxed)
+    }
+
+    /// Records still to replay from segments found at start, all executors.
+    pub fn replay_left(&self) -> u64 {
+        self.total(|e| &e.spool.replay_left)
     }
 
     /// Prometheus text exposition of all metrics.
@@ -162,6 +210,93 @@ impl Scrape {
                 MetricType::Counter => ConstCounter::new(get(e)).encode(fam)?,
                 _ => ConstGauge::new(get(e) as i64).encode(fam)?,
             }
+        }
+        Ok(())
+    }
+}
+
+impl Scrape {
+    fn spool(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        let g = MetricType::Gauge;
+        let c = MetricType::Counter;
+        self.per_exec(
+            enc,
+            "ingestd_spool_segments",
+            "Spool segment files in use (the one being written included)",
+            g,
+            |e| e.spool.segments.load(Relaxed),
+        )?;
+        self.per_exec(
+            enc,
+            "ingestd_spool_bytes",
+            "Bytes written to the spool segments in use",
+            g,
+            |e| e.spool.bytes.load(Relaxed),
+        )?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.per_exec(
+            enc,
+            "ingestd_spool_oldest_unacked_age_seconds",
+            "Age of the oldest spool segment holding records Kafka has not acknowledged (0: none)",
+            g,
+            |e| {
+                let t = e.spool.oldest_unix_ms.load(Relaxed);
+                if t == 0 {
+                    0
+                } else {
+                    now_ms.saturating_sub(t) / 1000
+                }
+            },
+        )?;
+        self.per_exec(enc, "ingestd_spool_records_replayed", "Records read back from the spool for Kafka (after a restart, or a backlog beyond the in-memory window)", c, |e| e.spool.replayed.load(Relaxed))?;
+        self.per_exec(
+            enc,
+            "ingestd_spool_replay_left_records",
+            "Records still to replay from the segments found at start",
+            g,
+            |e| e.spool.replay_left.load(Relaxed),
+        )?;
+        self.per_exec(
+            enc,
+            "ingestd_spool_quarantined_segments",
+            "Segments found corrupt in the middle and set aside (renamed *.corrupt)",
+            c,
+            |e| e.spool.quarantined.load(Relaxed),
+        )?;
+        self.per_exec(
+            enc,
+            "ingestd_spool_write_errors",
+            "Spool writes or syncs that failed (answered 507)",
+            c,
+            |e| e.spool.write_errors.load(Relaxed),
+        )?;
+        let mut d = enc.encode_descriptor(
+            "ingestd_spool_fsync_duration_seconds",
+            "fdatasync of a spool segment (one per group commit)",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (i, e) in self.0.execs.iter().enumerate() {
+            let mut count = 0;
+            let mut buckets = Vec::with_capacity(FSYNC_US.len() + 1);
+            for (b, bound) in FSYNC_US.iter().chain([&u64::MAX]).enumerate() {
+                let n = e.spool.fsync[b].load(Relaxed);
+                count += n;
+                let le = if *bound == u64::MAX {
+                    f64::MAX
+                } else {
+                    *bound as f64 / 1e6
+                };
+                buckets.push((le, n));
+            }
+            let sum = e.spool.fsync_sum_us.load(Relaxed) as f64 / 1e6;
+            let labels = [("executor", i.to_string())];
+            d.encode_family(&labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    sum, count, &buckets, None,
+                )?;
         }
         Ok(())
     }
@@ -303,6 +438,9 @@ impl Collector for Scrape {
                     )?;
             }
         }
+        if m.spooled.load(Relaxed) {
+            self.spool(&mut enc)?;
+        }
         let k = &m.kafka;
         ConstCounter::new(k.delivered.load(Relaxed)).encode(enc.encode_descriptor(
             "ingestd_records_delivered",
@@ -344,6 +482,12 @@ impl Collector for Scrape {
         ConstCounter::new(k.producer_rebuilds.load(Relaxed)).encode(enc.encode_descriptor(
             "ingestd_kafka_producer_rebuilds",
             "Times the producer was rebuilt after a fatal error or a stuck broker session",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(k.dead_letters.load(Relaxed)).encode(enc.encode_descriptor(
+            "ingestd_spool_dead_letters",
+            "Spooled records Kafka rejected for good, written to the dead-letter file",
             None,
             MetricType::Counter,
         )?)?;

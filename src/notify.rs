@@ -253,7 +253,7 @@ impl State {
             0.0
         };
         let failed: u64 = m.kafka.failed.iter().map(|f| f.load(Relaxed)).sum();
-        format!(
+        let mut line = format!(
             "{:.0} req/s, {} records queued, {} connections, broker {}, {} delivered, {} failed",
             rate,
             m.total(|e| &e.queue_records),
@@ -265,7 +265,16 @@ impl State {
             },
             m.kafka.delivered.load(Relaxed),
             failed,
-        )
+        );
+        if m.spooled.load(Relaxed) {
+            let seg = m.total(|e| &e.spool.segments);
+            let left = m.replay_left();
+            line.push_str(&format!(", spool {seg} segments"));
+            if left > 0 {
+                line.push_str(&format!(", replaying {left} records"));
+            }
+        }
+        line
     }
 
     fn send(&mut self, states: &[NotifyState]) {

@@ -273,7 +273,7 @@ fn units_set_what_production_needs() {
     let strip = |name: &str| -> Vec<(String, String, String)> {
         parse_unit(&unit_text(name))
             .into_iter()
-            .filter(|(_, k, _)| k != "Description" && k != "ExecStart")
+            .filter(|(_, k, _)| k != "Description" && k != "ExecStart" && k != "StateDirectory")
             .collect()
     };
     assert_eq!(
@@ -323,11 +323,29 @@ fn packaged_config_passes_check_config_and_lists_every_key_with_its_default() {
     };
     let packaged = check_config(Some(&path));
     let defaults = check_config(None);
+    // The one deliberate difference: the package turns the durable spool on, in the
+    // unit's StateDirectory= (off by default: no directory to assume).
+    let spool = r#"spool_dir = "/var/lib/ingestd/spool""#;
+    let mut packaged_values = values(&packaged);
+    let before = packaged_values.len();
+    packaged_values.retain(|l| l != spool);
     assert_eq!(
-        values(&packaged),
+        before,
+        packaged_values.len() + 1,
+        "the package sets {spool}"
+    );
+    assert_eq!(
+        packaged_values,
         values(&defaults),
         "packaging/ingestd.toml must state the built-in defaults"
     );
+    for unit in ["ingestd.service", "ingestd@.service"] {
+        let text = std::fs::read_to_string(repo().join("systemd").join(unit)).unwrap();
+        assert!(
+            text.contains("\nStateDirectory=ingestd"),
+            "{unit}: StateDirectory="
+        );
+    }
     // Every field of Config (as --check-config prints it) appears in the file, set or
     // commented out.
     let fields: BTreeSet<&str> = defaults

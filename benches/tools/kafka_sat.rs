@@ -191,6 +191,7 @@ fn feed(
         gen: 0,
         first: true,
         last: true,
+        spool: 0,
     }
     .encode();
     loop {

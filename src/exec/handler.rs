@@ -67,6 +67,10 @@ pub fn handle<'a>(
     match route {
         Route::Health => Ok(Answer::Text(200, "OK", b"ok\n")),
         Route::Ready if exec.metrics.ready() && !exec.shutting_down.get() => {
+            // Serving while the spool replays what a previous run left.
+            if exec.metrics.replay_left() > 0 {
+                return Ok(Answer::Text(200, "OK", b"ready, replaying the spool\n"));
+            }
             Ok(Answer::Text(200, "OK", b"ready\n"))
         }
         Route::Ready => Ok(Answer::Text(503, "Service Unavailable", b"not ready\n")),
@@ -111,6 +115,26 @@ fn produce<'a>(exec: &'a Exec, req: &Request<'a>) -> Result<Answer<'a>, HttpErro
     }
     let deadline = req.started + Duration::from_millis(exec.cfg.ack_timeout_ms);
     let wait = (p.ack == AckMode::Kafka).then_some(deadline);
+    let count = if p.ndjson { n } else { 0 };
+    if let Some(sp) = &exec.spool {
+        // With a spool the records go to disk first; the writer hands them to Kafka.
+        let mut a = sp.begin(cost)?;
+        if p.ndjson {
+            for r in ndjson_lines(body) {
+                a.push(topic, key, &body[r], p.partition, headers());
+            }
+        } else {
+            a.push(topic, key, body, p.partition, headers());
+        }
+        let waiter = wait.map(|d| exec.add_waiter(n, d));
+        let t = a.finish(p.ack == AckMode::Durable, waiter);
+        crate::metrics::bump(&exec.stats().records_enqueued, n as u64);
+        return Ok(Answer::Later {
+            ticket: Ticket::spooled(t, waiter),
+            topic,
+            count,
+        });
+    }
     let mut q = exec.reserve(n, cost, wait, req.buffered)?;
     if p.ndjson {
         for r in ndjson_lines(body) {
@@ -123,7 +147,7 @@ fn produce<'a>(exec: &'a Exec, req: &Request<'a>) -> Result<Answer<'a>, HttpErro
         Some(ticket) => Answer::Later {
             ticket,
             topic,
-            count: if p.ndjson { n } else { 0 },
+            count,
         },
         None if p.ndjson => Answer::Queued(n),
         None => Answer::Accepted,
@@ -146,7 +170,10 @@ mod tests {
         let (lane, kafka) = make_lane(0, KafkaWake::new());
         let mut cfg = Config::default();
         cfg.validate().unwrap();
-        (Exec::new(lane, Arc::new(cfg), Metrics::new(1), "1"), kafka)
+        (
+            Exec::new(lane, Arc::new(cfg), Metrics::new(1), "1", None),
+            kafka,
+        )
     }
 
     /// Parses, routes and handles one complete request.

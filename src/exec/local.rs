@@ -7,6 +7,7 @@ use crate::error::{FailReason, HttpError};
 use crate::http::response::DateLine;
 use crate::kafka::lane::{ExecutorLane, HeaderMeta, Opaque, RecordBatch};
 use crate::metrics::{bump, ExecStats, Metrics};
+use crate::spool::{Feed, Spool, SpoolTicket, Wait};
 use slab::Slab;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -18,8 +19,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-/// Outcome of an ack=kafka request: first and last (partition, offset).
-pub type Acked = Result<((i32, i64), (i32, i64)), HttpError>;
+/// Outcome of a request that waited: Kafka's acknowledgement, or the spool's.
+pub type Acked = Result<Ack, HttpError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// ack=kafka: first and last (partition, offset).
+    Kafka((i32, i64), (i32, i64)),
+    /// Written to the spool (202), or synced (`durable`, 201); the id of the first
+    /// record (executor, sequence).
+    Spooled { durable: bool, id: (u8, u64) },
+}
 
 struct Waiter {
     gen: u16,
@@ -27,6 +37,9 @@ struct Waiter {
     /// executor's ticker enforces it (no io_uring timer per request).
     deadline: Instant,
     expired: bool,
+    /// Its records went to the spool only (the window was full): no report will come, so
+    /// it is answered 504 (not confirmed; the records are still delivered).
+    orphaned: bool,
     /// The request was answered (504) or its connection went away while records were
     /// still in flight: the slot stays taken until their reports have all come back, so
     /// a late report can never land on a newer request in a reused slot.
@@ -66,6 +79,8 @@ pub struct Exec {
     urgent: Cell<bool>,
     waiters: RefCell<Slab<Waiter>>,
     next_gen: Cell<u16>,
+    /// The executor's durable spool, when `spool_dir` is set: records go there first.
+    pub spool: Option<Rc<Spool>>,
 }
 
 /// Records after which a push wakes the Kafka thread even from a nap: by then it has a
@@ -87,6 +102,7 @@ impl Exec {
         cfg: Arc<Config>,
         metrics: Arc<Metrics>,
         retry_after: &'static str,
+        spool: Option<Rc<Spool>>,
     ) -> Rc<Exec> {
         Rc::new(Exec {
             index: lane.index,
@@ -109,6 +125,7 @@ impl Exec {
             urgent: Cell::new(false),
             waiters: RefCell::new(Slab::new()),
             next_gen: Cell::new(0),
+            spool,
         })
     }
 
@@ -139,24 +156,7 @@ impl Exec {
         self.queue_bytes.set(bytes);
         self.queue_records.set(records);
         self.publish_queue();
-        let (slot, gen) = if let Some(deadline) = wait {
-            let gen = self.next_gen.get().wrapping_add(1);
-            self.next_gen.set(gen);
-            let key = self.waiters.borrow_mut().insert(Waiter {
-                gen,
-                deadline,
-                expired: false,
-                abandoned: false,
-                remaining: n as u32,
-                first: None,
-                last: None,
-                error: None,
-                waker: None,
-            });
-            (key as u32 + 1, gen)
-        } else {
-            (0, 0)
-        };
+        let (slot, gen) = wait.map_or((0, 0), |d| self.add_waiter(n, d));
         bump(&self.stats().records_enqueued, n as u64);
         Ok(Enqueue {
             exec: self,
@@ -165,6 +165,33 @@ impl Exec {
             n,
             i: 0,
         })
+    }
+
+    /// A waiter for `n` records' delivery reports, answered by `deadline`: (slot, gen).
+    pub fn add_waiter(&self, n: usize, deadline: Instant) -> (u32, u16) {
+        let gen = self.next_gen.get().wrapping_add(1);
+        self.next_gen.set(gen);
+        let key = self.waiters.borrow_mut().insert(Waiter {
+            gen,
+            deadline,
+            expired: false,
+            orphaned: false,
+            abandoned: false,
+            remaining: n as u32,
+            first: None,
+            last: None,
+            error: None,
+            waker: None,
+        });
+        (key as u32 + 1, gen)
+    }
+
+    /// Frees a waiter whose records never reached Kafka (their spool write failed).
+    fn cancel_waiter(&self, (slot, gen): (u32, u16)) {
+        let mut w = self.waiters.borrow_mut();
+        if w.get(slot as usize - 1).is_some_and(|x| x.gen == gen) {
+            w.remove(slot as usize - 1);
+        }
     }
 
     fn publish_queue(&self) {
@@ -257,6 +284,14 @@ impl Exec {
         self.queue_records
             .set(self.queue_records.get().saturating_sub(c.released_records));
         self.publish_queue();
+        if let Some(sp) = &self.spool {
+            for (tag, n) in &c.spool_acks {
+                sp.acked(*tag, *n);
+            }
+            if c.released_records > 0 {
+                sp.kick();
+            }
+        }
         let mut pool = self.pool.borrow_mut();
         for mut b in c.spent {
             if pool.len() < 8 && b.arena.capacity() <= 4 << 20 {
@@ -306,6 +341,14 @@ impl Exec {
             if left == 0 {
                 return;
             }
+            if Instant::now() >= deadline && self.spool.is_some() {
+                tracing::info!(
+                    records = left,
+                    executor = self.index,
+                    "shutdown deadline reached: records stay in the spool for the next start"
+                );
+                return;
+            }
             if Instant::now() >= deadline {
                 self.metrics.kafka.failed[FailReason::Shutdown as usize]
                     .fetch_add(left as u64, Relaxed);
@@ -317,6 +360,76 @@ impl Exec {
                 return;
             }
             glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+}
+
+impl Exec {
+    /// Shutdown with a spool: waits (by `deadline`) until Kafka reported on every record
+    /// handed over, so the acknowledged segments can be trimmed before exit.
+    pub async fn settle_in_flight(&self, deadline: Instant) {
+        while self.queue_records.get() > 0 && Instant::now() < deadline {
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Records read from or written to the spool enter the in-memory window to Kafka here,
+/// within the same queue and memory limits as records without a spool.
+impl Feed for Exec {
+    fn offer(&self, batch: RecordBatch) -> Result<(), RecordBatch> {
+        let n = batch.records.len();
+        let cost: usize = batch
+            .records
+            .iter()
+            .map(|r| {
+                let h = &batch.headers[r.headers.0 as usize..r.headers.1 as usize];
+                let hb: usize = h
+                    .iter()
+                    .map(|h| (h.name.1 - h.name.0 + h.value.1 - h.value.0) as usize)
+                    .sum();
+                crate::kafka::lane::record_cost(
+                    r.key.map_or(0, |k| (k.1 - k.0) as usize),
+                    (r.value.1 - r.value.0) as usize,
+                    hb,
+                )
+            })
+            .sum();
+        let bytes = self.queue_bytes.get() + cost;
+        let records = self.queue_records.get() + n;
+        // An empty window takes any batch, so one larger than the limits still moves.
+        let empty = self.queue_records.get() == 0;
+        let fits = bytes <= self.cfg.queue_max_bytes
+            && records <= self.cfg.queue_max_records
+            && bytes + self.buffer_bytes.get() <= self.cfg.memory_max_bytes;
+        if !fits && !empty {
+            return Err(batch);
+        }
+        self.queue_bytes.set(bytes);
+        self.queue_records.set(records);
+        self.publish_queue();
+        if batch
+            .records
+            .iter()
+            .any(|r| Opaque::decode(r.opaque).slot != 0)
+        {
+            self.urgent.set(true);
+        }
+        self.overflow.borrow_mut().push_back(batch);
+        self.schedule_flush();
+        Ok(())
+    }
+
+    fn orphan(&self, waits: &[Wait]) {
+        let mut ws = self.waiters.borrow_mut();
+        for w in waits {
+            if let Some(x) = ws.get_mut(w.slot as usize - 1).filter(|x| x.gen == w.gen) {
+                x.orphaned = true;
+                x.remaining = 0;
+                if let Some(k) = x.waker.take() {
+                    k.wake();
+                }
+            }
         }
     }
 }
@@ -364,6 +477,7 @@ impl Enqueue<'_> {
             gen: self.gen,
             first: self.i == 0,
             last: self.i + 1 == self.n,
+            spool: 0,
         }
         .encode();
         b.push_record(topic, key, value, (h0, h1), partition, opaque);
@@ -378,24 +492,74 @@ impl Enqueue<'_> {
     /// The waiter for this request (ack=kafka), to await after all records are pushed.
     pub fn ticket(&self) -> Option<Ticket> {
         (self.slot != 0).then_some(Ticket {
-            slot: self.slot,
-            gen: self.gen,
+            kafka: Some(KafkaTicket {
+                slot: self.slot,
+                gen: self.gen,
+            }),
+            spool: None,
         })
+    }
+}
+
+/// What an answer waits for: its spool commit (written or synced), then Kafka's
+/// acknowledgement (ack=kafka).
+#[derive(Clone)]
+pub struct Ticket {
+    kafka: Option<KafkaTicket>,
+    spool: Option<SpoolTicket>,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Ticket({:?}, spooled: {})",
+            self.kafka,
+            self.spool.is_some()
+        )
+    }
+}
+
+impl Ticket {
+    /// A spooled request's ticket; `kafka`: its ack=kafka waiter (`Exec::add_waiter`).
+    pub fn spooled(spool: SpoolTicket, kafka: Option<(u32, u16)>) -> Ticket {
+        Ticket {
+            kafka: kafka.map(|(slot, gen)| KafkaTicket { slot, gen }),
+            spool: Some(spool),
+        }
     }
 }
 
 /// Identifies the waiter of an ack=kafka request.
 #[derive(Debug, Clone, Copy)]
-pub struct Ticket {
+struct KafkaTicket {
     slot: u32,
     gen: u16,
 }
 
 impl Exec {
-    /// Waits for every record of the ticket's request, or its deadline.
+    /// Waits for the ticket's spool commit, then for every record's delivery report, or
+    /// its deadline.
     pub async fn wait(&self, t: Ticket) -> Acked {
+        if let Some(s) = &t.spool {
+            if let Err(e) = s.settled().await {
+                if let Some(k) = t.kafka {
+                    self.cancel_waiter((k.slot, k.gen));
+                }
+                return Err(e);
+            }
+        }
+        let Some(t) = t.kafka else {
+            let s = t.spool.as_ref().expect("a ticket waits for something");
+            return Ok(Ack::Spooled {
+                durable: s.durable,
+                id: s.id,
+            });
+        };
         let _guard = TicketGuard { exec: self, t };
-        AckWait { exec: self, t }.await
+        AckWait { exec: self, t }
+            .await
+            .map(|(f, l)| Ack::Kafka(f, l))
     }
 
     /// Ticker: answers the waits whose deadline passed (504).
@@ -414,7 +578,7 @@ impl Exec {
 /// Frees the waiter slot however the wait ends (answered, timed out, connection dropped).
 struct TicketGuard<'a> {
     exec: &'a Exec,
-    t: Ticket,
+    t: KafkaTicket,
 }
 
 impl Drop for TicketGuard<'_> {
@@ -437,13 +601,15 @@ impl Drop for TicketGuard<'_> {
 
 struct AckWait<'a> {
     exec: &'a Exec,
-    t: Ticket,
+    t: KafkaTicket,
 }
 
-impl Future for AckWait<'_> {
-    type Output = Acked;
+type Offsets = Result<((i32, i64), (i32, i64)), HttpError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Acked> {
+impl Future for AckWait<'_> {
+    type Output = Offsets;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Offsets> {
         let mut waiters = self.exec.waiters.borrow_mut();
         let Some(w) = waiters
             .get_mut(self.t.slot as usize - 1)
@@ -451,6 +617,10 @@ impl Future for AckWait<'_> {
         else {
             return Poll::Ready(Err(HttpError::AckTimeout));
         };
+        if w.orphaned {
+            bump(&self.exec.stats().records_unconfirmed, 1);
+            return Poll::Ready(Err(HttpError::AckTimeout));
+        }
         if w.remaining > 0 {
             if w.expired {
                 // Not confirmed: the records are still being delivered.
@@ -519,7 +689,13 @@ mod tests {
     fn napping_exec() -> (Rc<Exec>, Arc<KafkaWake>, KafkaLane) {
         let wake = KafkaWake::new();
         let (lane, kafka_end) = make_lane(0, wake.clone());
-        let exec = Exec::new(lane, Arc::new(Config::default()), Metrics::new(1), "1");
+        let exec = Exec::new(
+            lane,
+            Arc::new(Config::default()),
+            Metrics::new(1),
+            "1",
+            None,
+        );
         assert!(wake.begin_park(true));
         (exec, wake, kafka_end)
     }
@@ -555,11 +731,12 @@ mod tests {
     }
 
     /// The report of one record of `t`'s request, delivered at (0, offset).
-    fn report(t: Ticket, offset: i64) -> crate::kafka::lane::Completions {
+    fn report(t: &Ticket, offset: i64) -> crate::kafka::lane::Completions {
+        let k = t.kafka.unwrap();
         crate::kafka::lane::Completions {
             done: vec![crate::kafka::lane::Completion {
-                slot: t.slot,
-                gen: t.gen,
+                slot: k.slot,
+                gen: k.gen,
                 first: true,
                 last: true,
                 result: Ok((0, offset)),
@@ -582,29 +759,29 @@ mod tests {
         let a = waiter(&exec, Instant::now());
         exec.expire_waiters(Instant::now());
         assert!(matches!(
-            poll_wait(&exec, a),
+            poll_wait(&exec, a.clone()),
             Poll::Ready(Err(HttpError::AckTimeout))
         ));
         // 65,535 requests answered since: enough to wrap a 16-bit generation counter.
         for i in 0..u16::MAX as i64 {
             let t = waiter(&exec, far);
-            exec.apply(report(t, i));
+            exec.apply(report(&t, i));
             assert!(matches!(poll_wait(&exec, t), Poll::Ready(Ok(_))));
         }
         let c = waiter(&exec, far);
-        let mut wait_c = std::pin::pin!(exec.wait(c));
+        let mut wait_c = std::pin::pin!(exec.wait(c.clone()));
         let mut cx = Context::from_waker(Waker::noop());
         assert!(wait_c.as_mut().poll(&mut cx).is_pending());
         // A's report arrives late: it must not answer C with A's offset.
-        exec.apply(report(a, 999_999));
+        exec.apply(report(&a, 999_999));
         assert!(
             wait_c.as_mut().poll(&mut cx).is_pending(),
             "C was answered by A's delivery report"
         );
-        exec.apply(report(c, 7));
+        exec.apply(report(&c, 7));
         assert!(matches!(
             wait_c.as_mut().poll(&mut cx),
-            Poll::Ready(Ok(((0, 7), (0, 7))))
+            Poll::Ready(Ok(Ack::Kafka((0, 7), (0, 7))))
         ));
         assert_eq!(exec.waiters.borrow().len(), 0, "every slot freed");
     }

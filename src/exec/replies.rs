@@ -3,7 +3,7 @@
 //! bytes kept aside) and follow it once it is settled. All answers of one read leave in
 //! one write.
 
-use crate::exec::local::Acked;
+use crate::exec::local::{Ack, Acked};
 use crate::http::response::{self, Conn as Keep, DateLine};
 use std::cell::RefCell;
 use std::io::Write;
@@ -136,7 +136,37 @@ pub fn write_acked(
     retry_after: &'static str,
 ) -> u16 {
     match res {
-        Ok(((p0, o0), (p1, o1))) => {
+        Ok(Ack::Spooled { durable, id }) => {
+            let (code, reason) = if *durable {
+                (201, "Created")
+            } else {
+                (202, "Accepted")
+            };
+            let mut body = Vec::with_capacity(96);
+            let (e, s) = id;
+            let _ = match (count, durable) {
+                // A plain 202 stays what it is without a spool: empty.
+                (0, false) => Ok(()),
+                (0, true) => writeln!(body, "{{\"id\":\"{e}-{s}\"}}"),
+                (n, false) => writeln!(body, "{{\"queued\":{n}}}"),
+                (n, true) => writeln!(
+                    body,
+                    "{{\"count\":{n},\"first_id\":\"{e}-{s}\",\"last_id\":\"{e}-{}\"}}",
+                    s + n as u64 - 1
+                ),
+            };
+            if body.is_empty() {
+                response::accepted(out, date, keep);
+                return 202;
+            }
+            let json = Some("application/json");
+            response::write(out, (code, reason), date, keep, json, "", &body);
+            if head_only {
+                out.truncate(out.len() - body.len());
+            }
+            code
+        }
+        Ok(Ack::Kafka((p0, o0), (p1, o1))) => {
             let mut body = Vec::with_capacity(128);
             let _ = if count > 0 {
                 writeln!(body, "{{\"topic\":\"{topic}\",\"count\":{count},\"first\":{{\"partition\":{p0},\"offset\":{o0}}},\"last\":{{\"partition\":{p1},\"offset\":{o1}}}}}")
@@ -251,7 +281,10 @@ mod tests {
         );
         let codes = settle(
             &mut r,
-            &[(8, Err(HttpError::AckTimeout)), (7, Ok(((1, 41), (1, 41))))],
+            &[
+                (8, Err(HttpError::AckTimeout)),
+                (7, Ok(Ack::Kafka((1, 41), (1, 41)))),
+            ],
         );
         assert_eq!(codes, [200, 504]);
         let t = text(&r);
@@ -269,7 +302,7 @@ mod tests {
         let mut r = Replies::default();
         now(&mut r, 200, b"ok\n", true);
         r.later(1, Instant::now(), b"t", 0, Keep::KeepAlive, true);
-        settle(&mut r, &[(1, Ok(((0, 5), (0, 5))))]);
+        settle(&mut r, &[(1, Ok(Ack::Kafka((0, 5), (0, 5))))]);
         let t = text(&r);
         assert_eq!(statuses(&t), ["200", "200"]);
         assert!(t.contains("content-length: 3\r\n"), "{t}");

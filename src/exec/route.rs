@@ -109,7 +109,19 @@ pub fn route(
             into.ack = match trim(value) {
                 v if v.eq_ignore_ascii_case(b"queued") => AckMode::Queued,
                 v if v.eq_ignore_ascii_case(b"kafka") => AckMode::Kafka,
-                _ => return Err(HttpError::BadRequest("Kafka-Ack must be queued or kafka")),
+                v if v.eq_ignore_ascii_case(b"durable") && cfg.spool_dir.is_some() => {
+                    AckMode::Durable
+                }
+                v if v.eq_ignore_ascii_case(b"durable") => {
+                    return Err(HttpError::BadRequest(
+                        "Kafka-Ack: durable needs the on-disk spool, which is off here (spool_dir is not set)",
+                    ))
+                }
+                _ => {
+                    return Err(HttpError::BadRequest(
+                        "Kafka-Ack must be queued, durable or kafka",
+                    ))
+                }
             };
         } else if name.eq_ignore_ascii_case(b"content-type") {
             into.ndjson = is_ndjson(value);
@@ -262,6 +274,22 @@ mod tests {
             run(b"GET /healthz?x=1 HTTP/1.1\r\nHost: x\r\n\r\n", &cfg).unwrap(),
             Route::Health
         );
+    }
+
+    /// `durable` needs a spool: without one it is refused with the reason, never served
+    /// as a weaker contract.
+    #[test]
+    fn durable_ack_needs_a_spool() {
+        let req = b"POST / HTTP/1.1\r\nHost: x\r\nKafka-Ack: Durable\r\nContent-Length: 0\r\n\r\n";
+        let e = run(req, &Config::default()).unwrap_err();
+        assert_eq!(e.status().0, 400);
+        assert!(e.message().contains("spool_dir"), "{}", e.message());
+        let spooled = Config {
+            spool_dir: Some("/var/lib/ingestd".into()),
+            ..Default::default()
+        };
+        let (_, p) = run_p(req, &spooled).unwrap();
+        assert_eq!(p.ack, AckMode::Durable);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::exec::watch::Watch;
 use crate::kafka::lane::{make_lane, ExecutorLane, KafkaWake};
 use crate::kafka::{create_producer, probe_metadata, KafkaShared, KafkaThread};
 use crate::metrics::{bump, Metrics};
+use crate::spool::{Feed, Spool};
 use crate::sys;
 use glommio::{LocalExecutorBuilder, Placement};
 use rdkafka::mocking::MockCluster;
@@ -53,6 +54,9 @@ impl Server {
             (None, cfg.brokers.clone())
         };
         let metrics = Metrics::new(cfg.executors);
+        metrics
+            .spooled
+            .store(cfg.spool_dir.is_some(), Ordering::Relaxed);
         metrics.queue_limits[0].store(cfg.queue_max_bytes as u64, Ordering::Relaxed);
         metrics.queue_limits[1].store(cfg.queue_max_records as u64, Ordering::Relaxed);
         metrics.queue_limits[2].store(cfg.memory_max_bytes as u64, Ordering::Relaxed);
@@ -207,11 +211,40 @@ async fn run_executor(
         }
     };
     let listen_fd = listener.fd();
+    let spool = match &cfg.spool_dir {
+        None => None,
+        Some(dir) => {
+            // A commit batch gathered while the previous one is written: at most a
+            // quarter segment, and never more than the in-memory queue.
+            let pending_max = (cfg.spool_segment_bytes as usize / 4).min(cfg.queue_max_bytes);
+            let opened = Spool::open(
+                dir,
+                lane.index,
+                cfg.spool_segment_bytes,
+                cfg.spool_segments(),
+                pending_max,
+                metrics.clone(),
+            );
+            match opened {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    let _ = ready.send(Err(format!("spool_dir {}: {e}", dir.display())));
+                    return;
+                }
+            }
+        }
+    };
     let _ = ready.send(Ok(local));
     glommio::spawn_local(poller.clone().run()).detach();
-    let exec = Exec::new(lane, cfg.clone(), metrics, retry_after);
+    let exec = Exec::new(lane, cfg.clone(), metrics, retry_after, spool.clone());
     glommio::spawn_local(exec.clone().flusher()).detach();
     glommio::spawn_local(exec.clone().completer()).detach();
+    if let Some(sp) = &spool {
+        let feed: Rc<dyn Feed> = exec.clone();
+        glommio::spawn_local(sp.clone().write_loop(feed.clone())).detach();
+        glommio::spawn_local(sp.clone().read_loop(feed)).detach();
+        sp.prepare_spare();
+    }
     let conns: Registry = Rc::new(RefCell::new(Slab::new()));
     let stop = Rc::new(Cell::new(false));
     let ticker = glommio::spawn_local(ticker(exec.clone(), shutdown, conns.clone(), stop.clone()));
@@ -296,9 +329,23 @@ async fn run_executor(
         w.close();
     }
     until_empty(&conns, Duration::from_millis(200)).await;
+    let deadline = Instant::now() + Duration::from_millis(cfg.shutdown_timeout_ms);
+    if let Some(sp) = &spool {
+        // Finish writing what was appended; the reader stops handing records over.
+        sp.stop();
+        while !sp.written() && Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+    }
     // Records answered 202 may still sit in this executor's batch or overflow.
     exec.hand_over(Duration::from_millis(cfg.shutdown_timeout_ms))
         .await;
+    if let Some(sp) = &spool {
+        // Kafka's reports on what was handed over trim the spool, so a clean restart
+        // replays nothing; what Kafka did not take by the deadline stays on disk.
+        exec.settle_in_flight(deadline).await;
+        sp.close().await;
+    }
     if left > 0 {
         warn!(
             connections = left,

@@ -96,17 +96,22 @@ impl RecordBatch {
 
 /// The delivery opaque: which executor, which waiter slot (and its generation), and
 /// whether the record is the first/last of its request. Slot 0 means nobody waits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `spool`: the tag of the spool segment holding the record (0: not spooled), which
+/// Kafka's acknowledgement credits so the segment can be trimmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Opaque {
     pub executor: u8,
     pub slot: u32,
     pub gen: u16,
     pub first: bool,
     pub last: bool,
+    pub spool: u16,
 }
 
 impl Opaque {
     const SLOT_BITS: u32 = 24;
+    /// Spool segment tags are 13 bits (1..8191; 0 = not spooled).
+    pub const SPOOL_MASK: u16 = (1 << 13) - 1;
 
     pub fn encode(self) -> usize {
         debug_assert!(self.slot < 1 << Self::SLOT_BITS);
@@ -115,6 +120,7 @@ impl Opaque {
             | (self.executor as usize) << 40
             | (self.first as usize) << 48
             | (self.last as usize) << 49
+            | ((self.spool & Self::SPOOL_MASK) as usize) << 50
     }
 
     pub fn decode(v: usize) -> Opaque {
@@ -124,6 +130,7 @@ impl Opaque {
             executor: (v >> 40) as u8,
             first: v >> 48 & 1 == 1,
             last: v >> 49 & 1 == 1,
+            spool: (v >> 50) as u16 & Self::SPOOL_MASK,
         }
     }
 }
@@ -146,11 +153,38 @@ pub struct Completions {
     pub released_bytes: usize,
     pub released_records: usize,
     pub spent: Vec<RecordBatch>,
+    /// Spooled records Kafka acknowledged (or that went to the dead-letter file), per
+    /// segment tag: (tag, records).
+    pub spool_acks: Vec<(u16, u32)>,
 }
 
 impl Completions {
     pub fn is_empty(&self) -> bool {
-        self.done.is_empty() && self.released_records == 0 && self.spent.is_empty()
+        self.done.is_empty()
+            && self.released_records == 0
+            && self.spent.is_empty()
+            && self.spool_acks.is_empty()
+    }
+
+    /// Credits one spooled record to its segment.
+    pub fn spool_ack(&mut self, tag: u16) {
+        match self.spool_acks.iter_mut().find(|(t, _)| *t == tag) {
+            Some((_, n)) => *n += 1,
+            None => self.spool_acks.push((tag, 1)),
+        }
+    }
+
+    /// Moves `other`'s results into this one.
+    pub fn absorb(&mut self, other: &mut Completions) {
+        self.done.append(&mut other.done);
+        self.released_bytes += std::mem::take(&mut other.released_bytes);
+        self.released_records += std::mem::take(&mut other.released_records);
+        for (t, n) in other.spool_acks.drain(..) {
+            match self.spool_acks.iter_mut().find(|(x, _)| *x == t) {
+                Some((_, m)) => *m += n,
+                None => self.spool_acks.push((t, n)),
+            }
+        }
     }
 }
 
@@ -413,6 +447,7 @@ mod tests {
                 gen: 0,
                 first: false,
                 last: false,
+                spool: 0,
             },
             Opaque {
                 executor: 254,
@@ -420,6 +455,7 @@ mod tests {
                 gen: u16::MAX,
                 first: true,
                 last: false,
+                spool: Opaque::SPOOL_MASK,
             },
             Opaque {
                 executor: 7,
@@ -427,6 +463,7 @@ mod tests {
                 gen: 3,
                 first: false,
                 last: true,
+                spool: 17,
             },
         ] {
             assert_eq!(Opaque::decode(o.encode()), o);

@@ -41,6 +41,9 @@ struct Sink {
     retried: u64,
     /// Delivery reports served since start, final or not (see `KafkaThread::in_flight`).
     reports: u64,
+    /// With a spool: where spooled records Kafka rejects for good are written.
+    dead: Option<crate::kafka::deadletter::DeadLetters>,
+    dead_letters: u64,
 }
 
 /// How long a record that failed for a passing reason waits before it is produced
@@ -82,13 +85,40 @@ impl Sink {
         self.retry_since.map(|t| t + RETRY_BACKOFF)
     }
 
+    /// A spooled record Kafka rejected for good: written to the dead-letter file so its
+    /// segment can be trimmed. Returns whether it was (else it stays in the spool).
+    fn bury(&mut self, opaque: usize, d: crate::kafka::deadletter::Dead<'_>) -> bool {
+        if Opaque::decode(opaque).spool == 0 {
+            return false;
+        }
+        let buried = self.dead.as_mut().is_some_and(|f| f.write(&d));
+        self.dead_letters += buried as u64;
+        buried
+    }
+
+    /// The final fate of a record: its queue space is released, its waiter (if any)
+    /// hears the result, and a spooled record credits its segment when Kafka has it or
+    /// it went to the dead-letter file (`buried`). One left at shutdown stays spooled.
     fn record(&mut self, opaque: usize, cost: usize, result: Result<(i32, i64), FailReason>) {
+        self.settle(opaque, cost, result, false)
+    }
+
+    fn settle(
+        &mut self,
+        opaque: usize,
+        cost: usize,
+        result: Result<(i32, i64), FailReason>,
+        buried: bool,
+    ) {
         let o = Opaque::decode(opaque);
         let Some(c) = self.per_exec.get_mut(o.executor as usize) else {
             return;
         };
         c.released_bytes += cost;
         c.released_records += 1;
+        if o.spool != 0 && (result.is_ok() || buried) {
+            c.spool_ack(o.spool);
+        }
         match result {
             Ok(_) => self.delivered += 1,
             Err(r) => self.failed[r as usize] += 1,
@@ -201,6 +231,24 @@ impl ProducerContext for Ctx {
             Err((KafkaError::MessageProduction(code), m)) => (m, Err(FailReason::from_code(*code))),
             Err((_, m)) => (m, Err(FailReason::Broker)),
         };
+        let mut buried = false;
+        if let Err(r) = res {
+            let headers = msg.headers();
+            let headers = headers
+                .iter()
+                .flat_map(|h| h.iter())
+                .map(|h| (h.key.as_bytes(), h.value.unwrap_or(&[])))
+                .collect();
+            let dead = crate::kafka::deadletter::Dead {
+                topic: msg.topic().as_bytes(),
+                partition: msg.partition(),
+                key: msg.key(),
+                value: msg.payload().unwrap_or(&[]),
+                headers,
+                reason: r.label(),
+            };
+            buried = SINK.with(|s| s.borrow_mut().bury(opaque, dead));
+        }
         let headers = msg.headers().map_or(0, |h| {
             h.iter()
                 .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
@@ -211,7 +259,7 @@ impl ProducerContext for Ctx {
             msg.payload().map_or(0, <[u8]>::len),
             headers,
         );
-        SINK.with(|s| s.borrow_mut().record(opaque, cost, res));
+        SINK.with(|s| s.borrow_mut().settle(opaque, cost, res, buried));
     }
 }
 
@@ -336,9 +384,15 @@ impl KafkaThread {
 
     pub fn run(mut self) {
         SINK.with(|s| {
-            s.borrow_mut().per_exec = (0..self.lanes.len())
+            let mut s = s.borrow_mut();
+            s.per_exec = (0..self.lanes.len())
                 .map(|_| Completions::default())
-                .collect()
+                .collect();
+            s.dead = self
+                .cfg
+                .spool_dir
+                .as_deref()
+                .map(crate::kafka::deadletter::DeadLetters::new);
         });
         info!("kafka thread started");
         // TEST HOOK (tests/notify.rs, watchdog test): INGESTD_TEST_FREEZE_KAFKA_AFTER_MS=N
@@ -482,7 +536,20 @@ impl KafkaThread {
                             _ => FailReason::Broker,
                         };
                         debug!(%e, topic, "record rejected by librdkafka");
-                        SINK.with(|s| s.borrow_mut().record(r.opaque, cost, Err(reason)));
+                        let hs = &b.headers[r.headers.0 as usize..r.headers.1 as usize];
+                        let dead = crate::kafka::deadletter::Dead {
+                            topic: b.get(r.topic),
+                            partition: r.partition,
+                            key,
+                            value,
+                            headers: hs.iter().map(|h| (b.get(h.name), b.get(h.value))).collect(),
+                            reason: reason.label(),
+                        };
+                        SINK.with(|s| {
+                            let mut s = s.borrow_mut();
+                            let buried = s.bury(r.opaque, dead);
+                            s.settle(r.opaque, cost, Err(reason), buried)
+                        });
                         break;
                     }
                 }
@@ -529,15 +596,13 @@ impl KafkaThread {
                 self.last_progress = Instant::now();
             }
             bump(&k.retried, std::mem::take(&mut s.retried));
+            bump(&k.dead_letters, std::mem::take(&mut s.dead_letters));
             bump(&k.delivered, std::mem::take(&mut s.delivered));
             for (i, n) in std::mem::take(&mut s.failed).into_iter().enumerate() {
                 bump(&k.failed[i], n);
             }
             for (i, c) in s.per_exec.iter_mut().enumerate() {
-                let b = &mut self.backlog[i];
-                b.done.append(&mut c.done);
-                b.released_bytes += std::mem::take(&mut c.released_bytes);
-                b.released_records += std::mem::take(&mut c.released_records);
+                self.backlog[i].absorb(c);
             }
         });
         let gone = matches!(self.phase, Phase::Stopping { .. });

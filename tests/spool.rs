@@ -1,0 +1,472 @@
+//! The durable spool against a real tansu broker: SIGKILL under load and while the broker
+//! is stopped, an outage longer than the in-memory queue, the quota, a corrupt segment,
+//! shutdown. The invariant: every record answered 201 (synced) or 202 (written to the
+//! spool) is in Kafka after a restart, with its `ingestd-id` header; duplicates from
+//! replay are counted, never a loss.
+
+mod common;
+
+use common::http::{post, Client};
+use common::{read_topic, start_broker, wait_until, Ingestd, Rec};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn spool_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ingestd-spool-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// What the load saw: value -> (status, id from a 201's body).
+type Seen = BTreeMap<String, (u16, Option<String>)>;
+
+/// Load from `conns` keep-alive connections with unique values (`tag` prefixes them) until
+/// `stop` or the server goes away; connection `w` uses `acks[w % acks.len()]`.
+fn load(
+    addr: SocketAddr,
+    tag: String,
+    conns: usize,
+    acks: &'static [&'static str],
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Seen> {
+    std::thread::spawn(move || {
+        let workers: Vec<_> = (0..conns)
+            .map(|w| {
+                let (stop, tag) = (stop.clone(), tag.clone());
+                std::thread::spawn(move || {
+                    let mut seen = Seen::new();
+                    let ack = acks[w % acks.len()];
+                    let mut i = 0;
+                    'outer: while !stop.load(Ordering::Relaxed) {
+                        let Ok(mut c) = Client::connect(addr) else {
+                            // The server is gone (killed): this round's load is over.
+                            return seen;
+                        };
+                        while !stop.load(Ordering::Relaxed) {
+                            let v = format!("{tag}-w{w}-{i}");
+                            i += 1;
+                            let req = post("/", v.as_bytes(), &[("Kafka-Ack", ack)]);
+                            // Sent, answer unknown (0) until one arrives.
+                            seen.insert(v.clone(), (0, None));
+                            match c.request(&req) {
+                                Ok(r) => {
+                                    let id = (r.status == 201).then(|| {
+                                        let t = r.text();
+                                        t.split('"').nth(3).unwrap_or_default().to_string()
+                                    });
+                                    seen.insert(v, (r.status, id));
+                                }
+                                Err(_) => continue 'outer,
+                            }
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let mut all = Seen::new();
+        for w in workers {
+            all.extend(w.join().unwrap());
+        }
+        all
+    })
+}
+
+fn id_of(r: &Rec) -> Option<String> {
+    r.headers
+        .iter()
+        .find(|(k, _)| k == "ingestd-id")
+        .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+}
+
+/// Checks every answered record is in `recs` (values answered `codes`); returns the
+/// number of duplicate copies found.
+fn check_answered(seen: &Seen, codes: &[u16], recs: &[Rec]) -> usize {
+    let mut by_value: BTreeMap<String, Vec<Option<String>>> = BTreeMap::new();
+    for r in recs {
+        by_value
+            .entry(String::from_utf8(r.value.clone()).unwrap())
+            .or_default()
+            .push(id_of(r));
+    }
+    let mut missing = Vec::new();
+    for (v, (status, id)) in seen {
+        if !codes.contains(status) {
+            continue;
+        }
+        match by_value.get(v) {
+            None => missing.push(v.clone()),
+            Some(ids) => {
+                assert!(ids.iter().all(Option::is_some), "{v}: no ingestd-id header");
+                if let Some(id) = id {
+                    assert!(
+                        ids.iter().all(|i| i.as_deref() == Some(id)),
+                        "{v}: answered id {id}, found {ids:?}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} answered {codes:?} but not in Kafka, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let phantom: Vec<_> = by_value
+        .keys()
+        .filter(|v| !seen.contains_key(*v))
+        .take(5)
+        .collect();
+    assert!(phantom.is_empty(), "records nobody sent: {phantom:?}");
+    by_value.values().map(|ids| ids.len() - 1).sum()
+}
+
+fn start(broker: &str, topic: &str, dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Ingestd {
+    let mut args = vec![
+        "--brokers",
+        broker,
+        "--default-topic",
+        topic,
+        "--spool-dir",
+        dir.to_str().unwrap(),
+    ];
+    if !extra.contains(&"--executors") {
+        args.extend_from_slice(&["--executors", "2"]);
+    }
+    args.extend_from_slice(extra);
+    Ingestd::start_env(&args, env)
+}
+
+/// Waits until the spool replayed what it found and Kafka acknowledged everything.
+fn wait_drained(ing: &Ingestd, within: Duration) {
+    wait_until("spool replayed and queue drained", within, || {
+        let m = ing.metrics_text();
+        common::metric_sum(&m, "ingestd_spool_replay_left_records", "") == 0.0
+            && common::metric_sum(&m, "ingestd_queue_records", "") == 0.0
+    });
+}
+
+/// A tiny deterministic generator for the kill moments (seed printed on failure).
+fn next(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+#[test]
+fn sigkill_under_load_loses_no_durable_record() {
+    let b = start_broker();
+    b.create_topic("kill", 2);
+    let dir = spool_dir("kill");
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("kill moments seed {seed}");
+    let mut seen = Seen::new();
+    for round in 0..6 {
+        let ing = start(&b.addr, "kill", &dir, &[], &[]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let h = load(ing.addr, format!("r{round}"), 8, &["durable"], stop.clone());
+        if round == 5 {
+            // The last run is not killed: it replays and drains.
+            std::thread::sleep(Duration::from_millis(500));
+            stop.store(true, Ordering::Relaxed);
+            seen.extend(h.join().unwrap());
+            wait_drained(&ing, Duration::from_secs(60));
+            break;
+        }
+        // Kill at a random moment 0.2..1.5 s into the load, once some 201s came back.
+        wait_until("load running", Duration::from_secs(20), || {
+            ing.metric("ingestd_http_requests_total", "code=\"201\"") >= 10.0
+        });
+        std::thread::sleep(Duration::from_millis(200 + next(&mut seed) % 1300));
+        ing.signal(libc::SIGKILL);
+        let got = h.join().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        let n201 = got.values().filter(|(s, _)| *s == 201).count();
+        eprintln!("round {round}: {n201} answered 201 before SIGKILL");
+        assert!(n201 > 0);
+        seen.extend(got);
+        drop(ing);
+    }
+    let durable: usize = seen.values().filter(|(s, _)| *s == 201).count();
+    let recs = read_topic(&b.addr, "kill", 2, durable, Duration::from_secs(3));
+    let dups = check_answered(&seen, &[201], &recs);
+    let other: BTreeSet<u16> = seen.values().map(|(s, _)| *s).collect();
+    eprintln!(
+        "sigkill x5: {durable} answered 201, all found in Kafka; {} records read, {dups} duplicates from replay; statuses {other:?}",
+        recs.len()
+    );
+    // 0: sent, no answer before the kill.
+    assert!(other.iter().all(|s| [0, 201, 503].contains(s)), "{other:?}");
+    b.signal(libc::SIGTERM);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sigkill_while_the_broker_is_stopped_then_everything_arrives() {
+    let b = start_broker();
+    b.create_topic("stopped", 2);
+    let dir = spool_dir("stopped");
+    let ing = start(&b.addr, "stopped", &dir, &[], &[]);
+    b.signal(libc::SIGSTOP);
+    let stop = Arc::new(AtomicBool::new(false));
+    let h = load(
+        ing.addr,
+        "s".into(),
+        8,
+        &["durable", "queued"],
+        stop.clone(),
+    );
+    wait_until(
+        "201s and 202s with the broker stopped",
+        Duration::from_secs(20),
+        || {
+            let m = ing.metrics_text();
+            common::metric_sum(&m, "ingestd_http_requests_total", "code=\"201\"") >= 200.0
+                && common::metric_sum(&m, "ingestd_http_requests_total", "code=\"202\"") >= 200.0
+        },
+    );
+    ing.signal(libc::SIGKILL);
+    let seen = h.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    drop(ing);
+    // Restart on the same spool with the broker still stopped: it starts and is ready
+    // (the spool takes records), then the broker comes back.
+    let ing = start(&b.addr, "stopped", &dir, &[], &[]);
+    b.signal(libc::SIGCONT);
+    wait_drained(&ing, Duration::from_secs(90));
+    let n = |c| seen.values().filter(|(s, _)| *s == c).count();
+    let recs = read_topic(
+        &b.addr,
+        "stopped",
+        2,
+        n(201) + n(202),
+        Duration::from_secs(3),
+    );
+    let dups = check_answered(&seen, &[201, 202], &recs);
+    eprintln!(
+        "broker stopped + SIGKILL: {} answered 201, {} answered 202, all found; {dups} duplicates; replayed {}",
+        n(201),
+        n(202),
+        ing.metric("ingestd_spool_records_replayed_total", "")
+    );
+    b.signal(libc::SIGTERM);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_outage_longer_than_the_memory_queue_is_held_on_disk() {
+    let b = start_broker();
+    b.create_topic("long", 1);
+    let dir = spool_dir("long");
+    // An in-memory window of 500 records; 20,000 arrive during the outage.
+    let env = [("INGESTD_QUEUE_MAX_RECORDS", "500")];
+    let ing = start(&b.addr, "long", &dir, &["--executors", "1"], &env);
+    b.signal(libc::SIGSTOP);
+    let stop = Arc::new(AtomicBool::new(false));
+    let h = load(ing.addr, "o".into(), 8, &["queued"], stop.clone());
+    wait_until("5,000 accepted", Duration::from_secs(60), || {
+        ing.metric("ingestd_http_requests_total", "code=\"202\"") >= 5000.0
+    });
+    let rss0 = ing.rss_kib();
+    wait_until("20,000 accepted", Duration::from_secs(120), || {
+        ing.metric("ingestd_http_requests_total", "code=\"202\"") >= 20000.0
+    });
+    let rss1 = ing.rss_kib();
+    stop.store(true, Ordering::Relaxed);
+    let seen = h.join().unwrap();
+    let queued = ing.metric("ingestd_queue_records", "");
+    assert!(queued <= 500.0, "in-memory window bounded: {queued}");
+    // 15,000 more records (~1 MiB of bodies) went to disk, not to RAM.
+    assert!(rss1 < rss0 + 4096, "RSS grew from {rss0} KiB to {rss1} KiB");
+    b.signal(libc::SIGCONT);
+    wait_drained(&ing, Duration::from_secs(120));
+    let ok = seen.values().filter(|(s, _)| *s == 202).count();
+    let recs = read_topic(&b.addr, "long", 1, ok, Duration::from_secs(3));
+    let dups = check_answered(&seen, &[202], &recs);
+    let statuses: BTreeSet<u16> = seen.values().map(|(s, _)| *s).collect();
+    eprintln!(
+        "outage: {ok} answered 202 with a 500-record window, RSS {rss0} -> {rss1} KiB, replayed from disk {}, {dups} duplicates, statuses {statuses:?}",
+        ing.metric("ingestd_spool_records_replayed_total", "")
+    );
+    assert_eq!(
+        statuses,
+        BTreeSet::from([202]),
+        "no 503 while the spool has room"
+    );
+    assert_eq!(dups, 0);
+    b.signal(libc::SIGTERM);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn quota_full_answers_507_then_recovers_when_kafka_drains() {
+    let b = start_broker();
+    b.create_topic("quota", 1);
+    let dir = spool_dir("quota");
+    // 4 segments of 1 MiB for the one executor.
+    let env = [
+        ("INGESTD_SPOOL_SEGMENT_BYTES", "1048576"),
+        ("INGESTD_SPOOL_MAX_BYTES", "4194304"),
+        ("INGESTD_MAX_BODY_BYTES", "65536"),
+    ];
+    let ing = start(&b.addr, "quota", &dir, &["--executors", "1"], &env);
+    b.signal(libc::SIGSTOP);
+    let mut c = Client::connect(ing.addr).unwrap();
+    let mut seen = Seen::new();
+    let mut first_507 = None;
+    for i in 0..2000 {
+        let v = format!("q{i:05}-{}", "x".repeat(8000));
+        let r = c
+            .request(&post("/", v.as_bytes(), &[("Kafka-Ack", "durable")]))
+            .unwrap();
+        seen.insert(v, (r.status, None));
+        if r.status == 507 {
+            assert_eq!(r.header("retry-after"), Some("1"));
+            assert!(r.text().contains("spool full"), "{}", r.text());
+            first_507 = Some(i);
+            break;
+        }
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let at = first_507.expect("507 once the quota is full");
+    // 4 MiB of quota, 8 KiB records (a block of padding each at most): between 3 and 4
+    // segments' worth were accepted.
+    assert!((300..=520).contains(&at), "first 507 after {at} records");
+    let again = c
+        .request(&post("/", b"more", &[("Kafka-Ack", "queued")]))
+        .unwrap();
+    assert_eq!(again.status, 507, "still full while Kafka is away");
+    seen.insert("more".into(), (507, None));
+    b.signal(libc::SIGCONT);
+    let mut n = 0;
+    wait_until(
+        "2xx again once Kafka drained the spool",
+        Duration::from_secs(60),
+        || {
+            n += 1;
+            let v = format!("after-{n}");
+            let r = c.request(&post("/", v.as_bytes(), &[])).unwrap();
+            seen.insert(v, (r.status, None));
+            r.status == 202
+        },
+    );
+    wait_drained(&ing, Duration::from_secs(60));
+    let ok = seen.values().filter(|(s, _)| *s == 201).count();
+    let recs = read_topic(&b.addr, "quota", 1, ok, Duration::from_secs(3));
+    check_answered(&seen, &[201], &recs);
+    eprintln!("quota 4 MiB: {ok} records of 8 KiB answered 201, then 507; 2xx again after the broker returned");
+    b.signal(libc::SIGTERM);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sigterm_leaves_undelivered_records_in_the_spool_for_the_next_start() {
+    let b = start_broker();
+    b.create_topic("term", 1);
+    let dir = spool_dir("term");
+    let env = [("INGESTD_SHUTDOWN_TIMEOUT_MS", "1000")];
+    let mut ing = start(&b.addr, "term", &dir, &["--executors", "1"], &env);
+    b.signal(libc::SIGSTOP);
+    let mut c = Client::connect(ing.addr).unwrap();
+    let mut seen = Seen::new();
+    for i in 0..300 {
+        let v = format!("t{i}");
+        let ack = if i % 2 == 0 { "durable" } else { "queued" };
+        let r = c
+            .request(&post("/", v.as_bytes(), &[("Kafka-Ack", ack)]))
+            .unwrap();
+        assert!([201, 202].contains(&r.status), "{}", r.status);
+        seen.insert(v, (r.status, None));
+    }
+    drop(c);
+    let t0 = Instant::now();
+    let st = ing.stop(Duration::from_secs(30));
+    assert!(st.success(), "{st:?}");
+    let log = ing.log_text();
+    assert!(log.contains("stay on disk for the next start"), "{log}");
+    eprintln!("SIGTERM with the broker stopped took {:?}", t0.elapsed());
+    b.signal(libc::SIGCONT);
+    let ing = start(&b.addr, "term", &dir, &["--executors", "1"], &[]);
+    wait_drained(&ing, Duration::from_secs(60));
+    let recs = read_topic(&b.addr, "term", 1, 300, Duration::from_secs(3));
+    let dups = check_answered(&seen, &[201, 202], &recs);
+    eprintln!("300 records left in the spool at SIGTERM, all delivered after the restart ({dups} duplicates)");
+    // A clean stop with Kafka up trims everything: the next start replays nothing.
+    let mut ing = ing;
+    assert!(ing.stop(Duration::from_secs(30)).success());
+    let segs: Vec<_> = std::fs::read_dir(dir.join("executor-0"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".seg"))
+        .collect();
+    assert!(
+        segs.is_empty(),
+        "segments left after a clean stop: {segs:?}"
+    );
+    b.signal(libc::SIGTERM);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_corrupt_segment_is_quarantined_and_its_intact_records_replayed() {
+    let b = start_broker();
+    b.create_topic("corrupt", 1);
+    let dir = spool_dir("corrupt");
+    let ing = start(&b.addr, "corrupt", &dir, &["--executors", "1"], &[]);
+    b.signal(libc::SIGSTOP);
+    let mut c = Client::connect(ing.addr).unwrap();
+    let mut seen = Seen::new();
+    // One commit batch per request (each waits for its sync).
+    for i in 0..40 {
+        let v = format!("c{i:02}-{}", "y".repeat(5000));
+        let r = c
+            .request(&post("/", v.as_bytes(), &[("Kafka-Ack", "durable")]))
+            .unwrap();
+        assert_eq!(r.status, 201);
+        seen.insert(v, (r.status, None));
+    }
+    ing.signal(libc::SIGKILL);
+    drop(ing);
+    let exec_dir = dir.join("executor-0");
+    let seg = std::fs::read_dir(&exec_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .expect("a segment");
+    // Each 5 KiB record is a batch of two blocks: flip a byte inside the 21st.
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[20 * 8192 + 100] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    b.signal(libc::SIGCONT);
+    let ing = start(&b.addr, "corrupt", &dir, &["--executors", "1"], &[]);
+    wait_drained(&ing, Duration::from_secs(60));
+    wait_until("quarantined", Duration::from_secs(20), || {
+        ing.metric("ingestd_spool_quarantined_segments_total", "") == 1.0
+            && std::fs::read_dir(&exec_dir)
+                .unwrap()
+                .flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "corrupt"))
+    });
+    let recs = read_topic(&b.addr, "corrupt", 1, 20, Duration::from_secs(3));
+    let found: BTreeSet<String> = recs
+        .iter()
+        .map(|r| String::from_utf8(r.value[..3].to_vec()).unwrap())
+        .collect();
+    let want: BTreeSet<String> = (0..20).map(|i| format!("c{i:02}")).collect();
+    assert_eq!(found, want, "exactly the records before the damage");
+    assert!(ing.log_text().contains("corrupt in the middle"));
+    b.signal(libc::SIGTERM);
+    let _ = std::fs::remove_dir_all(&dir);
+}
