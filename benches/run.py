@@ -234,9 +234,13 @@ class Ingestd:
         self.gets = 0  # our own GETs answered 200, to separate them from produce answers
         tag = f"ingestd-e{executors}-{ack}"
         self.out, self.err = tmp / f"{tag}.out", tmp / f"{tag}.log"
+        # "spool": ack=queued with the durable spool on; "durable": 201 once synced to it.
+        spooled = ack in ("spool", "durable")
         cmd = [str(binary), "--brokers", broker, "--default-topic", topic,
                "--listen", f"127.0.0.1:{self.port}", "--executors", str(executors),
-               "--ack", ack]
+               "--ack", "queued" if ack == "spool" else ack]
+        if spooled:
+            cmd += ["--spool-dir", str(tmp / f"spool-{tag}")]
         if config:
             cmd += ["--config", str(config)]
         self.proc = subprocess.Popen(cmd, stdout=open(self.out, "w"), stderr=open(self.err, "w"),
@@ -459,11 +463,12 @@ def verify(ing, ack, rows, broker, before_stop):
     in_flight = sum(r["conns"] * (PIPELINE_DEPTH if r["mode"] == "pipeline" else 1) for r in mine)
     m = before_stop
     answered_2xx = int(m.get("ingestd_http_requests_total[200]", 0)
+                       + m.get("ingestd_http_requests_total[201]", 0)
                        + m.get("ingestd_http_requests_total[202]", 0)) - (ing.gets - 1)
     rc = ing.stop()
     count = count_topic(broker, ing.topic)
     records = count["records"]
-    ok = records >= wrk_2xx and (ack == "queued" or records <= wrk_2xx + in_flight)
+    ok = records >= wrk_2xx and (ack != "kafka" or records <= wrk_2xx + in_flight)
     v = dict(
         topic=ing.topic, ack=ack, exit_code=rc,
         wrk_2xx=wrk_2xx, in_flight_bound=in_flight,
@@ -558,6 +563,17 @@ def targets(summary):
             t["kafka_p99_ms"] = k["ingestd_p99_ms"]
             t["kafka_ok"] = (t["kafka_vs_queued"] >= 0.5
                              and (k["ingestd_p99_ms"] or float("inf")) <= 10)
+        # Issue 12: ack=durable >= 0.7x the req/s of ack=queued without a spool, p99 <= 10
+        # ms; ack=queued with the spool <= 1.15x its CPU per request.
+        d, sp = pick.get((e, "durable")), pick.get((e, "spool"))
+        if q and d and q["ingestd_ok_rps"] and q["rps_ratio"] and d["rps_ratio"]:
+            t["durable_vs_queued"] = round(d["rps_ratio"] / q["rps_ratio"], 3)
+            t["durable_p99_ms"] = d["ingestd_p99_ms"]
+            t["durable_ok"] = (t["durable_vs_queued"] >= 0.7
+                               and (d["ingestd_p99_ms"] or float("inf")) <= 10)
+        if q and sp and q["cpu_ratio"] and sp["cpu_ratio"]:
+            t["spool_cpu_vs_queued"] = round(sp["cpu_ratio"] / q["cpu_ratio"], 3)
+            t["spool_cpu_ok"] = t["spool_cpu_vs_queued"] <= 1.15
         res.append(t)
     return res
 
@@ -703,7 +719,7 @@ def parse_args():
     p.add_argument("--rounds", type=int, help="nginx/ingestd pairs per scenario point")
     p.add_argument("--bodies", type=ints, help="body sizes in bytes, e.g. 256,4096")
     p.add_argument("--conns", type=ints, help="keep-alive connection counts, e.g. 1,16,64")
-    p.add_argument("--acks", type=strs, help="queued,kafka")
+    p.add_argument("--acks", type=strs, help="queued,kafka,spool (ack=queued with the spool on),durable")
     p.add_argument("--executors", type=ints, help="ingestd executor counts, e.g. 1,2")
     p.add_argument("--modes", type=strs, help="keepalive,pipeline,close")
     p.add_argument("--special-conns", type=ints,

@@ -5,6 +5,7 @@
 #   benches/run.sh --full     # every scenario (about an hour), benches/results/full/
 #   benches/run.sh --help     # scenario flags (bodies, connections, ack modes, ...)
 #   benches/run.sh --soak     # 10 minutes at 80% of the maximum (benches/soak.py)
+#   benches/run.sh --outage   # broker stopped 60 s under load, the spool absorbing it
 #
 # This wrapper installs what is missing, builds, and hands over to benches/run.py, which
 # starts tansu, nginx and ingestd itself and stops them by PID when it exits.
@@ -29,6 +30,10 @@ tests/tansu.sh install
 # The server, and the independent record counter (benches/tools/kcount.rs).
 cargo build --release --bin ingestd --example kcount
 
+if [ "${1:-}" = --outage ]; then
+    shift
+    exec python3 benches/spool_outage.py "$@"
+fi
 if [ "${1:-}" = --soak ]; then
     shift
     exec python3 benches/soak.py "$@"
