@@ -213,10 +213,31 @@ fn sigkill_under_load_loses_no_durable_record() {
 
 #[test]
 fn sigkill_while_the_broker_is_stopped_then_everything_arrives() {
+    // Buffered segment files (this machine's default), then Glommio DMA files.
+    for direct in [false, true] {
+        broker_stopped_then_sigkill(direct);
+    }
+}
+
+fn broker_stopped_then_sigkill(direct: bool) {
+    let env: &[(&str, &str)] = if direct {
+        &[("INGESTD_TEST_SPOOL_DIRECT", "1")]
+    } else {
+        &[]
+    };
     let b = start_broker();
     b.create_topic("stopped", 2);
-    let dir = spool_dir("stopped");
-    let ing = start(&b.addr, "stopped", &dir, &[], &[]);
+    let dir = spool_dir(if direct { "stopped-dma" } else { "stopped" });
+    let ing = start(&b.addr, "stopped", &dir, &[], env);
+    assert!(
+        ing.log_text().contains(if direct {
+            "O_DIRECT writes"
+        } else {
+            "buffered writes"
+        }),
+        "{}",
+        ing.log_text()
+    );
     b.signal(libc::SIGSTOP);
     let stop = Arc::new(AtomicBool::new(false));
     let h = load(
@@ -241,7 +262,7 @@ fn sigkill_while_the_broker_is_stopped_then_everything_arrives() {
     drop(ing);
     // Restart on the same spool with the broker still stopped: it starts and is ready
     // (the spool takes records), then the broker comes back.
-    let ing = start(&b.addr, "stopped", &dir, &[], &[]);
+    let ing = start(&b.addr, "stopped", &dir, &[], env);
     b.signal(libc::SIGCONT);
     wait_drained(&ing, Duration::from_secs(90));
     let n = |c| seen.values().filter(|(s, _)| *s == c).count();
@@ -254,7 +275,7 @@ fn sigkill_while_the_broker_is_stopped_then_everything_arrives() {
     );
     let dups = check_answered(&seen, &[201, 202], &recs);
     eprintln!(
-        "broker stopped + SIGKILL: {} answered 201, {} answered 202, all found; {dups} duplicates; replayed {}",
+        "broker stopped + SIGKILL (direct {direct}): {} answered 201, {} answered 202, all found; {dups} duplicates; replayed {}",
         n(201),
         n(202),
         ing.metric("ingestd_spool_records_replayed_total", "")

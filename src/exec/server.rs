@@ -344,7 +344,7 @@ async fn run_executor(
         // Kafka's reports on what was handed over trim the spool, so a clean restart
         // replays nothing; what Kafka did not take by the deadline stays on disk.
         exec.settle_in_flight(deadline).await;
-        sp.close().await;
+        sp.close();
     }
     if left > 0 {
         warn!(

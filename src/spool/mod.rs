@@ -109,6 +109,8 @@ pub struct Spool {
     reader: RefCell<Option<Waker>>,
     /// Segments found at start that the reader has not finished.
     replaying: Cell<usize>,
+    /// O_DIRECT writes (`file::direct_io_ok`), else buffered.
+    direct: bool,
 }
 
 fn unix_ms() -> u64 {
@@ -199,7 +201,21 @@ impl Spool {
         if !found.is_empty() {
             tracing::info!(executor = index, segments = found.len(), dir = %dir.display(), "spool: replaying segments a previous run left");
         }
+        let direct = file::direct_io_ok(&dir);
+        if index == 0 {
+            tracing::info!(
+                dir = %dir.display(),
+                direct,
+                "spool: {}",
+                if direct {
+                    "O_DIRECT writes (the device has polled queues)"
+                } else {
+                    "buffered writes, fdatasync for durability (the device has no polled queues: Glommio's DMA path would spin)"
+                }
+            );
+        }
         let sp = Rc::new(Spool {
+            direct,
             index,
             dir,
             seg_bytes,
@@ -272,18 +288,11 @@ impl Spool {
 
     /// Shutdown, after Kafka's last reports: seals the segment being written and trims
     /// every segment Kafka acknowledged completely, so a clean restart replays nothing.
-    pub async fn close(&self) {
+    pub fn close(&self) {
         if let Some(g) = self.st.borrow_mut().segs.back_mut() {
             g.sealed = true;
         }
         self.trim();
-        // Trimming renames or removes files in tasks; give them a moment to finish.
-        for _ in 0..100 {
-            if !self.st.borrow().segs.iter().any(|g| g.trimmable()) {
-                break;
-            }
-            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
-        }
         let left: u64 = self
             .st
             .borrow()

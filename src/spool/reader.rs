@@ -228,9 +228,13 @@ impl Spool {
     /// marks one corrupt in the middle for quarantine. Never fails: an unreadable file
     /// is quarantined whole.
     async fn scan_found(&self, base: u64, path: &std::path::Path) {
-        let opened = super::file::SegFile::open(path, false).await;
+        let opened = super::file::SegFile::open(path, false, self.direct).await;
         let image = match &opened {
-            Ok(f) => f.read_at(0, self.seg_bytes.max(1) as usize).await,
+            // The whole file: a previous run may have used another segment size.
+            Ok(f) => {
+                let size = std::fs::metadata(path).map_or(self.seg_bytes, |m| m.len());
+                f.read_at(0, size as usize).await
+            }
             Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
         };
         let (file, image) = match (opened, image) {
