@@ -170,19 +170,24 @@ impl Spool {
             let st = self.st.borrow();
             st.segs.back().and_then(|g| g.file.clone())
         };
-        let Some(file) = file else { return };
+        if let Some(file) = file {
+            self.sync(&file).await;
+        }
+    }
+
+    /// fdatasync of `file`, timed and counted; whether it worked (failures are logged).
+    async fn sync(&self, file: &SegFile) -> bool {
         let t0 = Instant::now();
         let r = file.fdatasync().await;
         self.stats().fsync_took(t0.elapsed().as_micros() as u64);
         let mut st = self.st.borrow_mut();
         st.last_sync = Instant::now();
-        match r {
-            Ok(()) => st.unsynced = false,
-            Err(e) => {
-                drop(st);
-                io_failed(self, "fdatasync", &e);
-            }
+        st.unsynced &= r.is_err();
+        drop(st);
+        if let Err(e) = &r {
+            io_failed(self, "fdatasync", e);
         }
+        r.is_ok()
     }
 
     async fn commit(self: &Rc<Self>, p: Pending, feed: &dyn Feed) {
@@ -265,23 +270,12 @@ impl Spool {
         }
         let due = self.st.borrow().last_sync.elapsed() >= Duration::from_secs(1);
         if durable || due {
-            let t0 = Instant::now();
-            let r = file.fdatasync().await;
-            self.stats().fsync_took(t0.elapsed().as_micros() as u64);
-            let mut st = self.st.borrow_mut();
-            st.last_sync = Instant::now();
-            match r {
-                Ok(()) => {
-                    st.unsynced = false;
-                    drop(st);
-                    commit.set(Stage::Synced);
-                }
-                Err(e) => {
-                    drop(st);
-                    io_failed(self, "fdatasync", &e);
-                    commit.set(Stage::Failed(failed()));
-                }
-            }
+            let ok = self.sync(&file).await;
+            commit.set(if ok {
+                Stage::Synced
+            } else {
+                Stage::Failed(failed())
+            });
         }
     }
 
