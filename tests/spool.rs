@@ -491,3 +491,49 @@ fn a_corrupt_segment_is_quarantined_and_its_intact_records_replayed() {
     b.signal(libc::SIGTERM);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_record_kafka_rejects_for_good_goes_to_the_dead_letter_file() {
+    let b = start_broker();
+    b.create_topic("dead", 1);
+    let dir = spool_dir("dead");
+    let ing = start(&b.addr, "dead", &dir, &["--executors", "1"], &[]);
+    let mut c = Client::connect(ing.addr).unwrap();
+    // Partition 7 of a one-partition topic: librdkafka rejects it for good, after the 202.
+    let r = c
+        .request(&post(
+            "/",
+            b"no-such-partition",
+            &[("Kafka-Partition", "7")],
+        ))
+        .unwrap();
+    assert_eq!(r.status, 202);
+    let ok = c.request(&post("/", b"fine", &[])).unwrap();
+    assert_eq!(ok.status, 202);
+    wait_until("dead-lettered", Duration::from_secs(20), || {
+        ing.metric("ingestd_spool_dead_letters_total", "") == 1.0
+    });
+    let text = std::fs::read_to_string(dir.join("dead-letters.ndjson")).unwrap();
+    assert!(
+        text.contains(r#""reason":"unknown_partition","topic":"dead","partition":7"#)
+            && text.contains(r#""value":"no-such-partition""#)
+            && text.contains(r#""ingestd-id":"0-"#),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 1);
+    // Both records are settled (one in Kafka, one buried): a clean stop trims the spool.
+    wait_drained(&ing, Duration::from_secs(20));
+    let mut ing = ing;
+    assert!(ing.stop(Duration::from_secs(30)).success());
+    let left: Vec<_> = std::fs::read_dir(dir.join("executor-0"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let recs = read_topic(&b.addr, "dead", 1, 1, Duration::from_secs(2));
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].value, b"fine");
+    b.signal(libc::SIGTERM);
+    let _ = std::fs::remove_dir_all(&dir);
+}
