@@ -33,10 +33,23 @@ fn load(
     acks: &'static [&'static str],
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<Seen> {
+    padded_load(addr, tag, conns, acks, stop, 0)
+}
+
+/// `load` with values padded to at least `pad` bytes.
+fn padded_load(
+    addr: SocketAddr,
+    tag: String,
+    conns: usize,
+    acks: &'static [&'static str],
+    stop: Arc<AtomicBool>,
+    pad: usize,
+) -> std::thread::JoinHandle<Seen> {
+    let pad = "_".repeat(pad);
     std::thread::spawn(move || {
         let workers: Vec<_> = (0..conns)
             .map(|w| {
-                let (stop, tag) = (stop.clone(), tag.clone());
+                let (stop, tag, pad) = (stop.clone(), tag.clone(), pad.clone());
                 std::thread::spawn(move || {
                     let mut seen = Seen::new();
                     let ack = acks[w % acks.len()];
@@ -47,7 +60,7 @@ fn load(
                             return seen;
                         };
                         while !stop.load(Ordering::Relaxed) {
-                            let v = format!("{tag}-w{w}-{i}");
+                            let v = format!("{tag}-w{w}-{i}{pad}");
                             i += 1;
                             let req = post("/", v.as_bytes(), &[("Kafka-Ack", ack)]);
                             // Sent, answer unknown (0) until one arrives.
@@ -294,7 +307,8 @@ fn an_outage_longer_than_the_memory_queue_is_held_on_disk() {
     let ing = start(&b.addr, "long", &dir, &["--executors", "1"], &env);
     b.signal(libc::SIGSTOP);
     let stop = Arc::new(AtomicBool::new(false));
-    let h = load(ing.addr, "o".into(), 8, &["queued"], stop.clone());
+    // 1 KiB values: 15,000 of them held in RAM would add ~15 MiB, far above the margin.
+    let h = padded_load(ing.addr, "o".into(), 8, &["queued"], stop.clone(), 1024);
     wait_until("5,000 accepted", Duration::from_secs(60), || {
         ing.metric("ingestd_http_requests_total", "code=\"202\"") >= 5000.0
     });
@@ -307,7 +321,7 @@ fn an_outage_longer_than_the_memory_queue_is_held_on_disk() {
     let seen = h.join().unwrap();
     let queued = ing.metric("ingestd_queue_records", "");
     assert!(queued <= 500.0, "in-memory window bounded: {queued}");
-    // 15,000 more records (~1 MiB of bodies) went to disk, not to RAM.
+    // 15,000 more records (~15 MiB of bodies) went to disk, not to RAM.
     assert!(rss1 < rss0 + 4096, "RSS grew from {rss0} KiB to {rss1} KiB");
     b.signal(libc::SIGCONT);
     wait_drained(&ing, Duration::from_secs(120));

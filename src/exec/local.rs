@@ -145,17 +145,8 @@ impl Exec {
         wait: Option<Instant>,
         moving: usize,
     ) -> Result<Enqueue<'_>, HttpError> {
-        let bytes = self.queue_bytes.get() + cost;
-        let records = self.queue_records.get() + n;
-        if bytes > self.cfg.queue_max_bytes || records > self.cfg.queue_max_records {
-            return Err(HttpError::QueueFull);
-        }
-        if bytes + self.buffer_bytes.get().saturating_sub(moving) > self.cfg.memory_max_bytes {
-            return Err(HttpError::MemoryFull);
-        }
-        self.queue_bytes.set(bytes);
-        self.queue_records.set(records);
-        self.publish_queue();
+        self.room(n, cost, moving)?;
+        self.take_room(n, cost);
         let (slot, gen) = wait.map_or((0, 0), |d| self.add_waiter(n, d));
         bump(&self.stats().records_enqueued, n as u64);
         Ok(Enqueue {
@@ -165,6 +156,26 @@ impl Exec {
             n,
             i: 0,
         })
+    }
+
+    /// Whether the queue and the memory budget can take `n` more records of `cost` bytes
+    /// (`moving`: budget bytes the caller gives back right after).
+    fn room(&self, n: usize, cost: usize, moving: usize) -> Result<(), HttpError> {
+        let bytes = self.queue_bytes.get() + cost;
+        let records = self.queue_records.get() + n;
+        if bytes > self.cfg.queue_max_bytes || records > self.cfg.queue_max_records {
+            return Err(HttpError::QueueFull);
+        }
+        if bytes + self.buffer_bytes.get().saturating_sub(moving) > self.cfg.memory_max_bytes {
+            return Err(HttpError::MemoryFull);
+        }
+        Ok(())
+    }
+
+    fn take_room(&self, n: usize, cost: usize) {
+        self.queue_bytes.set(self.queue_bytes.get() + cost);
+        self.queue_records.set(self.queue_records.get() + n);
+        self.publish_queue();
     }
 
     /// A waiter for `n` records' delivery reports, answered by `deadline`: (slot, gen).
@@ -341,22 +352,23 @@ impl Exec {
             if left == 0 {
                 return;
             }
-            if Instant::now() >= deadline && self.spool.is_some() {
-                tracing::info!(
-                    records = left,
-                    executor = self.index,
-                    "shutdown deadline reached: records stay in the spool for the next start"
-                );
-                return;
-            }
             if Instant::now() >= deadline {
-                self.metrics.kafka.failed[FailReason::Shutdown as usize]
-                    .fetch_add(left as u64, Relaxed);
-                tracing::error!(
-                    records = left,
-                    executor = self.index,
-                    "shutdown deadline reached: records not handed to the kafka thread"
-                );
+                if self.spool.is_some() {
+                    // Nothing is lost: every record is in the spool for the next start.
+                    tracing::info!(
+                        records = left,
+                        executor = self.index,
+                        "shutdown deadline reached: records stay in the spool for the next start"
+                    );
+                } else {
+                    self.metrics.kafka.failed[FailReason::Shutdown as usize]
+                        .fetch_add(left as u64, Relaxed);
+                    tracing::error!(
+                        records = left,
+                        executor = self.index,
+                        "shutdown deadline reached: records not handed to the kafka thread"
+                    );
+                }
                 return;
             }
             glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
@@ -379,35 +391,12 @@ impl Exec {
 impl Feed for Exec {
     fn offer(&self, batch: RecordBatch) -> Result<(), RecordBatch> {
         let n = batch.records.len();
-        let cost: usize = batch
-            .records
-            .iter()
-            .map(|r| {
-                let h = &batch.headers[r.headers.0 as usize..r.headers.1 as usize];
-                let hb: usize = h
-                    .iter()
-                    .map(|h| (h.name.1 - h.name.0 + h.value.1 - h.value.0) as usize)
-                    .sum();
-                crate::kafka::lane::record_cost(
-                    r.key.map_or(0, |k| (k.1 - k.0) as usize),
-                    (r.value.1 - r.value.0) as usize,
-                    hb,
-                )
-            })
-            .sum();
-        let bytes = self.queue_bytes.get() + cost;
-        let records = self.queue_records.get() + n;
+        let cost = batch.records.iter().map(|r| batch.cost(r)).sum();
         // An empty window takes any batch, so one larger than the limits still moves.
-        let empty = self.queue_records.get() == 0;
-        let fits = bytes <= self.cfg.queue_max_bytes
-            && records <= self.cfg.queue_max_records
-            && bytes + self.buffer_bytes.get() <= self.cfg.memory_max_bytes;
-        if !fits && !empty {
+        if self.room(n, cost, 0).is_err() && self.queue_records.get() > 0 {
             return Err(batch);
         }
-        self.queue_bytes.set(bytes);
-        self.queue_records.set(records);
-        self.publish_queue();
+        self.take_room(n, cost);
         if batch
             .records
             .iter()

@@ -69,6 +69,16 @@ impl RecordBatch {
         &self.arena[r.0 as usize..r.1 as usize]
     }
 
+    /// What record `r` of this batch costs in the queue (`record_cost`).
+    pub fn cost(&self, r: &RecordMeta) -> usize {
+        let len = |x: (u32, u32)| (x.1 - x.0) as usize;
+        let headers: usize = self.headers[r.headers.0 as usize..r.headers.1 as usize]
+            .iter()
+            .map(|h| len(h.name) + len(h.value))
+            .sum();
+        record_cost(r.key.map_or(0, len), len(r.value), headers)
+    }
+
     /// Appends one record: its bytes into the arena, its metadata to `records`.
     /// `headers` is the range of `self.headers` pushed for it just before.
     pub fn push_record(
@@ -166,11 +176,11 @@ impl Completions {
             && self.spool_acks.is_empty()
     }
 
-    /// Credits one spooled record to its segment.
-    pub fn spool_ack(&mut self, tag: u16) {
+    /// Credits `n` spooled records to the segment `tag`.
+    pub fn spool_ack(&mut self, tag: u16, n: u32) {
         match self.spool_acks.iter_mut().find(|(t, _)| *t == tag) {
-            Some((_, n)) => *n += 1,
-            None => self.spool_acks.push((tag, 1)),
+            Some((_, m)) => *m += n,
+            None => self.spool_acks.push((tag, n)),
         }
     }
 
@@ -179,11 +189,8 @@ impl Completions {
         self.done.append(&mut other.done);
         self.released_bytes += std::mem::take(&mut other.released_bytes);
         self.released_records += std::mem::take(&mut other.released_records);
-        for (t, n) in other.spool_acks.drain(..) {
-            match self.spool_acks.iter_mut().find(|(x, _)| *x == t) {
-                Some((_, m)) => *m += n,
-                None => self.spool_acks.push((t, n)),
-            }
+        for (t, n) in std::mem::take(&mut other.spool_acks) {
+            self.spool_ack(t, n);
         }
     }
 }

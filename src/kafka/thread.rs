@@ -117,7 +117,7 @@ impl Sink {
         c.released_bytes += cost;
         c.released_records += 1;
         if o.spool != 0 && (result.is_ok() || buried) {
-            c.spool_ack(o.spool);
+            c.spool_ack(o.spool, 1);
         }
         match result {
             Ok(_) => self.delivered += 1,
@@ -232,7 +232,7 @@ impl ProducerContext for Ctx {
             Err((_, m)) => (m, Err(FailReason::Broker)),
         };
         let mut buried = false;
-        if let Err(r) = res {
+        if let (Err(r), true) = (res, Opaque::decode(opaque).spool != 0) {
             let headers = msg.headers();
             let headers = headers
                 .iter()

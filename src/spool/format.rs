@@ -117,6 +117,13 @@ pub fn read_header(b: &[u8], base: u64) -> Option<BatchHead> {
     })
 }
 
+/// The payload of batch `h` at the start of `b` if it is all there and its checksum
+/// holds.
+pub fn payload<'a>(b: &'a [u8], h: &BatchHead) -> Option<&'a [u8]> {
+    let p = b.get(HEADER..HEADER + h.payload_len as usize)?;
+    (crc32c::crc32c(p) == h.payload_crc).then_some(p)
+}
+
 /// What a scan of a segment's bytes found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scan {
@@ -164,10 +171,10 @@ pub fn scan(b: &[u8], base: u64) -> Scan {
                 damage,
             };
         };
-        let body = off + HEADER..off + HEADER + h.payload_len as usize;
         let intact = b
-            .get(body.clone())
-            .is_some_and(|p| crc32c::crc32c(p) == h.payload_crc && parses(p, h.count));
+            .get(off..)
+            .and_then(|r| payload(r, &h))
+            .is_some_and(|p| parses(p, h.count));
         let in_order = last_seq.is_none_or(|s| h.first_seq == s);
         if !intact || !in_order {
             let damage = if later_batch(b, off + BLOCK, base, last_seq) {

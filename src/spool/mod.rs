@@ -14,7 +14,6 @@ pub mod format;
 mod reader;
 mod writer;
 
-use crate::error::HttpError;
 use crate::kafka::lane::RecordBatch;
 use crate::metrics::{Metrics, SpoolStats};
 use file::SegFile;
@@ -107,8 +106,6 @@ pub struct Spool {
     st: RefCell<State>,
     writer: RefCell<Option<Waker>>,
     reader: RefCell<Option<Waker>>,
-    /// Segments found at start that the reader has not finished.
-    replaying: Cell<usize>,
     /// O_DIRECT writes (`file::direct_io_ok`), else buffered.
     direct: bool,
 }
@@ -222,7 +219,6 @@ impl Spool {
             max_segments,
             pending_max,
             metrics,
-            replaying: Cell::new(found.len()),
             st: RefCell::new(st),
             writer: RefCell::new(None),
             reader: RefCell::new(None),
@@ -266,11 +262,6 @@ impl Spool {
         if self.st.borrow().cold.is_some() {
             wake(&self.reader);
         }
-    }
-
-    /// Segments found at start still being replayed, for /readyz and STATUS=.
-    pub fn replaying(&self) -> usize {
-        self.replaying.get()
     }
 
     /// Shutdown: no new appends; the writer finishes what was appended, the reader
@@ -362,9 +353,4 @@ fn io_failed(sp: &Spool, what: &str, e: &std::io::Error) {
     if due {
         tracing::error!(executor = sp.index, error = %e, "spool: {what} failed (a failed write or sync is answered 507)");
     }
-}
-
-/// HttpError for an appended batch that could not be made durable.
-fn failed() -> HttpError {
-    HttpError::SpoolFailed
 }

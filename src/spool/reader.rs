@@ -70,15 +70,24 @@ impl Spool {
             self.next_segment(base);
             return true;
         };
-        let len = READ_CHUNK.min((end - off) as usize);
-        let data = match file.read_at(off, len).await {
-            Ok(d) => d,
-            Err(e) => {
-                // A failing read is tried again (the data is still there, or the disk is
-                // gone and writes fail too); it is not the end of the segment.
-                super::io_failed(self, "read", &e);
-                glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
-                return true;
+        let mut len = READ_CHUNK.min((end - off) as usize);
+        let data = loop {
+            let data = match file.read_at(off, len).await {
+                Ok(d) => d,
+                Err(e) => {
+                    // A failing read is tried again (the data is still there, or the disk
+                    // is gone and writes fail too); it is not the end of the segment.
+                    super::io_failed(self, "read", &e);
+                    glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+                    return true;
+                }
+            };
+            // A batch larger than one read: read it whole.
+            match format::read_header(&data, base) {
+                Some(h) if h.span() > data.len() && h.span() as u64 <= end - off => {
+                    len = h.span();
+                }
+                _ => break data,
             }
         };
         let mut pos = 0;
@@ -88,51 +97,19 @@ impl Spool {
                 return true;
             };
             let span = h.span();
-            if pos + span > data.len() {
-                if pos == 0 {
-                    // A batch larger than one read: read it whole.
-                    return self.read_whole(feed, &file, base, off, span).await;
-                }
-                break;
+            if pos + span > data.len() && pos > 0 {
+                break; // read again from here on the next step
             }
-            let payload = data[pos + HEADER..pos + HEADER + h.payload_len as usize].to_vec();
-            if !self.hand(feed, base, payload, h, off + (pos + span) as u64) {
+            let Some(payload) = format::payload(&data[pos..], &h) else {
+                self.give_up_on(base, off + pos as u64);
+                return true;
+            };
+            if !self.hand(feed, base, payload.to_vec(), h, off + (pos + span) as u64) {
                 return false;
             }
             pos += span;
         }
         true
-    }
-
-    async fn read_whole(
-        &self,
-        feed: &dyn Feed,
-        file: &super::SegFile,
-        base: u64,
-        off: u64,
-        span: usize,
-    ) -> bool {
-        match file.read_at(off, span).await {
-            Ok(d) if d.len() >= span => match format::read_header(&d, base) {
-                Some(h) => {
-                    let p = d[HEADER..HEADER + h.payload_len as usize].to_vec();
-                    self.hand(feed, base, p, h, off + span as u64)
-                }
-                None => {
-                    self.give_up_on(base, off);
-                    true
-                }
-            },
-            Ok(_) => {
-                self.give_up_on(base, off);
-                true
-            }
-            Err(e) => {
-                super::io_failed(self, "read", &e);
-                glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
-                true
-            }
-        }
     }
 
     /// Offers one batch read back; false (and held) when the window has no room.
@@ -191,13 +168,9 @@ impl Spool {
     /// Moves the cursor to the segment after `base`, or hot when there is none.
     fn next_segment(&self, base: u64) {
         let mut st = self.st.borrow_mut();
-        let finished_found = st.seg(base).is_some_and(|g| g.found_at_start);
         let next = st.segs.iter().find(|g| g.base > base).map(|g| g.base);
         st.cold = next.map(|b| (b, 0));
         drop(st);
-        if finished_found {
-            self.replaying.set(self.replaying.get().saturating_sub(1));
-        }
         self.trim();
     }
 

@@ -6,10 +6,8 @@
 //! has room, else read back from disk later (`reader`).
 
 use super::format::{self, HEADER};
-use super::{
-    failed, io_failed, register, seg_name, unix_ms, wake, Feed, Segment, Spare, Spool, Wait,
-};
 use super::{file::SegFile, SPARE, SPARE_NEW};
+use super::{io_failed, register, seg_name, unix_ms, wake, Feed, Segment, Spare, Spool, Wait};
 use crate::error::HttpError;
 use crate::kafka::lane::Opaque;
 use std::cell::{Cell, RefCell};
@@ -227,7 +225,7 @@ impl Spool {
         if let Err(e) = w {
             io_failed(self, "write", &e);
             feed.orphan(&p.waits);
-            p.commit.set(Stage::Failed(failed()));
+            p.commit.set(Stage::Failed(HttpError::SpoolFailed));
             return;
         }
         let hot = {
@@ -274,7 +272,7 @@ impl Spool {
             commit.set(if ok {
                 Stage::Synced
             } else {
-                Stage::Failed(failed())
+                Stage::Failed(HttpError::SpoolFailed)
             });
         }
     }
@@ -282,11 +280,18 @@ impl Spool {
     /// Starts a new segment at `base` (the first sequence of the batch about to be
     /// written) from the prepared spare, or a file preallocated now. 507 at the quota.
     async fn roll(self: &Rc<Self>, base: u64) -> Result<(), HttpError> {
-        {
+        // The quiet-second and durable syncs only cover the current segment: sync what
+        // 202s left unsynced in it before moving on.
+        let old = {
             let mut st = self.st.borrow_mut();
-            if let Some(g) = st.segs.back_mut() {
+            let unsynced = st.unsynced;
+            st.segs.back_mut().and_then(|g| {
                 g.sealed = true;
-            }
+                g.file.clone().filter(|_| unsynced)
+            })
+        };
+        if let Some(f) = old {
+            self.sync(&f).await;
         }
         self.trim();
         // A spare being prepared (zero-filled, or a trimmed segment being renamed).
@@ -316,7 +321,7 @@ impl Spool {
             Err(e) => {
                 io_failed(self, "new segment", &e);
                 self.st.borrow_mut().full = e.raw_os_error() == Some(libc::ENOSPC);
-                return Err(failed());
+                return Err(HttpError::SpoolFailed);
             }
         };
         {
