@@ -250,11 +250,45 @@ fn cross_thread(iters: u64, records: usize, value: &[u8]) -> Duration {
     took
 }
 
+/// What decoding a compressed body adds per request (Content-Encoding), for 256 B and
+/// 4 KiB JSON-ish bodies, and parsing a REST v2 body of 10 records.
+fn decode(c: &mut Criterion) {
+    use ingestd::exec::restv2::{parse, Embedded};
+    use ingestd::http::encoding::{decode, Coding};
+    use std::io::Write;
+    let mut g = c.benchmark_group("decode");
+    for size in [256usize, 4096] {
+        let body: Vec<u8> = (0..size)
+            .map(|i| b"{\"event\":\"click\",\"n\":1}"[i % 24])
+            .collect();
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(&body).unwrap();
+        let gz = e.finish().unwrap();
+        let zs = zstd::encode_all(&body[..], 3).unwrap();
+        g.throughput(Throughput::Bytes(size as u64));
+        let mut out = Vec::new();
+        for (name, coding, input) in [("gzip", Coding::Gzip, &gz), ("zstd", Coding::Zstd, &zs)] {
+            g.bench_function(format!("{name}_{size}"), |b| {
+                b.iter(|| decode(coding, black_box(input), 1 << 20, &mut out).unwrap())
+            });
+        }
+    }
+    let rest: Vec<u8> = format!(
+        "{{\"records\":[{}]}}",
+        [r#"{"key":"k","value":{"event":"click","n":1}}"#; 10].join(",")
+    )
+    .into_bytes();
+    g.bench_function("restv2_json_10_records", |b| {
+        b.iter(|| parse(Embedded::Json, black_box(&rest), -1).unwrap())
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = parse, chunked, lane
+    targets = parse, chunked, lane, decode
 }
 criterion_main!(benches);

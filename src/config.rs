@@ -50,6 +50,11 @@ pub struct Config {
     pub cpus: Vec<usize>,
     /// Request headers copied as Kafka record headers (case-insensitive names).
     pub forward_headers: Vec<String>,
+    /// Web origins (`https://shop.example`, or `*`) whose pages may post here and read
+    /// the answers (CORS); empty: CORS off, `OPTIONS` gets 405.
+    pub cors_origins: Vec<String>,
+    /// How long browsers may cache a preflight answer.
+    pub cors_max_age_secs: u64,
     /// Partitions for topics created by the embedded mock cluster.
     pub embedded_partitions: i32,
 
@@ -153,6 +158,8 @@ impl Default for Config {
             executors: 0,
             cpus: vec![],
             forward_headers: vec![],
+            cors_origins: vec![],
+            cors_max_age_secs: 600,
             embedded_partitions: 4,
             max_body_bytes: 1 << 20,
             max_header_bytes: 16 << 10,
@@ -224,7 +231,13 @@ pub struct Cli {
 }
 
 /// Top-level keys that hold lists: their env values are comma separated.
-const LIST_KEYS: &[&str] = &["topics", "cpus", "forward_headers", "auth_tokens"];
+const LIST_KEYS: &[&str] = &[
+    "topics",
+    "cpus",
+    "forward_headers",
+    "auth_tokens",
+    "cors_origins",
+];
 /// Env variables that are not config keys.
 const NON_KEY_ENV: &[&str] = &["INGESTD_CONFIG"];
 
@@ -397,6 +410,13 @@ impl Config {
         for t in &self.topics {
             if t != "*" && !valid_topic(t) {
                 return Err(format!("topics: invalid topic name {t:?}"));
+            }
+        }
+        for o in &self.cors_origins {
+            if !crate::http::cors::valid_origin(o) {
+                return Err(format!(
+                    "cors_origins: {o:?} is not an origin: use scheme://host[:port] (no path) or *"
+                ));
             }
         }
         for h in &mut self.forward_headers {

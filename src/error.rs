@@ -140,6 +140,14 @@ pub enum HttpError {
     /// Writing or syncing the spool failed (ENOSPC, EIO): the request's records were
     /// not accepted.
     SpoolFailed,
+    /// A Content-Encoding or Content-Type we do not take (415).
+    UnsupportedMediaType(&'static str),
+    /// Well-formed but unusable content, such as a REST v2 body whose records lack a
+    /// value (422).
+    Unprocessable(&'static str),
+    /// A compressed body that decodes to more than `max_body_bytes` (413; the body was
+    /// read whole, so the connection stays).
+    DecodedTooLarge,
 }
 
 impl HttpError {
@@ -153,9 +161,11 @@ impl HttpError {
             MethodNotAllowed { .. } => (405, "Method Not Allowed"),
             RequestTimeout => (408, "Request Timeout"),
             LengthRequired => (411, "Length Required"),
-            PayloadTooLarge | NeverFits => (413, "Content Too Large"),
+            PayloadTooLarge | NeverFits | DecodedTooLarge => (413, "Content Too Large"),
             UriTooLong => (414, "URI Too Long"),
             ExpectationFailed => (417, "Expectation Failed"),
+            UnsupportedMediaType(_) => (415, "Unsupported Media Type"),
+            Unprocessable(_) => (422, "Unprocessable Content"),
             HeadersTooLarge => (431, "Request Header Fields Too Large"),
             NotImplemented(_) => (501, "Not Implemented"),
             VersionNotSupported => (505, "HTTP Version Not Supported"),
@@ -175,12 +185,18 @@ impl HttpError {
     pub fn message(&self) -> &'static str {
         use HttpError::*;
         match self {
-            BadRequest(m) | BadFraming(m) | NotFound(m) | NotImplemented(m) => m,
+            BadRequest(m)
+            | BadFraming(m)
+            | NotFound(m)
+            | NotImplemented(m)
+            | UnsupportedMediaType(m)
+            | Unprocessable(m) => m,
             MethodNotAllowed { .. } => "method not allowed",
             Unauthorized => "missing or invalid bearer token",
             RequestTimeout => "request not received in time",
             LengthRequired => "Content-Length or chunked Transfer-Encoding required",
             PayloadTooLarge => "request body too large",
+            DecodedTooLarge => "decoded request body larger than max_body_bytes",
             UriTooLong => "request target too long",
             ExpectationFailed => "only 100-continue is supported",
             HeadersTooLarge => "request headers too large",

@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 tests/tansu.sh install
+# tests/clients.rs posts with Python's requests, as users' scripts do.
+python3 -c 'import requests' 2>/dev/null || python3 -m pip install -q requests
 # Glommio's io_uring rings need locked memory; root may raise the limit.
 ulimit -l unlimited 2>/dev/null || ulimit -l 65536 2>/dev/null || true
 

@@ -7,11 +7,13 @@ use crate::error::HttpError;
 use crate::exec::handler::{self, Answer, Request};
 use crate::exec::local::{Exec, Ticket};
 use crate::exec::poller::Sock;
+use crate::exec::readbuf::Budget;
 use crate::exec::readbuf::ReadBuf;
-use crate::exec::replies::{write_now, Replies};
+use crate::exec::replies::{write_now, write_rest, Replies};
 use crate::exec::route::{authorized, route, Produce, Route};
 use crate::exec::watch::Watch;
 use crate::http::chunked::ChunkedDecoder;
+use crate::http::encoding::{self, Coding};
 use crate::http::parse::{parse_head, Framing, Head, Limits, Method};
 use crate::http::response::{self, Conn as Keep};
 use std::io::{self, Write};
@@ -30,6 +32,8 @@ pub struct Conn {
     head_only: bool,
     produce: Produce,
     chunked: ChunkedDecoder,
+    /// The decoded body of a request with a Content-Encoding.
+    inflated: Vec<u8>,
 }
 
 /// Why the loop stops reading.
@@ -56,6 +60,7 @@ impl Conn {
             head_only: false,
             produce: Produce::default(),
             chunked: ChunkedDecoder::default(),
+            inflated: Vec::new(),
         }
     }
 
@@ -104,6 +109,7 @@ impl Conn {
             }
         }
         let started = Instant::now();
+        self.replies.set_origin(None);
         let head_only = self.head.method == Method::Head;
         self.head_only = head_only;
         let mut keep = match (self.head.keep_alive, self.head.http10) {
@@ -125,6 +131,9 @@ impl Conn {
                 Ok(r)
             }
         });
+        if let Some(o) = &self.produce.origin {
+            self.replies.set_origin(Some(&bytes[o.clone()]));
+        }
         if let Some(e) = handler::refuse_before_body(&self.head, &routed) {
             return self.fail(e, started);
         }
@@ -133,21 +142,51 @@ impl Conn {
         let body = self.read_body(s).await?;
         let consumed = self.head.len + body.consumed;
 
-        // 4. Handle.
+        // 4. Decode a compressed body; its decoded bytes count against the memory budget
+        // while the request is handled.
         let exec = self.exec.clone();
         let bytes = self.rb.unread();
+        let mut body_bytes = match &body.inline {
+            Some(r) => &bytes[r.clone()],
+            None => &self.rb.decoded[..],
+        };
+        let (mut charged, mut decoded) = (0, false);
+        let routed = match routed {
+            Ok(Route::Produce) if self.produce.coding != Coding::Identity => {
+                let max = self.lim.max_body_bytes;
+                encoding::decode(self.produce.coding, body_bytes, max, &mut self.inflated).and_then(
+                    |()| {
+                        decoded = true;
+                        charged = self.inflated.len();
+                        if Budget::take(&*exec, charged) {
+                            Ok(Route::Produce)
+                        } else {
+                            charged = 0;
+                            Err(HttpError::MemoryFull)
+                        }
+                    },
+                )
+            }
+            r => r,
+        };
+        if decoded {
+            body_bytes = &self.inflated;
+        }
+
+        // 5. Handle.
         let req = Request {
             bytes,
             head: &self.head,
             produce: &self.produce,
-            body: match &body.inline {
-                Some(r) => &bytes[r.clone()],
-                None => &self.rb.decoded,
-            },
+            body: body_bytes,
             started,
             buffered: self.rb.moving(),
         };
-        match routed.and_then(|r| handler::handle(&exec, r, &req)) {
+        let handled = routed.and_then(|r| handler::handle(&exec, r, &req));
+        if charged > 0 {
+            Budget::give(&*exec, charged);
+        }
+        match handled {
             Ok(answer) => {
                 let code = write_answer(&mut self.replies, &exec, answer, started, keep, head_only);
                 if code != 0 {
@@ -164,6 +203,10 @@ impl Conn {
         }
         self.rb.consume(consumed);
         self.rb.shrink(&*self.exec);
+        // A large decoded body is not kept for the next request.
+        if self.inflated.capacity() > 64 << 10 {
+            self.inflated = Vec::new();
+        }
         Ok(keep != Keep::Close)
     }
 
@@ -314,8 +357,13 @@ impl Conn {
         let retry = self.exec.retry_after;
         let head_only = self.head_only;
         let date = self.exec.date.borrow();
+        let write = if self.produce.rest.is_some() {
+            response::rest_error
+        } else {
+            response::error
+        };
         self.replies
-            .now(|out| response::error(out, &e, &date, keep, retry, head_only));
+            .now(|out| write(out, &e, &date, keep, retry, head_only));
         drop(date);
         self.exec
             .stats()
@@ -378,12 +426,30 @@ fn write_answer(
             replies.now(|out| write_now(out, (202, "Accepted"), ct, body, keep, head_only, &date));
             202
         }
+        Answer::Preflight { allowed, asked } => {
+            let age = exec.cfg.cors_max_age_secs;
+            replies.now(|out| crate::http::cors::preflight(out, allowed, asked, age, &date, keep));
+            204
+        }
+        Answer::RestQueued(parts) => {
+            let ok = Ok(crate::exec::local::Ack::Spooled {
+                durable: false,
+                id: (0, 0),
+            });
+            let retry = exec.retry_after;
+            let mut code = 202;
+            replies.now(|out| {
+                code = write_rest(out, &ok, &parts, keep, head_only, &date, retry);
+            });
+            code
+        }
         Answer::Later {
             ticket,
             topic,
             count,
+            rest,
         } => {
-            replies.later(ticket, started, topic, count, keep, head_only);
+            replies.later(ticket, started, topic, count, keep, head_only, rest);
             0
         }
     }

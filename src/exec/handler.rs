@@ -5,6 +5,7 @@
 use crate::config::AckMode;
 use crate::error::HttpError;
 use crate::exec::local::{Exec, Ticket};
+use crate::exec::restv2::{self, Record};
 use crate::exec::route::{ndjson_lines, Produce, Route, Topic};
 use crate::http::parse::{Framing, Head};
 use crate::kafka::lane::record_cost;
@@ -35,12 +36,21 @@ pub enum Answer<'a> {
     Accepted,
     /// 202 for NDJSON: `{"queued":n}`.
     Queued(usize),
+    /// 204 to a CORS preflight: the allow headers if the origin is allowed, and the
+    /// request headers it asked for.
+    Preflight {
+        allowed: bool,
+        asked: Option<&'a [u8]>,
+    },
+    /// 202 for a REST v2 request: its records' requested partitions (-1: chosen later).
+    RestQueued(Vec<i32>),
     /// Once Kafka acknowledged: the ticket, the topic, the records of an NDJSON request
-    /// (0 for a single record).
+    /// (0 for a single record), and for a REST v2 request its records' partitions.
     Later {
         ticket: Ticket,
         topic: &'a [u8],
         count: usize,
+        rest: Option<Vec<i32>>,
     },
 }
 
@@ -76,6 +86,38 @@ pub fn handle<'a>(
         Route::Ready => Ok(Answer::Text(503, "Service Unavailable", b"not ready\n")),
         Route::Metrics => Ok(Answer::Metrics(exec.metrics.render())),
         Route::Produce => produce(exec, req),
+        Route::Preflight(asked) => Ok(Answer::Preflight {
+            allowed: req.produce.origin.is_some(),
+            asked: asked.map(|r| &req.bytes[r]),
+        }),
+    }
+}
+
+/// Where a request's records come from: the body, its NDJSON lines, or a REST v2 body's
+/// records.
+enum Records<'b> {
+    One,
+    Lines,
+    Rest(&'b [Record]),
+}
+
+impl Records<'_> {
+    /// Calls `f(key, value, partition, record headers)` for each record, in order;
+    /// `key`/`partition` are the request's (Kafka-Key, Kafka-Partition) for raw records.
+    fn each<'v>(
+        &'v self,
+        body: &'v [u8],
+        key: Option<&'v [u8]>,
+        partition: i32,
+        mut f: impl FnMut(Option<&'v [u8]>, &'v [u8], i32, &'v [(Vec<u8>, Vec<u8>)]),
+    ) {
+        match self {
+            Records::One => f(key, body, partition, &[]),
+            Records::Lines => ndjson_lines(body).for_each(|r| f(key, &body[r], partition, &[])),
+            Records::Rest(recs) => recs
+                .iter()
+                .for_each(|r| f(r.key.as_deref(), &r.value, r.partition, &r.headers)),
+        }
     }
 }
 
@@ -90,23 +132,30 @@ fn produce<'a>(exec: &'a Exec, req: &Request<'a>) -> Result<Answer<'a>, HttpErro
     if !exec.topics.may_exist(&exec.metrics.topics, topic) {
         return Err(HttpError::NotFound("topic does not exist in kafka"));
     }
+    let rest_records;
+    let records = match p.rest {
+        Some(fmt) => {
+            rest_records = restv2::parse(fmt, body, p.partition)?;
+            Records::Rest(&rest_records)
+        }
+        None if p.ndjson => Records::Lines,
+        None => Records::One,
+    };
     let key = p.key.clone().map(|r| &bytes[r]);
     let names = &exec.cfg.forward_headers;
-    let headers = || {
+    let forwarded = || {
         p.forward.iter().map(|&(i, f)| {
             let (_, v) = &req.head.headers[i as usize];
             (names[f as usize].as_bytes(), &bytes[v.clone()])
         })
     };
-    let hbytes: usize = headers().map(|(n, v)| n.len() + v.len()).sum();
-    let klen = key.map_or(0, <[u8]>::len);
-    let (n, cost) = if p.ndjson {
-        ndjson_lines(body).fold((0, 0), |(n, c), r| {
-            (n + 1, c + record_cost(klen, r.len(), hbytes))
-        })
-    } else {
-        (1, record_cost(klen, body.len(), hbytes))
-    };
+    let fbytes: usize = forwarded().map(|(n, v)| n.len() + v.len()).sum();
+    let (mut n, mut cost) = (0, 0);
+    records.each(body, key, p.partition, |k, v, _, h| {
+        let hbytes: usize = h.iter().map(|(n, v)| n.len() + v.len()).sum();
+        n += 1;
+        cost += record_cost(k.map_or(0, <[u8]>::len), v.len(), fbytes + hbytes);
+    });
     if n == 0 {
         return Err(HttpError::BadRequest("NDJSON body has no records"));
     }
@@ -116,41 +165,68 @@ fn produce<'a>(exec: &'a Exec, req: &Request<'a>) -> Result<Answer<'a>, HttpErro
     let deadline = req.started + Duration::from_millis(exec.cfg.ack_timeout_ms);
     let wait = (p.ack == AckMode::Kafka).then_some(deadline);
     let count = if p.ndjson { n } else { 0 };
+    // A REST v2 answer lists each record, with the partition it asked for.
+    let rest = p.rest.map(|_| {
+        let mut parts = Vec::with_capacity(n);
+        records.each(body, key, p.partition, |_, _, part, _| parts.push(part));
+        parts
+    });
+    // A REST v2 answer after Kafka's ack lists every record's offset: one waiter each.
+    let each = rest.is_some() && p.ack == AckMode::Kafka;
+    let one_waiter = if each { None } else { wait };
+    let mut waiters = Vec::new();
     if let Some(sp) = &exec.spool {
         // With a spool the records go to disk first; the writer hands them to Kafka.
         let mut a = sp.begin(cost)?;
-        if p.ndjson {
-            for r in ndjson_lines(body) {
-                a.push(topic, key, &body[r], p.partition, headers());
-            }
+        records.each(body, key, p.partition, |k, v, part, h| {
+            let h = h.iter().map(|(n, v)| (&n[..], &v[..]));
+            a.push(topic, k, v, part, h.chain(forwarded()))
+        });
+        let durable = p.ack == AckMode::Durable;
+        let ticket = if each {
+            waiters.extend((0..n).map(|_| exec.add_waiter(1, deadline)));
+            Ticket::each(Some(a.finish_each(durable, &waiters)), &waiters)
         } else {
-            a.push(topic, key, body, p.partition, headers());
-        }
-        let waiter = wait.map(|d| exec.add_waiter(n, d));
-        let t = a.finish(p.ack == AckMode::Durable, waiter);
+            let waiter = one_waiter.map(|d| exec.add_waiter(n, d));
+            Ticket::spooled(a.finish(durable, waiter), waiter)
+        };
         crate::metrics::bump(&exec.stats().records_enqueued, n as u64);
         return Ok(Answer::Later {
-            ticket: Ticket::spooled(t, waiter),
-            topic,
-            count,
-        });
-    }
-    let mut q = exec.reserve(n, cost, wait, req.buffered)?;
-    if p.ndjson {
-        for r in ndjson_lines(body) {
-            q.push(topic, key, &body[r], p.partition, headers());
-        }
-    } else {
-        q.push(topic, key, body, p.partition, headers());
-    }
-    Ok(match q.ticket() {
-        Some(ticket) => Answer::Later {
             ticket,
             topic,
             count,
+            rest,
+        });
+    }
+    let mut q = exec.reserve(n, cost, one_waiter, req.buffered)?;
+    records.each(body, key, p.partition, |k, v, part, h| {
+        let h = h.iter().map(|(n, v)| (&n[..], &v[..]));
+        if each {
+            let w = exec.add_waiter(1, deadline);
+            waiters.push(w);
+            q.push_waited(w, topic, k, v, part, h.chain(forwarded()))
+        } else {
+            q.push(topic, k, v, part, h.chain(forwarded()))
+        }
+    });
+    if each {
+        return Ok(Answer::Later {
+            ticket: Ticket::each(None, &waiters),
+            topic,
+            count,
+            rest,
+        });
+    }
+    Ok(match (q.ticket(), rest) {
+        (Some(ticket), rest) => Answer::Later {
+            ticket,
+            topic,
+            count,
+            rest,
         },
-        None if p.ndjson => Answer::Queued(n),
-        None => Answer::Accepted,
+        (None, Some(parts)) => Answer::RestQueued(parts),
+        (None, None) if p.ndjson => Answer::Queued(n),
+        (None, None) => Answer::Accepted,
     })
 }
 
@@ -201,6 +277,8 @@ mod tests {
             Answer::Metrics(m) => format!("metrics {}", m.len()),
             Answer::Accepted => "202".into(),
             Answer::Queued(n) => format!("202 queued {n}"),
+            Answer::RestQueued(p) => format!("202 rest {p:?}"),
+            Answer::Preflight { allowed, .. } => format!("204 {allowed}"),
             Answer::Later { topic, count, .. } => {
                 format!("later {} {count}", String::from_utf8_lossy(topic))
             }

@@ -22,10 +22,13 @@ use std::time::Instant;
 /// Outcome of a request that waited: Kafka's acknowledgement, or the spool's.
 pub type Acked = Result<Ack, HttpError>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ack {
     /// ack=kafka: first and last (partition, offset).
     Kafka((i32, i64), (i32, i64)),
+    /// ack=kafka with one waiter per record (REST v2 answers list every record):
+    /// each record's (partition, offset), in request order.
+    Each(std::rc::Rc<[(i32, i64)]>),
     /// Written to the spool (202), or synced (`durable`, 201); the id of the first
     /// record (executor, sequence).
     Spooled { durable: bool, id: (u8, u64) },
@@ -452,6 +455,47 @@ impl Enqueue<'_> {
         partition: i32,
         headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
     ) {
+        let opaque = Opaque {
+            executor: self.exec.index,
+            slot: self.slot,
+            gen: self.gen,
+            first: self.i == 0,
+            last: self.i + 1 == self.n,
+            spool: 0,
+        };
+        self.push_as(opaque, topic, key, value, partition, headers);
+    }
+
+    /// Adds one record that has a waiter of its own (`Exec::add_waiter(1, ..)`).
+    pub fn push_waited<'h>(
+        &mut self,
+        (slot, gen): (u32, u16),
+        topic: &[u8],
+        key: Option<&[u8]>,
+        value: &[u8],
+        partition: i32,
+        headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    ) {
+        let opaque = Opaque {
+            executor: self.exec.index,
+            slot,
+            gen,
+            first: true,
+            last: true,
+            spool: 0,
+        };
+        self.push_as(opaque, topic, key, value, partition, headers);
+    }
+
+    fn push_as<'h>(
+        &mut self,
+        opaque: Opaque,
+        topic: &[u8],
+        key: Option<&[u8]>,
+        value: &[u8],
+        partition: i32,
+        headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    ) {
         let mut b = self.exec.batch.borrow_mut();
         let h0 = b.headers.len() as u32;
         for (n, v) in headers {
@@ -460,17 +504,8 @@ impl Enqueue<'_> {
             b.headers.push(HeaderMeta { name, value });
         }
         let h1 = b.headers.len() as u32;
-        let opaque = Opaque {
-            executor: self.exec.index,
-            slot: self.slot,
-            gen: self.gen,
-            first: self.i == 0,
-            last: self.i + 1 == self.n,
-            spool: 0,
-        }
-        .encode();
-        b.push_record(topic, key, value, (h0, h1), partition, opaque);
-        if self.slot != 0 {
+        b.push_record(topic, key, value, (h0, h1), partition, opaque.encode());
+        if opaque.slot != 0 {
             self.exec.urgent.set(true);
         }
         self.i += 1;
@@ -485,6 +520,7 @@ impl Enqueue<'_> {
                 slot: self.slot,
                 gen: self.gen,
             }),
+            each: Vec::new(),
             spool: None,
         })
     }
@@ -495,6 +531,8 @@ impl Enqueue<'_> {
 #[derive(Clone)]
 pub struct Ticket {
     kafka: Option<KafkaTicket>,
+    /// One waiter per record, in request order (instead of `kafka`).
+    each: Vec<KafkaTicket>,
     spool: Option<SpoolTicket>,
 }
 
@@ -514,7 +552,21 @@ impl Ticket {
     pub fn spooled(spool: SpoolTicket, kafka: Option<(u32, u16)>) -> Ticket {
         Ticket {
             kafka: kafka.map(|(slot, gen)| KafkaTicket { slot, gen }),
+            each: Vec::new(),
             spool: Some(spool),
+        }
+    }
+
+    /// A ticket with one waiter per record (`Exec::add_waiter(1, ..)` each), after the
+    /// spool commit if there is one.
+    pub fn each(spool: Option<SpoolTicket>, waiters: &[(u32, u16)]) -> Ticket {
+        Ticket {
+            kafka: None,
+            each: waiters
+                .iter()
+                .map(|&(slot, gen)| KafkaTicket { slot, gen })
+                .collect(),
+            spool,
         }
     }
 }
@@ -532,11 +584,25 @@ impl Exec {
     pub async fn wait(&self, t: Ticket) -> Acked {
         if let Some(s) = &t.spool {
             if let Err(e) = s.settled().await {
-                if let Some(k) = t.kafka {
+                for k in t.kafka.iter().chain(&t.each) {
                     self.cancel_waiter((k.slot, k.gen));
                 }
                 return Err(e);
             }
+        }
+        if !t.each.is_empty() {
+            // Every slot is freed however this ends, as with one waiter.
+            let _guards: Vec<_> = t
+                .each
+                .iter()
+                .map(|&t| TicketGuard { exec: self, t })
+                .collect();
+            let mut offsets = Vec::with_capacity(t.each.len());
+            for &k in &t.each {
+                let (po, _) = AckWait { exec: self, t: k }.await?;
+                offsets.push(po);
+            }
+            return Ok(Ack::Each(offsets.into()));
         }
         let Some(t) = t.kafka else {
             let s = t.spool.as_ref().expect("a ticket waits for something");

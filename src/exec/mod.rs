@@ -10,6 +10,7 @@ pub mod local;
 pub mod poller;
 pub mod readbuf;
 pub mod replies;
+pub mod restv2;
 pub mod route;
 pub mod server;
 pub mod watch;

@@ -3,7 +3,10 @@
 //! bytes kept aside) and follow it once it is settled. All answers of one read leave in
 //! one write.
 
+use crate::error::HttpError;
 use crate::exec::local::{Ack, Acked};
+use crate::exec::restv2;
+use crate::http::cors;
 use crate::http::response::{self, Conn as Keep, DateLine};
 use std::cell::RefCell;
 use std::io::Write;
@@ -20,6 +23,10 @@ struct Waiting<T> {
     count: usize,
     keep: Keep,
     head_only: bool,
+    /// A REST v2 request: its records' requested partitions (answered in that format).
+    rest: Option<Vec<i32>>,
+    /// The CORS origin to stamp on the answer, in `Replies::side`.
+    origin: Option<Range<usize>>,
 }
 
 enum Pending<T> {
@@ -33,6 +40,8 @@ pub struct Replies<T> {
     out: Vec<u8>,
     side: Vec<u8>,
     queue: Vec<Pending<T>>,
+    /// The current request's allowed CORS origin (see `set_origin`).
+    origin: Option<Vec<u8>>,
 }
 
 impl<T> Default for Replies<T> {
@@ -41,23 +50,45 @@ impl<T> Default for Replies<T> {
             out: Vec::new(),
             side: Vec::new(),
             queue: Vec::new(),
+            origin: None,
         }
     }
 }
 
 impl<T> Replies<T> {
+    /// The CORS origin allowed for the request being answered (None: no CORS headers):
+    /// stamped on each of its answers, now or later.
+    pub fn set_origin(&mut self, origin: Option<&[u8]>) {
+        match (origin, &mut self.origin) {
+            (None, o) => *o = None,
+            (Some(v), Some(o)) => {
+                o.clear();
+                o.extend_from_slice(v);
+            }
+            (Some(v), o) => *o = Some(v.to_vec()),
+        }
+    }
+
     /// Appends an answer that is known now; `write` serializes it.
     pub fn now(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
-        if self.queue.is_empty() {
-            write(&mut self.out);
+        let queued = !self.queue.is_empty();
+        let buf = if queued {
+            &mut self.side
         } else {
-            let s = self.side.len();
-            write(&mut self.side);
+            &mut self.out
+        };
+        let s = buf.len();
+        write(buf);
+        if let Some(o) = &self.origin {
+            cors::stamp(buf, s, o);
+        }
+        if queued {
             self.queue.push(Pending::Ready(s..self.side.len()));
         }
     }
 
     /// Appends an answer that waits for Kafka's acknowledgement of `ticket`.
+    #[allow(clippy::too_many_arguments)]
     pub fn later(
         &mut self,
         ticket: T,
@@ -66,7 +97,13 @@ impl<T> Replies<T> {
         count: usize,
         keep: Keep,
         head_only: bool,
+        rest: Option<Vec<i32>>,
     ) {
+        let origin = self.origin.as_ref().map(|o| {
+            let s = self.side.len();
+            self.side.extend_from_slice(o);
+            s..self.side.len()
+        });
         let t = self.side.len();
         self.side.extend_from_slice(topic);
         self.queue.push(Pending::Waiting(Waiting {
@@ -76,6 +113,8 @@ impl<T> Replies<T> {
             count,
             keep,
             head_only,
+            rest,
+            origin,
         }));
     }
 
@@ -94,17 +133,32 @@ impl<T> Replies<T> {
                 Pending::Waiting(w) => {
                     let res = acked(w.ticket).await;
                     let topic = std::str::from_utf8(&self.side[w.topic]).unwrap_or("");
+                    let start = self.out.len();
                     let d = date.borrow();
-                    let code = write_acked(
-                        &mut self.out,
-                        &res,
-                        topic,
-                        w.count,
-                        w.keep,
-                        w.head_only,
-                        &d,
-                        retry_after,
-                    );
+                    let code = match &w.rest {
+                        Some(parts) => write_rest(
+                            &mut self.out,
+                            &res,
+                            parts,
+                            w.keep,
+                            w.head_only,
+                            &d,
+                            retry_after,
+                        ),
+                        None => write_acked(
+                            &mut self.out,
+                            &res,
+                            topic,
+                            w.count,
+                            w.keep,
+                            w.head_only,
+                            &d,
+                            retry_after,
+                        ),
+                    };
+                    if let Some(o) = w.origin {
+                        cors::stamp(&mut self.out, start, &self.side[o]);
+                    }
                     done(code, w.started);
                 }
             }
@@ -166,6 +220,11 @@ pub fn write_acked(
             }
             code
         }
+        Ok(Ack::Each(po)) if !po.is_empty() => {
+            let (first, last) = (po[0], po[po.len() - 1]);
+            let res = Ok(Ack::Kafka(first, last));
+            write_acked(out, &res, topic, count, keep, head_only, date, retry_after)
+        }
         Ok(Ack::Kafka((p0, o0), (p1, o1))) => {
             let mut body = Vec::with_capacity(128);
             let _ = if count > 0 {
@@ -183,11 +242,53 @@ pub fn write_acked(
             }
             200
         }
-        Err(e) => {
+        Ok(Ack::Each(_)) | Err(_) => {
+            let e = res.as_ref().err().unwrap_or(&HttpError::AckTimeout);
             response::error(out, e, date, keep, retry_after, head_only);
             e.status().0
         }
     }
+}
+
+/// The answer to a REST v2 request, in its format: 200 with each record's partition and
+/// offset once Kafka acknowledged; 202/201 with the partition each record asked for (null:
+/// the partitioner's choice, not known yet) and null offsets; an error for them all.
+pub fn write_rest(
+    out: &mut Vec<u8>,
+    res: &Acked,
+    parts: &[i32],
+    keep: Keep,
+    head_only: bool,
+    date: &DateLine,
+    retry_after: &'static str,
+) -> u16 {
+    let (code, reason) = match res {
+        Ok(Ack::Kafka(..) | Ack::Each(_)) => (200, "OK"),
+        Ok(Ack::Spooled { durable: true, .. }) => (201, "Created"),
+        Ok(Ack::Spooled { durable: false, .. }) => (202, "Accepted"),
+        Err(e) => {
+            response::rest_error(out, e, date, keep, retry_after, head_only);
+            return e.status().0;
+        }
+    };
+    let mut body = Vec::with_capacity(64 * parts.len() + 64);
+    match res {
+        Ok(Ack::Each(po)) => restv2::answer(&mut body, restv2::exact(po)),
+        Ok(Ack::Kafka(first, last)) => {
+            restv2::answer(&mut body, restv2::acked_offsets(parts.len(), *first, *last))
+        }
+        _ => restv2::answer(&mut body, restv2::requested(parts)),
+    }
+    write_now(
+        out,
+        (code, reason),
+        response::REST_V2,
+        &body,
+        keep,
+        head_only,
+        date,
+    );
+    code
 }
 
 /// A plain answer known now (`head_only`: HEAD, no body).
@@ -217,7 +318,6 @@ pub fn write_now(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::HttpError;
     use std::future::Future;
 
     fn text(r: &Replies<u32>) -> String {
@@ -251,7 +351,7 @@ mod tests {
         let mut codes = Vec::new();
         {
             let fut = r.settle(
-                async |t| results.iter().find(|(k, _)| *k == t).unwrap().1,
+                async |t| results.iter().find(|(k, _)| *k == t).unwrap().1.clone(),
                 &date,
                 "retry-after: 1\r\n",
                 |c, _| codes.push(c),
@@ -270,9 +370,25 @@ mod tests {
     fn pipelined_answers_keep_request_order_behind_a_waiting_one() {
         let mut r = Replies::default();
         now(&mut r, 202, b"", false);
-        r.later(7, Instant::now(), b"events", 0, Keep::KeepAlive, false);
+        r.later(
+            7,
+            Instant::now(),
+            b"events",
+            0,
+            Keep::KeepAlive,
+            false,
+            None,
+        );
         now(&mut r, 404, b"no such path\n", false);
-        r.later(8, Instant::now(), b"events", 3, Keep::KeepAlive, false);
+        r.later(
+            8,
+            Instant::now(),
+            b"events",
+            3,
+            Keep::KeepAlive,
+            false,
+            None,
+        );
         now(&mut r, 200, b"ok\n", false);
         assert_eq!(
             statuses(&text(&r)),
@@ -301,7 +417,7 @@ mod tests {
     fn head_answers_carry_headers_but_no_body() {
         let mut r = Replies::default();
         now(&mut r, 200, b"ok\n", true);
-        r.later(1, Instant::now(), b"t", 0, Keep::KeepAlive, true);
+        r.later(1, Instant::now(), b"t", 0, Keep::KeepAlive, true, None);
         settle(&mut r, &[(1, Ok(Ack::Kafka((0, 5), (0, 5))))]);
         let t = text(&r);
         assert_eq!(statuses(&t), ["200", "200"]);

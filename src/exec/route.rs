@@ -3,6 +3,8 @@
 
 use crate::config::{AckMode, Config};
 use crate::error::HttpError;
+use crate::exec::restv2::{self, Embedded};
+use crate::http::encoding::{parse_coding, Coding};
 use crate::http::parse::{trim, Head, Method};
 use crate::kafka::topics::valid_topic;
 use std::ops::Range;
@@ -12,7 +14,8 @@ pub enum Topic {
     /// `POST /`: the configured default topic.
     #[default]
     Default,
-    /// `POST /topics/{topic}`: the range of the name in the buffer.
+    /// `POST /topics/{topic}` (or `.../partitions/{p}`): the range of the name in the
+    /// buffer.
     Path(Range<usize>),
 }
 
@@ -24,6 +27,13 @@ pub struct Produce {
     pub partition: i32,
     pub ack: AckMode,
     pub ndjson: bool,
+    /// A Kafka REST v2 body (Content-Type `application/vnd.kafka.<format>.v2+json`).
+    pub rest: Option<Embedded>,
+    /// The body's Content-Encoding, decoded before its records are taken.
+    pub coding: Coding,
+    /// The `Origin` of a page allowed by `cors_origins`: its answers carry the CORS
+    /// allow headers. Set for every route, errors included.
+    pub origin: Option<Range<usize>>,
     /// Headers to forward, in request order: (index into `Head::headers`, index into
     /// `forward_headers`). Records carry the configured lowercase name.
     pub forward: Vec<(u16, u16)>,
@@ -36,6 +46,8 @@ pub enum Route {
     Metrics,
     /// A produce request; its details are in the `Produce` passed to `route`.
     Produce,
+    /// A CORS preflight on a produce path: the `Access-Control-Request-Headers` value.
+    Preflight(Option<Range<usize>>),
 }
 
 const ALLOW_GET: &str = "allow: GET, HEAD\r\n";
@@ -50,10 +62,24 @@ pub fn route(
     into: &mut Produce,
 ) -> Result<Route, HttpError> {
     let path = &buf[head.path.clone()];
+    // Errors before the headers are read are answered as plain text.
+    into.rest = None;
+    into.origin = None;
+    let header = |name: &[u8]| {
+        head.headers
+            .iter()
+            .find(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    if !cfg.cors_origins.is_empty() {
+        into.origin = header(b"origin")
+            .filter(|v| crate::http::cors::allowed(&cfg.cors_origins, &buf[v.clone()]));
+    }
     let get_only = |r: Route| match head.method {
         Method::Get | Method::Head => Ok(r),
         _ => Err(HttpError::MethodNotAllowed { allow: ALLOW_GET }),
     };
+    let mut path_partition = -1;
     let topic = match path {
         b"/healthz" => return get_only(Route::Health),
         b"/readyz" => return get_only(Route::Ready),
@@ -65,7 +91,16 @@ pub fn route(
             Topic::Default
         }
         p if p.starts_with(b"/topics/") => {
-            let name = &p[8..];
+            // REST v2's `/topics/{topic}/partitions/{p}` (topic names have no '/').
+            let mut parts = p[8..].splitn(2, |&b| b == b'/');
+            let name = parts.next().unwrap_or(b"");
+            if let Some(rest) = parts.next() {
+                // Anything else after the name reads as a name with a '/', as before.
+                let p = rest
+                    .strip_prefix(b"partitions/")
+                    .ok_or(HttpError::BadRequest("invalid topic name"))?;
+                path_partition = parse_partition(p)?;
+            }
             let name_str = std::str::from_utf8(name).unwrap_or("");
             if !valid_topic(name_str) {
                 return Err(HttpError::BadRequest("invalid topic name"));
@@ -78,14 +113,19 @@ pub fn route(
         }
         _ => return Err(HttpError::NotFound("no such path")),
     };
+    if head.method == Method::Options && !cfg.cors_origins.is_empty() {
+        return Ok(Route::Preflight(header(b"access-control-request-headers")));
+    }
     if head.method != Method::Post {
         return Err(HttpError::MethodNotAllowed { allow: ALLOW_POST });
     }
     into.topic = topic;
     into.key = None;
-    into.partition = -1;
+    into.partition = path_partition;
     into.ack = cfg.ack;
     into.ndjson = false;
+    into.rest = None;
+    into.coding = Coding::Identity;
     into.forward.clear();
     let mut seen_ack = false;
     for (i, (n, v)) in head.headers.iter().enumerate() {
@@ -98,7 +138,9 @@ pub fn route(
             into.key = Some(v.clone());
         } else if name.eq_ignore_ascii_case(b"kafka-partition") {
             if into.partition >= 0 {
-                return Err(HttpError::BadRequest("duplicate Kafka-Partition header"));
+                return Err(HttpError::BadRequest(
+                    "duplicate Kafka-Partition header, or one beside a partition in the path",
+                ));
             }
             into.partition = parse_partition(value)?;
         } else if name.eq_ignore_ascii_case(b"kafka-ack") {
@@ -125,6 +167,21 @@ pub fn route(
             };
         } else if name.eq_ignore_ascii_case(b"content-type") {
             into.ndjson = is_ndjson(value);
+            into.rest = match restv2::content_type(value) {
+                Some(Err(e)) => {
+                    // A REST client: its 415 comes in REST's error format.
+                    into.rest = Some(Embedded::Json);
+                    return Err(e);
+                }
+                r => r.transpose()?,
+            };
+        } else if name.eq_ignore_ascii_case(b"content-encoding") {
+            if into.coding != Coding::Identity {
+                return Err(HttpError::UnsupportedMediaType(
+                    "one Content-Encoding header at a time",
+                ));
+            }
+            into.coding = parse_coding(value)?;
         } else if let Some(f) = cfg
             .forward_headers
             .iter()
@@ -290,6 +347,58 @@ mod tests {
         };
         let (_, p) = run_p(req, &spooled).unwrap();
         assert_eq!(p.ack, AckMode::Durable);
+    }
+
+    #[test]
+    fn rest_v2_paths_content_types_and_encodings() {
+        let cfg = Config::default();
+        let req = b"POST /topics/orders/partitions/7 HTTP/1.1\r\nHost: a\r\nContent-Type: application/vnd.kafka.binary.v2+json\r\nContent-Encoding: gzip\r\nContent-Length: 0\r\n\r\n";
+        let (_, p) = run_p(req, &cfg).unwrap();
+        assert_eq!(
+            &req[match p.topic {
+                Topic::Path(r) => r,
+                _ => panic!(),
+            }],
+            b"orders"
+        );
+        assert_eq!(p.partition, 7);
+        assert_eq!(p.rest, Some(Embedded::Binary));
+        assert_eq!(p.coding, Coding::Gzip);
+        let r = |s: &str| run(s.as_bytes(), &cfg).map(|_| ()).unwrap_err().status().0;
+        let post = |path: &str, h: &str| {
+            format!("POST {path} HTTP/1.1\r\nHost: x\r\n{h}Content-Length: 0\r\n\r\n")
+        };
+        assert_eq!(r(&post("/topics/a/partitions/x", "")), 400);
+        assert_eq!(r(&post("/topics/a/offsets", "")), 400);
+        assert_eq!(
+            r(&post("/topics/a/partitions/1", "Kafka-Partition: 1\r\n")),
+            400
+        );
+        assert_eq!(r(&post("/topics/a", "Content-Encoding: br\r\n")), 415);
+        assert_eq!(
+            r(&post(
+                "/topics/a",
+                "Content-Encoding: gzip\r\nContent-Encoding: gzip\r\n"
+            )),
+            415
+        );
+        assert_eq!(
+            r(&post(
+                "/topics/a",
+                "Content-Type: application/vnd.kafka.avro.v2+json\r\n"
+            )),
+            415
+        );
+        // Any other content type is a raw body, as before.
+        let (_, p) = run_p(
+            post("/topics/a", "Content-Type: application/json\r\n").as_bytes(),
+            &cfg,
+        )
+        .unwrap();
+        assert_eq!(
+            (p.rest, p.ndjson, p.coding),
+            (None, false, Coding::Identity)
+        );
     }
 
     #[test]

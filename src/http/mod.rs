@@ -1,5 +1,7 @@
 //! HTTP/1.1 framing: pure parsing of heads and chunked bodies, and response writing.
 pub mod chunked;
+pub mod cors;
+pub mod encoding;
 pub mod parse;
 pub mod response;
 #[cfg(test)]

@@ -23,6 +23,8 @@ pub enum Method {
     Get,
     Head,
     Post,
+    /// CORS preflight (answered only on produce paths with `cors_origins` set).
+    Options,
     /// A valid token we do not serve (answered 405 or 404 by the router).
     Other,
 }
@@ -120,6 +122,7 @@ pub fn parse_head(buf: &[u8], lim: &Limits, head: &mut Head) -> Result<bool, Htt
         "GET" => Method::Get,
         "HEAD" => Method::Head,
         "POST" => Method::Post,
+        "OPTIONS" => Method::Options,
         _ => Method::Other,
     };
     head.http10 = req.version == Some(0);

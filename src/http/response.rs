@@ -111,4 +111,27 @@ pub fn error(
     }
 }
 
+/// An error answer to a Kafka REST v2 request, in the body REST clients parse
+/// (`{"error_code":..,"message":..}`).
+pub fn rest_error(
+    out: &mut Vec<u8>,
+    err: &HttpError,
+    date: &DateLine,
+    conn: Conn,
+    retry_after: &'static str,
+    head_only: bool,
+) {
+    let conn = if err.closes() { Conn::Close } else { conn };
+    let mut body = Vec::with_capacity(160);
+    crate::exec::restv2::error_body(&mut body, err.status().0, err.message());
+    let extra = err.extra_header(retry_after);
+    write(out, err.status(), date, conn, Some(REST_V2), extra, &body);
+    if head_only {
+        out.truncate(out.len() - body.len());
+    }
+}
+
+/// The content type of REST v2 answers (Confluent's and Strimzi's).
+pub const REST_V2: &str = "application/vnd.kafka.v2+json";
+
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";

@@ -447,11 +447,26 @@ impl Append<'_> {
 
     /// Ends the request: what it waits on (its ack=kafka waiter, if any, rides along).
     pub fn finish(self, durable: bool, wait: Option<(u32, u16)>) -> SpoolTicket {
+        let n = self.sp.st.borrow().pending.count - self.start;
+        self.finish_waits(durable, wait.map(|w| (0, n, w)).into_iter())
+    }
+
+    /// Ends a request whose records each have a waiter of their own (in order).
+    pub fn finish_each(self, durable: bool, waits: &[(u32, u16)]) -> SpoolTicket {
+        let each = waits.iter().enumerate().map(|(i, &w)| (i as u32, 1, w));
+        self.finish_waits(durable, each)
+    }
+
+    /// `waits`: (first record, relative to the request; records; waiter).
+    fn finish_waits(
+        self,
+        durable: bool,
+        waits: impl Iterator<Item = (u32, u32, (u32, u16))>,
+    ) -> SpoolTicket {
         let mut st = self.sp.st.borrow_mut();
-        let n = st.pending.count - self.start;
-        if let Some((slot, gen)) = wait {
+        for (at, n, (slot, gen)) in waits {
             st.pending.waits.push(Wait {
-                start: self.start,
+                start: self.start + at,
                 n,
                 slot,
                 gen,
