@@ -455,35 +455,33 @@ impl Enqueue<'_> {
         partition: i32,
         headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
     ) {
-        let opaque = Opaque {
-            executor: self.exec.index,
-            slot: self.slot,
-            gen: self.gen,
-            first: self.i == 0,
-            last: self.i + 1 == self.n,
-            spool: 0,
-        };
+        let (first, last) = (self.i == 0, self.i + 1 == self.n);
+        let opaque = self.opaque((self.slot, self.gen), first, last);
         self.push_as(opaque, topic, key, value, partition, headers);
+    }
+
+    fn opaque(&self, (slot, gen): (u32, u16), first: bool, last: bool) -> Opaque {
+        Opaque {
+            executor: self.exec.index,
+            slot,
+            gen,
+            first,
+            last,
+            spool: 0,
+        }
     }
 
     /// Adds one record that has a waiter of its own (`Exec::add_waiter(1, ..)`).
     pub fn push_waited<'h>(
         &mut self,
-        (slot, gen): (u32, u16),
+        waiter: (u32, u16),
         topic: &[u8],
         key: Option<&[u8]>,
         value: &[u8],
         partition: i32,
         headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
     ) {
-        let opaque = Opaque {
-            executor: self.exec.index,
-            slot,
-            gen,
-            first: true,
-            last: true,
-            spool: 0,
-        };
+        let opaque = self.opaque(waiter, true, true);
         self.push_as(opaque, topic, key, value, partition, headers);
     }
 

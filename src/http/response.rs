@@ -91,24 +91,20 @@ pub fn error(
     retry_after: &'static str,
     head_only: bool,
 ) {
-    let conn = if err.closes() { Conn::Close } else { conn };
     let mut body = [0u8; 128];
     let msg = err.message().as_bytes();
     let n = msg.len().min(body.len() - 1);
     body[..n].copy_from_slice(&msg[..n]);
     body[n] = b'\n';
-    write(
+    error_as(
         out,
-        err.status(),
+        err,
         date,
         conn,
-        Some("text/plain"),
-        err.extra_header(retry_after),
-        &body[..=n],
+        retry_after,
+        head_only,
+        ("text/plain", &body[..=n]),
     );
-    if head_only {
-        out.truncate(out.len() - (n + 1));
-    }
 }
 
 /// An error answer to a Kafka REST v2 request, in the body REST clients parse
@@ -121,11 +117,32 @@ pub fn rest_error(
     retry_after: &'static str,
     head_only: bool,
 ) {
-    let conn = if err.closes() { Conn::Close } else { conn };
     let mut body = Vec::with_capacity(160);
     crate::exec::restv2::error_body(&mut body, err.status().0, err.message());
+    error_as(
+        out,
+        err,
+        date,
+        conn,
+        retry_after,
+        head_only,
+        (REST_V2, &body),
+    );
+}
+
+/// An error's status, headers and connection verdict, with `body` of content type `ct`.
+fn error_as(
+    out: &mut Vec<u8>,
+    err: &HttpError,
+    date: &DateLine,
+    conn: Conn,
+    retry_after: &'static str,
+    head_only: bool,
+    (ct, body): (&str, &[u8]),
+) {
+    let conn = if err.closes() { Conn::Close } else { conn };
     let extra = err.extra_header(retry_after);
-    write(out, err.status(), date, conn, Some(REST_V2), extra, &body);
+    write(out, err.status(), date, conn, Some(ct), extra, body);
     if head_only {
         out.truncate(out.len() - body.len());
     }
