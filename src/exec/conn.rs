@@ -9,7 +9,7 @@ use crate::exec::local::{Exec, Ticket};
 use crate::exec::poller::Sock;
 use crate::exec::readbuf::Budget;
 use crate::exec::readbuf::ReadBuf;
-use crate::exec::replies::{write_now, write_rest, Replies};
+use crate::exec::replies::{write_now, write_rest_queued, Replies};
 use crate::exec::route::{authorized, route, Produce, Route};
 use crate::exec::watch::Watch;
 use crate::http::chunked::ChunkedDecoder;
@@ -150,28 +150,22 @@ impl Conn {
             Some(r) => &bytes[r.clone()],
             None => &self.rb.decoded[..],
         };
-        let (mut charged, mut decoded) = (0, false);
+        let mut charged = 0;
         let routed = match routed {
             Ok(Route::Produce) if self.produce.coding != Coding::Identity => {
                 let max = self.lim.max_body_bytes;
-                encoding::decode(self.produce.coding, body_bytes, max, &mut self.inflated).and_then(
-                    |()| {
-                        decoded = true;
+                match encoding::decode(self.produce.coding, body_bytes, max, &mut self.inflated) {
+                    Ok(()) if Budget::take(&*exec, self.inflated.len()) => {
                         charged = self.inflated.len();
-                        if Budget::take(&*exec, charged) {
-                            Ok(Route::Produce)
-                        } else {
-                            charged = 0;
-                            Err(HttpError::MemoryFull)
-                        }
-                    },
-                )
+                        body_bytes = &self.inflated;
+                        Ok(Route::Produce)
+                    }
+                    Ok(()) => Err(HttpError::MemoryFull),
+                    Err(e) => Err(e),
+                }
             }
             r => r,
         };
-        if decoded {
-            body_bytes = &self.inflated;
-        }
 
         // 5. Handle.
         let req = Request {
@@ -432,16 +426,8 @@ fn write_answer(
             204
         }
         Answer::RestQueued(parts) => {
-            let ok = Ok(crate::exec::local::Ack::Spooled {
-                durable: false,
-                id: (0, 0),
-            });
-            let retry = exec.retry_after;
-            let mut code = 202;
-            replies.now(|out| {
-                code = write_rest(out, &ok, &parts, keep, head_only, &date, retry);
-            });
-            code
+            replies.now(|out| write_rest_queued(out, &parts, keep, head_only, &date));
+            202
         }
         Answer::Later {
             ticket,

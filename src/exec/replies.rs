@@ -220,9 +220,12 @@ pub fn write_acked(
             }
             code
         }
-        Ok(Ack::Each(po)) if !po.is_empty() => {
-            let (first, last) = (po[0], po[po.len() - 1]);
-            let res = Ok(Ack::Kafka(first, last));
+        // Per-record waits are REST's (`write_rest`); as a plain answer, first and last.
+        Ok(Ack::Each(po)) => {
+            let res = match (po.first(), po.last()) {
+                (Some(&f), Some(&l)) => Ok(Ack::Kafka(f, l)),
+                _ => Err(HttpError::Delivery(crate::error::FailReason::Broker)),
+            };
             write_acked(out, &res, topic, count, keep, head_only, date, retry_after)
         }
         Ok(Ack::Kafka((p0, o0), (p1, o1))) => {
@@ -242,8 +245,7 @@ pub fn write_acked(
             }
             200
         }
-        Ok(Ack::Each(_)) | Err(_) => {
-            let e = res.as_ref().err().unwrap_or(&HttpError::AckTimeout);
+        Err(e) => {
             response::error(out, e, date, keep, retry_after, head_only);
             e.status().0
         }
@@ -262,33 +264,55 @@ pub fn write_rest(
     date: &DateLine,
     retry_after: &'static str,
 ) -> u16 {
-    let (code, reason) = match res {
-        Ok(Ack::Kafka(..) | Ack::Each(_)) => (200, "OK"),
-        Ok(Ack::Spooled { durable: true, .. }) => (201, "Created"),
-        Ok(Ack::Spooled { durable: false, .. }) => (202, "Accepted"),
+    let mut body = Vec::with_capacity(64 * parts.len() + 64);
+    let status = match res {
+        Ok(Ack::Each(po)) => {
+            restv2::answer(&mut body, restv2::exact(po));
+            (200, "OK")
+        }
+        // REST requests under ack=kafka wait per record (`Ack::Each`); with only first
+        // and last known, no offset is claimed.
+        Ok(Ack::Kafka(..)) => {
+            restv2::answer(&mut body, restv2::requested(parts));
+            (200, "OK")
+        }
+        Ok(Ack::Spooled { durable, .. }) => {
+            restv2::answer(&mut body, restv2::requested(parts));
+            if *durable {
+                (201, "Created")
+            } else {
+                (202, "Accepted")
+            }
+        }
         Err(e) => {
             response::rest_error(out, e, date, keep, retry_after, head_only);
             return e.status().0;
         }
     };
+    write_now(out, status, response::REST_V2, &body, keep, head_only, date);
+    status.0
+}
+
+/// The 202 of a REST v2 request queued without a spool: each record's requested
+/// partition, no offset.
+pub fn write_rest_queued(
+    out: &mut Vec<u8>,
+    parts: &[i32],
+    keep: Keep,
+    head_only: bool,
+    date: &DateLine,
+) {
     let mut body = Vec::with_capacity(64 * parts.len() + 64);
-    match res {
-        Ok(Ack::Each(po)) => restv2::answer(&mut body, restv2::exact(po)),
-        Ok(Ack::Kafka(first, last)) => {
-            restv2::answer(&mut body, restv2::acked_offsets(parts.len(), *first, *last))
-        }
-        _ => restv2::answer(&mut body, restv2::requested(parts)),
-    }
+    restv2::answer(&mut body, restv2::requested(parts));
     write_now(
         out,
-        (code, reason),
+        (202, "Accepted"),
         response::REST_V2,
         &body,
         keep,
         head_only,
         date,
     );
-    code
 }
 
 /// A plain answer known now (`head_only`: HEAD, no body).

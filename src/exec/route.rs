@@ -65,12 +65,7 @@ pub fn route(
     // Errors before the headers are read are answered as plain text.
     into.rest = None;
     into.origin = None;
-    let header = |name: &[u8]| {
-        head.headers
-            .iter()
-            .find(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
+    let header = |name: &[u8]| find_header(buf, head, name);
     if !cfg.cors_origins.is_empty() {
         into.origin = header(b"origin")
             .filter(|v| crate::http::cors::allowed(&cfg.cors_origins, &buf[v.clone()]));
@@ -124,7 +119,6 @@ pub fn route(
     into.partition = path_partition;
     into.ack = cfg.ack;
     into.ndjson = false;
-    into.rest = None;
     into.coding = Coding::Identity;
     into.forward.clear();
     let mut seen_ack = false;
@@ -215,14 +209,10 @@ pub fn authorized(buf: &[u8], head: &Head, tokens: &[String]) -> bool {
     if tokens.is_empty() {
         return true;
     }
-    let Some((_, v)) = head
-        .headers
-        .iter()
-        .find(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(b"authorization"))
-    else {
+    let Some(v) = find_header(buf, head, b"authorization") else {
         return false;
     };
-    let v = trim(&buf[v.clone()]);
+    let v = trim(&buf[v]);
     if v.len() < 7 || !v[..7].eq_ignore_ascii_case(b"bearer ") {
         return false;
     }
@@ -230,6 +220,14 @@ pub fn authorized(buf: &[u8], head: &Head, tokens: &[String]) -> bool {
     tokens
         .iter()
         .fold(false, |ok, t| ct_eq(given, t.as_bytes()) | ok)
+}
+
+/// The value range of the first header named `name` (ASCII case-insensitive).
+fn find_header(buf: &[u8], head: &Head, name: &[u8]) -> Option<Range<usize>> {
+    head.headers
+        .iter()
+        .find(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
 }
 
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
