@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+mod secrets;
+use secrets::{credentials, kafka_env_property, Credential};
+
 /// When a request is answered: once queued in ingestd (202), once synced to the
 /// executor's spool (201, needs `spool_dir`), or once Kafka acknowledged it (200).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
@@ -57,6 +60,22 @@ pub struct Config {
     pub cors_max_age_secs: u64,
     /// Partitions for topics created by the embedded mock cluster.
     pub embedded_partitions: i32,
+
+    /// Serve plain HTTP on `listen`; false: HTTPS only (needs `tls_listen`).
+    pub plain_http: bool,
+    /// Address of a second set of listeners (SO_REUSEPORT, one per executor) that speak
+    /// HTTPS (TLS 1.2 and 1.3), beside `listen`; unset: no TLS.
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain for `tls_listen`, leaf first.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: every client must present a certificate one of them signed
+    /// (mutual TLS); unset: no client certificate is asked for.
+    pub tls_client_ca: Option<PathBuf>,
+    /// How often the TLS files are checked for changes, which are loaded without a
+    /// restart (SIGHUP loads them at once); 0: only on SIGHUP.
+    pub tls_watch_ms: u64,
 
     /// Largest accepted request body after de-chunking (413 above it).
     pub max_body_bytes: usize,
@@ -134,6 +153,8 @@ pub enum Source {
     Env(String),
     /// A command-line flag.
     Flag(&'static str),
+    /// A systemd credential (`LoadCredential=`), the file in `$CREDENTIALS_DIRECTORY`.
+    Credential(PathBuf),
 }
 
 impl std::fmt::Display for Source {
@@ -142,6 +163,7 @@ impl std::fmt::Display for Source {
             Source::File(p, line) => write!(f, "{}:{line}", p.display()),
             Source::Env(v) => write!(f, "environment {v}"),
             Source::Flag(flag) => write!(f, "flag {flag}"),
+            Source::Credential(p) => write!(f, "credential {}", p.display()),
         }
     }
 }
@@ -161,6 +183,12 @@ impl Default for Config {
             cors_origins: vec![],
             cors_max_age_secs: 600,
             embedded_partitions: 4,
+            plain_http: true,
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_watch_ms: 1000,
             max_body_bytes: 1 << 20,
             max_header_bytes: 16 << 10,
             max_headers: 64,
@@ -263,6 +291,25 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        let env: Vec<(String, String)> = env.collect();
+        // systemd credentials override the file; the environment and flags override them.
+        if let Some((_, dir)) = env.iter().find(|(k, _)| k == "CREDENTIALS_DIRECTORY") {
+            for c in credentials(std::path::Path::new(dir))? {
+                let (key, value, path) = match c {
+                    Credential::Path(k, p) => {
+                        let v = toml::Value::String(p.to_string_lossy().into_owned());
+                        (k.to_string(), v, p)
+                    }
+                    Credential::Kafka(prop, v, p) => {
+                        kafka_table(&mut table).insert(prop.clone(), toml::Value::String(v));
+                        sources.insert(format!("kafka.{prop}"), Source::Credential(p));
+                        continue;
+                    }
+                };
+                table.insert(key.clone(), value);
+                sources.insert(key, Source::Credential(path));
+            }
+        }
         for (name, raw) in env {
             let Some(key) = name.strip_prefix("INGESTD_") else {
                 continue;
@@ -271,6 +318,12 @@ impl Config {
                 continue;
             }
             let key = key.to_ascii_lowercase();
+            if let Some(prop) = kafka_env_property(&key) {
+                // One librdkafka property, its value verbatim (a password is never TOML).
+                kafka_table(&mut table).insert(prop.clone(), toml::Value::String(raw));
+                sources.insert(format!("kafka.{prop}"), Source::Env(name));
+                continue;
+            }
             let value = env_value(&key, &raw);
             // Each variable on its own, so that an error names it (with its value, unless
             // that may hold secrets).
@@ -465,6 +518,7 @@ impl Config {
             ));
         }
         self.validate_spool()?;
+        self.validate_tls()?;
         if let Some(path) = &self.auth_token_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("auth_token_file: cannot read {}: {e}", path.display()))?;
@@ -573,6 +627,31 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// HTTPS settings: a TLS listener needs its certificate and key, which must load;
+    /// TLS files without a listener, or HTTPS-only without one, are mistakes.
+    fn validate_tls(&self) -> Result<(), String> {
+        let Some(tls) = self.tls_listen else {
+            let files = [
+                ("tls_cert", &self.tls_cert),
+                ("tls_key", &self.tls_key),
+                ("tls_client_ca", &self.tls_client_ca),
+            ];
+            if let Some((k, _)) = files.iter().find(|(_, v)| v.is_some()) {
+                return Err(format!(
+                    "{k}: set, but tls_listen is not (no HTTPS listener would use it)"
+                ));
+            }
+            if !self.plain_http {
+                return Err("plain_http: false needs tls_listen (nothing would listen)".into());
+            }
+            return Ok(());
+        };
+        if self.plain_http && tls == self.listen && tls.port() != 0 {
+            return Err("tls_listen: the same address as listen; give HTTPS its own port".into());
+        }
+        crate::tls::server_config(self).map(|_| ())
     }
 
     /// Whole segments each executor's spool may hold (`spool_max_bytes` share).
@@ -692,6 +771,17 @@ fn token_file_lines(text: &str) -> impl Iterator<Item = &str> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
+}
+
+/// The `[kafka]` table of the merged settings, created when missing.
+fn kafka_table(table: &mut toml::Table) -> &mut toml::Table {
+    let v = table
+        .entry("kafka")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if !v.is_table() {
+        *v = toml::Value::Table(toml::Table::new());
+    }
+    v.as_table_mut().expect("a table")
 }
 
 fn env_value(key: &str, raw: &str) -> toml::Value {

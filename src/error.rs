@@ -148,6 +148,8 @@ pub enum HttpError {
     /// A compressed body that decodes to more than `max_body_bytes` (413; the body was
     /// read whole, so the connection stays).
     DecodedTooLarge,
+    /// A plain HTTP request on the HTTPS port (400, unencrypted, then close).
+    PlainHttpOnTls,
 }
 
 impl HttpError {
@@ -155,7 +157,7 @@ impl HttpError {
     pub fn status(&self) -> (u16, &'static str) {
         use HttpError::*;
         match self {
-            BadRequest(_) | BadFraming(_) => (400, "Bad Request"),
+            BadRequest(_) | BadFraming(_) | PlainHttpOnTls => (400, "Bad Request"),
             Unauthorized => (401, "Unauthorized"),
             NotFound(_) => (404, "Not Found"),
             MethodNotAllowed { .. } => (405, "Method Not Allowed"),
@@ -197,6 +199,7 @@ impl HttpError {
             LengthRequired => "Content-Length or chunked Transfer-Encoding required",
             PayloadTooLarge => "request body too large",
             DecodedTooLarge => "decoded request body larger than max_body_bytes",
+            PlainHttpOnTls => "plain HTTP sent to the HTTPS port: use https://",
             UriTooLong => "request target too long",
             ExpectationFailed => "only 100-continue is supported",
             HeadersTooLarge => "request headers too large",
@@ -233,6 +236,7 @@ impl HttpError {
                 | VersionNotSupported
                 | ExpectationFailed
                 | ShuttingDown
+                | PlainHttpOnTls
         )
     }
 

@@ -19,3 +19,4 @@ pub mod metrics;
 pub mod notify;
 pub mod spool;
 pub mod sys;
+pub mod tls;

@@ -4,7 +4,7 @@ use clap::Parser;
 use ingestd::config::{Cli, Config, LogFormat};
 use ingestd::exec::server::Server;
 use ingestd::notify::{self, Notifier};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         tracing::error!("panic: exiting (abort) so that the service is restarted");
         std::process::abort();
     }));
-    let mut signals = Signals::new([SIGTERM, SIGINT]).expect("signal handlers");
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).expect("signal handlers");
     let server = match Server::start(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -43,16 +43,30 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("ingestd listening on {}", server.addr);
+    // Tests and scripts read this line: the plain address first, then the HTTPS one.
+    let mut line = String::from("ingestd listening on");
+    if let Some(a) = server.addr {
+        line += &format!(" {a}");
+    }
+    if let Some(a) = server.tls_addr {
+        line += &format!(" tls {a}");
+    }
+    println!("{line}");
     // systemd: READY=1 once ready, STATUS=, WATCHDOG=1 (no-op without NOTIFY_SOCKET).
     let drain = Duration::from_millis(server.cfg.drain_ms);
     let stop_bound = drain + 2 * Duration::from_millis(server.cfg.shutdown_timeout_ms);
     let notifier = Notifier::start(server.metrics.clone(), stop_bound);
-    let first = signals.forever().next();
+    // SIGHUP loads the TLS files again (systemd's ExecReload); the others stop.
+    let first = signals.forever().find(|&s| {
+        if s == SIGHUP {
+            server.reload();
+        }
+        s != SIGHUP
+    });
     tracing::info!(signal = first, "signal received");
     // A second signal exits at once, without flushing.
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
+        if signals.forever().any(|s| s != SIGHUP) {
             tracing::warn!("second signal: exiting without flush");
             std::process::exit(130);
         }

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// Status codes ingestd answers with; anything else is counted as "other".
-pub const CODES: [u16; 21] = [
-    100, 200, 201, 202, 400, 401, 404, 405, 408, 411, 413, 414, 417, 431, 500, 501, 503, 504, 505,
-    507, 0,
+pub const CODES: [u16; 24] = [
+    100, 200, 201, 202, 204, 400, 401, 404, 405, 408, 411, 413, 414, 415, 417, 422, 431, 500, 501,
+    503, 504, 505, 507, 0,
 ];
 
 /// fdatasync latency bucket bounds in microseconds.
@@ -80,6 +80,9 @@ pub struct ExecStats {
     pub connections: AtomicU64,
     pub connections_refused: AtomicU64,
     pub accept_errors: AtomicU64,
+    /// TLS connections that ended before their handshake completed (no certificate the
+    /// client trusts, a wrong client certificate, plain HTTP, a client that gave up).
+    pub tls_handshake_failures: AtomicU64,
     pub latency: [AtomicU64; LATENCY_US.len() + 1],
     pub latency_sum_us: AtomicU64,
     /// Advanced by the executor's ticker; the watchdog checks it moves.
@@ -139,6 +142,10 @@ pub struct Metrics {
     pub queue_limits: [AtomicU64; 3],
     /// A spool is configured.
     pub spooled: AtomicBool,
+    /// TLS files loaded again after start (SIGHUP or a change), and attempts that failed
+    /// (the certificate in use stays). Written by the reloading threads.
+    pub tls_reloads: AtomicU64,
+    pub tls_reload_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -153,6 +160,8 @@ impl Metrics {
             draining: AtomicBool::new(false),
             queue_limits: Default::default(),
             spooled: AtomicBool::new(false),
+            tls_reloads: AtomicU64::new(0),
+            tls_reload_failures: AtomicU64::new(0),
         })
     }
 
@@ -409,6 +418,13 @@ impl Collector for Scrape {
             MetricType::Counter,
             |e| e.accept_errors.load(Relaxed),
         )?;
+        self.per_exec(
+            &mut enc,
+            "ingestd_tls_handshake_failures",
+            "TLS connections closed before their handshake completed",
+            MetricType::Counter,
+            |e| e.tls_handshake_failures.load(Relaxed),
+        )?;
         {
             let mut d = enc.encode_descriptor(
                 "ingestd_request_duration_seconds",
@@ -488,6 +504,18 @@ impl Collector for Scrape {
         ConstCounter::new(k.dead_letters.load(Relaxed)).encode(enc.encode_descriptor(
             "ingestd_spool_dead_letters",
             "Spooled records Kafka rejected for good, written to the dead-letter file",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(m.tls_reloads.load(Relaxed)).encode(enc.encode_descriptor(
+            "ingestd_tls_reloads",
+            "Times the TLS certificate, key and client CA were loaded again (SIGHUP or a file change)",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(m.tls_reload_failures.load(Relaxed)).encode(enc.encode_descriptor(
+            "ingestd_tls_reload_failures",
+            "TLS reloads that failed; the certificate already in use is kept",
             None,
             MetricType::Counter,
         )?)?;

@@ -49,7 +49,7 @@ fn failed(s: &Server, r: FailReason) -> u64 {
 fn produce_errors_map_to_status_and_reason() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (mock, server) = setup();
-    let mut c = Client::connect(server.addr).unwrap();
+    let mut c = Client::connect(server.addr.unwrap()).unwrap();
     assert_eq!(c.request(&post("/", b"ok-1", &[])).unwrap().status, 200);
 
     mock.request_errors(
@@ -96,7 +96,7 @@ fn produce_errors_map_to_status_and_reason() {
 fn broker_down_times_out_then_recovers() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (mock, server) = setup();
-    let mut c = Client::connect(server.addr).unwrap();
+    let mut c = Client::connect(server.addr.unwrap()).unwrap();
     assert_eq!(c.request(&post("/", b"before", &[])).unwrap().status, 200);
     mock.broker_down(1).unwrap();
     let t0 = Instant::now();
@@ -108,11 +108,11 @@ fn broker_down_times_out_then_recovers() {
         "{waited:?}"
     );
     wait_until("readyz 503", Duration::from_secs(10), || {
-        get(server.addr, "/readyz").unwrap().status == 503
+        get(server.addr.unwrap(), "/readyz").unwrap().status == 503
     });
     mock.broker_up(1).unwrap();
     wait_until("readyz 200", Duration::from_secs(15), || {
-        get(server.addr, "/readyz").unwrap().status == 200
+        get(server.addr.unwrap(), "/readyz").unwrap().status == 200
     });
     let mut ok = false;
     for _ in 0..20 {
@@ -140,7 +140,7 @@ fn broker_down_times_out_then_recovers() {
 fn slow_broker_answers_504_at_the_ack_timeout() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (mock, server) = setup();
-    let mut c = Client::connect(server.addr).unwrap();
+    let mut c = Client::connect(server.addr.unwrap()).unwrap();
     assert_eq!(c.request(&post("/", b"fast", &[])).unwrap().status, 200);
     mock.broker_round_trip_time(1, Duration::from_millis(2500))
         .unwrap();
@@ -172,7 +172,7 @@ fn slow_broker_answers_504_at_the_ack_timeout() {
 fn fatal_producer_error_rebuilds_the_producer() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (mock, server) = setup();
-    let mut c = Client::connect(server.addr).unwrap();
+    let mut c = Client::connect(server.addr.unwrap()).unwrap();
     assert_eq!(c.request(&post("/", b"before", &[])).unwrap().status, 200);
     // An out-of-order sequence on the head-of-line request is fatal for an idempotent
     // producer: librdkafka refuses to produce again. ingestd must answer 5xx for the

@@ -5,8 +5,8 @@
 
 use crate::error::HttpError;
 use crate::exec::handler::{self, Answer, Request};
+use crate::exec::link::Link;
 use crate::exec::local::{Exec, Ticket};
-use crate::exec::poller::Sock;
 use crate::exec::readbuf::Budget;
 use crate::exec::readbuf::ReadBuf;
 use crate::exec::replies::{write_now, write_rest_queued, Replies};
@@ -65,13 +65,13 @@ impl Conn {
     }
 
     /// Serves requests until the client closes, an error breaks framing, or shutdown.
-    pub async fn serve(&mut self, s: &Sock) {
+    pub async fn serve(&mut self, s: &mut Link) {
         while let Ok(true) = self.one(s).await {}
         let _ = self.finish(s).await;
     }
 
     /// Handles one request (reading as needed). Ok(false): close the connection.
-    async fn one(&mut self, s: &Sock) -> Result<bool, Stop> {
+    async fn one(&mut self, s: &mut Link) -> Result<bool, Stop> {
         // 1. A complete head. The header timeout is one deadline for the whole head, so
         // a client dripping a byte at a time cannot hold the connection.
         let mut head_deadline: Option<Instant> = None;
@@ -206,7 +206,7 @@ impl Conn {
 
     /// Reads the body per the head's framing. For Content-Length bodies the bytes stay
     /// in the read buffer (`inline`); chunked bodies are decoded into `rb.decoded`.
-    async fn read_body(&mut self, s: &Sock) -> Result<Body, Stop> {
+    async fn read_body(&mut self, s: &mut Link) -> Result<Body, Stop> {
         let hl = self.head.len;
         let deadline = Instant::now() + Duration::from_millis(self.exec.cfg.body_timeout_ms);
         let mut continued = false;
@@ -271,7 +271,7 @@ impl Conn {
         }
     }
 
-    async fn body_read(&mut self, s: &Sock, deadline: Instant) -> Result<(), Stop> {
+    async fn body_read(&mut self, s: &mut Link, deadline: Instant) -> Result<(), Stop> {
         match self.read_more(s, deadline, false).await {
             Ok(0) => Err(Stop::Close),
             Ok(_) => Ok(()),
@@ -288,7 +288,12 @@ impl Conn {
     /// Reads more bytes, failing with `TimedOut` at `deadline` (enforced by the ticker
     /// through `Watch`), `OutOfMemory` when the buffer may not grow. `idle`: waiting for
     /// a new request, closed early at shutdown.
-    async fn read_more(&mut self, s: &Sock, deadline: Instant, idle: bool) -> io::Result<usize> {
+    async fn read_more(
+        &mut self,
+        s: &mut Link,
+        deadline: Instant,
+        idle: bool,
+    ) -> io::Result<usize> {
         if deadline <= Instant::now() {
             return Err(io::ErrorKind::TimedOut.into());
         }
@@ -307,7 +312,7 @@ impl Conn {
     }
 
     /// Writes every answer in order, waiting for Kafka where needed.
-    async fn finish(&mut self, s: &Sock) -> Result<(), Stop> {
+    async fn finish(&mut self, s: &mut Link) -> Result<(), Stop> {
         let exec = self.exec.clone();
         let done = |code, started: Instant| {
             exec.stats()
@@ -330,7 +335,7 @@ impl Conn {
     }
 
     /// Writes `bytes`; a client that stops reading gets `body_timeout_ms` to make room.
-    async fn send(&self, s: &Sock, bytes: &[u8]) -> Result<(), Stop> {
+    async fn send(&self, s: &mut Link, bytes: &[u8]) -> Result<(), Stop> {
         let (watch, ms) = (&self.watch, self.exec.cfg.body_timeout_ms);
         let mut armed = false;
         let r = s

@@ -6,6 +6,7 @@
 
 pub mod conn;
 pub mod handler;
+pub mod link;
 pub mod local;
 pub mod poller;
 pub mod readbuf;

@@ -160,6 +160,10 @@ pub fn route(
                 }
             };
         } else if name.eq_ignore_ascii_case(b"content-type") {
+            // Also a record header when listed (what a beacon's text/plain body was).
+            if let Some(f) = forwarded(cfg, name) {
+                into.forward.push((i as u16, f as u16));
+            }
             into.ndjson = is_ndjson(value);
             into.rest = match restv2::content_type(value) {
                 Some(Err(e)) => {
@@ -176,15 +180,18 @@ pub fn route(
                 ));
             }
             into.coding = parse_coding(value)?;
-        } else if let Some(f) = cfg
-            .forward_headers
-            .iter()
-            .position(|f| name.eq_ignore_ascii_case(f.as_bytes()))
-        {
+        } else if let Some(f) = forwarded(cfg, name) {
             into.forward.push((i as u16, f as u16));
         }
     }
     Ok(Route::Produce)
+}
+
+/// The `forward_headers` entry a header name matches.
+fn forwarded(cfg: &Config, name: &[u8]) -> Option<usize> {
+    cfg.forward_headers
+        .iter()
+        .position(|f| name.eq_ignore_ascii_case(f.as_bytes()))
 }
 
 fn parse_partition(v: &[u8]) -> Result<i32, HttpError> {
@@ -294,6 +301,16 @@ mod tests {
         assert_eq!(p.ack, AckMode::Kafka);
         assert!(p.ndjson);
         assert_eq!(p.forward, vec![(4, 0)]);
+        // Content-Type, which ingestd also reads, is forwarded when listed.
+        let cfg = Config {
+            forward_headers: vec!["content-type".into()],
+            ..Default::default()
+        };
+        let (Route::Produce, p) = run_p(req, &cfg).unwrap() else {
+            panic!()
+        };
+        assert!(p.ndjson);
+        assert_eq!(p.forward, vec![(5, 0)]);
     }
 
     #[test]

@@ -3,14 +3,17 @@
 
 use crate::config::Config;
 use crate::exec::conn::Conn;
+use crate::exec::link::{Link, Refused, Tls};
 use crate::exec::local::Exec;
 use crate::exec::poller::{Listener, Poller, Sock};
 use crate::exec::watch::Watch;
+use crate::http::response::{self, Conn as Keep};
 use crate::kafka::lane::{make_lane, ExecutorLane, KafkaWake};
 use crate::kafka::{create_producer, probe_metadata, KafkaShared, KafkaThread};
 use crate::metrics::{bump, Metrics};
 use crate::spool::{Feed, Spool};
 use crate::sys;
+use crate::tls::Certs;
 use glommio::{LocalExecutorBuilder, Placement};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
@@ -26,7 +29,11 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 pub struct Server {
-    pub addr: SocketAddr,
+    /// The plain HTTP and the HTTPS address (each unless turned off).
+    pub addr: Option<SocketAddr>,
+    pub tls_addr: Option<SocketAddr>,
+    /// The TLS configuration in use, which SIGHUP loads again.
+    pub certs: Option<Arc<Certs>>,
     pub metrics: Arc<Metrics>,
     pub cfg: Arc<Config>,
     shutdown: Arc<AtomicBool>,
@@ -41,11 +48,13 @@ pub struct Server {
 
 impl Server {
     pub fn start(cfg: Config) -> Result<Server, String> {
-        if cfg.listen.port() != 0 && !cfg.takeover && sys::listened_on(cfg.listen) {
-            return Err(format!(
-                "another process already listens on {}: a second ingestd there would silently take part of its traffic (SO_REUSEPORT). Stop it, or start with --takeover (takeover = true) to hand over during a rolling upgrade",
-                cfg.listen
-            ));
+        let plain = Some(cfg.listen).filter(|_| cfg.plain_http);
+        for a in [plain, cfg.tls_listen].into_iter().flatten() {
+            if a.port() != 0 && !cfg.takeover && sys::listened_on(a) {
+                return Err(format!(
+                    "another process already listens on {a}: a second ingestd there would silently take part of its traffic (SO_REUSEPORT). Stop it, or start with --takeover (takeover = true) to hand over during a rolling upgrade"
+                ));
+            }
         }
         let cfg = Arc::new(cfg);
         let (mock, bootstrap) = if cfg.embedded() {
@@ -97,9 +106,18 @@ impl Server {
 
         let retry_after: &'static str =
             Box::leak(format!("retry-after: {}\r\n", cfg.retry_after_secs).into_boxed_str());
+        let certs = match cfg.tls_listen {
+            Some(_) => {
+                let c = Certs::new(cfg.clone(), metrics.clone())?;
+                c.watch()
+                    .map_err(|e| format!("tls_watch_ms: thread: {e}"))?;
+                Some(c)
+            }
+            None => None,
+        };
         let shutdown = Arc::new(AtomicBool::new(false));
         let allowed = sys::allowed_cpus();
-        let mut addr = cfg.listen;
+        let mut addrs = [plain, cfg.tls_listen];
         let mut executors = Vec::new();
         for (i, lane) in exec_lanes.into_iter().enumerate() {
             let cpu = cfg
@@ -109,24 +127,29 @@ impl Server {
                 .unwrap_or(allowed[i % allowed.len()]);
             let (tx, rx) = mpsc::channel();
             let (c, m, sd) = (cfg.clone(), metrics.clone(), shutdown.clone());
+            let tls = certs.clone();
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("ingestd-exec-{i}"))
                 .spawn(move || async move {
-                    run_executor(lane, c, m, sd, addr, tx, retry_after).await;
+                    let listen = Listen { addrs, tls };
+                    run_executor(lane, c, m, sd, listen, tx, retry_after).await;
                 })
                 .map_err(|e| {
                     format!("executor {i} on cpu {cpu}: {e} (raise `ulimit -l` / LimitMEMLOCK)")
                 })?;
             executors.push(handle);
-            // Executor 0 resolves port 0; the others bind the same concrete port.
-            addr = rx.recv().map_err(|_| {
+            // Executor 0 resolves port 0; the others bind the same concrete ports.
+            addrs = rx.recv().map_err(|_| {
                 format!("executor {i} on cpu {cpu} failed to start: io_uring needs locked memory (>= 512 KiB per executor): raise `ulimit -l` / LimitMEMLOCK")
             })??;
         }
         metrics.listening.store(true, Ordering::Release);
-        info!(%addr, executors = cfg.executors, brokers = %bootstrap, "listening");
+        let [addr, tls_addr] = addrs;
+        info!(?addr, ?tls_addr, executors = cfg.executors, brokers = %bootstrap, "listening");
         Ok(Server {
             addr,
+            tls_addr,
+            certs,
             metrics,
             cfg,
             shutdown,
@@ -137,6 +160,16 @@ impl Server {
             probe: Some(probe),
             _mock: mock,
         })
+    }
+
+    /// SIGHUP: loads the TLS files again (new connections get them).
+    pub fn reload(&self) {
+        match &self.certs {
+            Some(c) => {
+                c.reload("SIGHUP");
+            }
+            None => info!("SIGHUP: nothing to reload (no tls_listen)"),
+        }
     }
 
     /// Graceful stop: no new connections, finish requests in flight, flush the producer.
@@ -183,13 +216,22 @@ fn embedded(
 /// idle ones at shutdown.
 type Registry = Rc<RefCell<Slab<Rc<Watch>>>>;
 
+/// The addresses an executor binds (plain HTTP, HTTPS; each `None` when off) and the TLS
+/// configuration its HTTPS listener uses.
+struct Listen {
+    addrs: [Option<SocketAddr>; 2],
+    tls: Option<Arc<Certs>>,
+}
+
+type Ready = mpsc::Sender<Result<[Option<SocketAddr>; 2], String>>;
+
 async fn run_executor(
     lane: ExecutorLane,
     cfg: Arc<Config>,
     metrics: Arc<Metrics>,
     shutdown: Arc<AtomicBool>,
-    addr: SocketAddr,
-    ready: mpsc::Sender<Result<SocketAddr, String>>,
+    listen: Listen,
+    ready: Ready,
     retry_after: &'static str,
 ) {
     let poller = match Poller::new() {
@@ -199,18 +241,27 @@ async fn run_executor(
             return;
         }
     };
-    let bound = sys::listener(addr, cfg.listen_backlog).and_then(|l| {
-        let local = l.local_addr()?;
-        Ok((Listener::new(l, poller.clone())?, local))
-    });
-    let (listener, local) = match bound {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = ready.send(Err(format!("bind {addr}: {e}")));
-            return;
+    let mut listeners = Vec::new();
+    let mut local = [None, None];
+    for (i, addr) in listen.addrs.iter().enumerate() {
+        let Some(addr) = *addr else { continue };
+        let bound = sys::listener(addr, cfg.listen_backlog).and_then(|l| {
+            let local = l.local_addr()?;
+            Ok((Listener::new(l, poller.clone())?, local))
+        });
+        match bound {
+            Ok((l, a)) => {
+                local[i] = Some(a);
+                // The second address is the HTTPS one.
+                let tls = if i == 1 { listen.tls.clone() } else { None };
+                listeners.push((l, tls));
+            }
+            Err(e) => {
+                let _ = ready.send(Err(format!("bind {addr}: {e}")));
+                return;
+            }
         }
-    };
-    let listen_fd = listener.fd();
+    }
     let spool = match &cfg.spool_dir {
         None => None,
         Some(dir) => {
@@ -248,78 +299,19 @@ async fn run_executor(
     let conns: Registry = Rc::new(RefCell::new(Slab::new()));
     let stop = Rc::new(Cell::new(false));
     let ticker = glommio::spawn_local(ticker(exec.clone(), shutdown, conns.clone(), stop.clone()));
-    let mut spare = sys::SpareFds::new();
-    let mut last_log: Option<Instant> = None;
-    let mut shed_since_log = 0;
-
-    while !stop.get() {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            StopWait(stop.clone()).await;
-            None
-        })
-        .await;
-        let stream = match accepted {
-            None => break,
-            Some(Ok(s)) => s,
-            Some(Err(e)) if !sys::out_of_fds(&e) => {
-                // This connection failed (e.g. reset before accept): try the next one.
-                bump(&exec.stats().accept_errors, 1);
-                continue;
-            }
-            Some(Err(e)) => {
-                bump(&exec.stats().accept_errors, 1);
-                // At the fd limit the pending connection stays in the backlog. Close what
-                // waits there with the spare fds (clients get a prompt close, not a hang),
-                // then wait without spinning. Existing connections keep being served.
-                let (shed, drained) = spare.shed(listen_fd);
-                bump(&exec.stats().connections_refused, shed as u64);
-                shed_since_log += shed;
-                if last_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    warn!(error = %e, executor = exec.index, closed = shed_since_log, "accept failed (fd limit?): closing new connections until fds free up");
-                    last_log = Some(Instant::now());
-                    shed_since_log = 0;
-                }
-                if drained {
-                    // At the limit accept fails at once whether or not a client waits, so
-                    // retrying it would spin: sleep until a new connection arrives.
-                    let next = listener.next_connection();
-                    futures_lite::future::or(next, StopWait(stop.clone())).await;
-                } else {
-                    // Other threads took every spare with clients still waiting (no edge
-                    // will come for them): look again shortly rather than spin.
-                    glommio::timer::sleep(Duration::from_millis(50)).await;
-                }
-                continue;
-            }
-        };
-        if conns.borrow().len() >= cfg.max_connections {
-            bump(&exec.stats().connections_refused, 1);
-            drop(stream);
-            continue;
-        }
-        let stream = match Sock::new(stream, poller.clone()) {
-            Ok(s) => s,
-            Err(_) => {
-                bump(&exec.stats().accept_errors, 1);
-                continue;
-            }
-        };
-        let watch = Rc::new(Watch::new(stream.fd()));
-        let key = conns.borrow_mut().insert(watch.clone());
-        bump(&exec.stats().connections, 1);
-        let (exec2, conns2) = (exec.clone(), conns.clone());
-        glommio::spawn_local(async move {
-            Conn::new(exec2.clone(), watch).serve(&stream).await;
-            conns2.borrow_mut().remove(key);
-            let s = &exec2.stats().connections;
-            s.store(
-                s.load(Ordering::Relaxed).saturating_sub(1),
-                Ordering::Relaxed,
-            );
-        })
-        .detach();
+    let shared = Rc::new(Accepting {
+        exec: exec.clone(),
+        poller,
+        conns: conns.clone(),
+        stop,
+    });
+    let loops: Vec<_> = listeners
+        .into_iter()
+        .map(|(l, tls)| glommio::spawn_local(accept_loop(l, tls, shared.clone())))
+        .collect();
+    for l in loops {
+        l.await;
     }
-    drop(listener);
     // Let connections finish what they have, within the shutdown deadline.
     until_empty(&conns, Duration::from_millis(cfg.shutdown_timeout_ms)).await;
     let left = conns.borrow().len();
@@ -356,6 +348,142 @@ async fn run_executor(
     drop(ticker);
 }
 
+/// What the accept loops of one executor share.
+struct Accepting {
+    exec: Rc<Exec>,
+    poller: Rc<Poller>,
+    conns: Registry,
+    stop: Rc<Cell<bool>>,
+}
+
+/// Accepts connections on one listener until shutdown and serves each in its own task;
+/// `tls`: the listener speaks HTTPS.
+async fn accept_loop(listener: Listener, tls: Option<Arc<Certs>>, a: Rc<Accepting>) {
+    let (exec, conns, cfg) = (&a.exec, &a.conns, &a.exec.cfg);
+    // Each listener's loop has its own slot for the waker the ticker wakes at shutdown.
+    let slot = tls.is_some() as usize;
+    let stop = || StopWait(a.stop.clone(), slot);
+    let listen_fd = listener.fd();
+    let mut spare = sys::SpareFds::new();
+    let mut last_log: Option<Instant> = None;
+    let mut shed_since_log = 0;
+
+    while !a.stop.get() {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            stop().await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => break,
+            Some(Ok(s)) => s,
+            Some(Err(e)) if !sys::out_of_fds(&e) => {
+                // This connection failed (e.g. reset before accept): try the next one.
+                bump(&exec.stats().accept_errors, 1);
+                continue;
+            }
+            Some(Err(e)) => {
+                bump(&exec.stats().accept_errors, 1);
+                // At the fd limit the pending connection stays in the backlog. Close what
+                // waits there with the spare fds (clients get a prompt close, not a hang),
+                // then wait without spinning. Existing connections keep being served.
+                let (shed, drained) = spare.shed(listen_fd);
+                bump(&exec.stats().connections_refused, shed as u64);
+                shed_since_log += shed;
+                if last_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    warn!(error = %e, executor = exec.index, closed = shed_since_log, "accept failed (fd limit?): closing new connections until fds free up");
+                    last_log = Some(Instant::now());
+                    shed_since_log = 0;
+                }
+                if drained {
+                    // At the limit accept fails at once whether or not a client waits, so
+                    // retrying it would spin: sleep until a new connection arrives.
+                    let next = listener.next_connection();
+                    futures_lite::future::or(next, stop()).await;
+                } else {
+                    // Other threads took every spare with clients still waiting (no edge
+                    // will come for them): look again shortly rather than spin.
+                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                }
+                continue;
+            }
+        };
+        if conns.borrow().len() >= cfg.max_connections {
+            bump(&exec.stats().connections_refused, 1);
+            drop(stream);
+            continue;
+        }
+        let stream = match Sock::new(stream, a.poller.clone()) {
+            Ok(s) => s,
+            Err(_) => {
+                bump(&exec.stats().accept_errors, 1);
+                continue;
+            }
+        };
+        let watch = Rc::new(Watch::new(stream.fd()));
+        let key = conns.borrow_mut().insert(watch.clone());
+        bump(&exec.stats().connections, 1);
+        let (exec2, conns2, tls) = (exec.clone(), conns.clone(), tls.clone());
+        glommio::spawn_local(async move {
+            serve(exec2.clone(), stream, tls, watch).await;
+            conns2.borrow_mut().remove(key);
+            let s = &exec2.stats().connections;
+            s.store(
+                s.load(Ordering::Relaxed).saturating_sub(1),
+                Ordering::Relaxed,
+            );
+        })
+        .detach();
+    }
+}
+
+/// Serves one accepted connection: the TLS handshake first on the HTTPS listener, then
+/// requests until it ends.
+async fn serve(exec: Rc<Exec>, sock: Sock, tls: Option<Arc<Certs>>, watch: Rc<Watch>) {
+    let mut link = match tls {
+        None => Link::Plain(sock),
+        Some(certs) => match handshake(&exec, sock, &certs, &watch).await {
+            Some(t) => Link::Tls(Box::new(t)),
+            None => return,
+        },
+    };
+    Conn::new(exec, watch).serve(&mut link).await;
+    link.close().await;
+}
+
+/// The TLS handshake, within `header_timeout_ms` like a request head: a client that
+/// connects and sends half a ClientHello holds the connection no longer than one that
+/// drips a head. A plain HTTP request gets a plain 400 that says to use https://.
+async fn handshake(exec: &Exec, sock: Sock, certs: &Certs, watch: &Watch) -> Option<Tls> {
+    let failed = || bump(&exec.stats().tls_handshake_failures, 1);
+    let Ok(mut t) = Tls::new(sock, certs.current()) else {
+        failed();
+        return None;
+    };
+    watch.arm(
+        Instant::now() + Duration::from_millis(exec.cfg.header_timeout_ms),
+        true,
+    );
+    let r = t.handshake().await;
+    watch.disarm();
+    match r {
+        Ok(()) => return Some(t),
+        Err(Refused::PlainHttp) => {
+            let mut out = Vec::new();
+            let e = crate::error::HttpError::PlainHttpOnTls;
+            {
+                let date = exec.date.borrow();
+                response::error(&mut out, &e, &date, Keep::Close, exec.retry_after, false);
+            }
+            t.write_plain(&out).await;
+            exec.stats().request(e.status().0, 0);
+        }
+        Err(Refused::Failed) => {}
+    }
+    failed();
+    None
+}
+
 /// Waits until every connection has ended, or `within` passed.
 async fn until_empty(conns: &Registry, within: Duration) {
     let deadline = Instant::now() + within;
@@ -378,9 +506,11 @@ async fn ticker(exec: Rc<Exec>, shutdown: Arc<AtomicBool>, conns: Registry, stop
         if shutdown.load(Ordering::Acquire) && !exec.shutting_down.get() {
             exec.shutting_down.set(true);
             stop.set(true);
-            if let Some(w) = STOP_WAKER.take() {
-                w.wake();
-            }
+            STOP_WAKERS.with(|ws| {
+                for w in ws.iter().filter_map(Cell::take) {
+                    w.wake();
+                }
+            });
         }
         let (now, closing) = (Instant::now(), exec.shutting_down.get());
         exec.expire_waiters(now);
@@ -390,8 +520,9 @@ async fn ticker(exec: Rc<Exec>, shutdown: Arc<AtomicBool>, conns: Registry, stop
     }
 }
 
-/// Resolves once the ticker has set the executor's stop flag.
-struct StopWait(Rc<Cell<bool>>);
+/// Resolves once the ticker has set the executor's stop flag; the second field is the
+/// accept loop's slot in `STOP_WAKERS`.
+struct StopWait(Rc<Cell<bool>>, usize);
 
 impl std::future::Future for StopWait {
     type Output = ();
@@ -402,12 +533,13 @@ impl std::future::Future for StopWait {
         if self.0.get() {
             return std::task::Poll::Ready(());
         }
-        STOP_WAKER.set(Some(cx.waker().clone()));
+        STOP_WAKERS.with(|w| w[self.1].set(Some(cx.waker().clone())));
         std::task::Poll::Pending
     }
 }
 
 thread_local! {
-    /// The accept loop's waker, woken by the ticker at shutdown (one per executor thread).
-    static STOP_WAKER: Cell<Option<std::task::Waker>> = const { Cell::new(None) };
+    /// The accept loops' wakers (plain, HTTPS), woken by the ticker at shutdown (one set
+    /// per executor thread).
+    static STOP_WAKERS: [Cell<Option<std::task::Waker>>; 2] = const { [Cell::new(None), Cell::new(None)] };
 }

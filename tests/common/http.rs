@@ -38,8 +38,20 @@ impl Response {
     }
 }
 
-pub struct Client {
-    pub s: TcpStream,
+/// A client's byte stream: TCP, or TLS over TCP (`common::tls`).
+pub trait Wire: Read + Write {
+    /// The TCP connection underneath, for timeouts.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Wire for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+pub struct Client<S = TcpStream> {
+    pub s: S,
     buf: Vec<u8>,
 }
 
@@ -48,7 +60,13 @@ impl Client {
         let s = TcpStream::connect(addr)?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         s.set_nodelay(true)?;
-        Ok(Client { s, buf: Vec::new() })
+        Ok(Client::over(s))
+    }
+}
+
+impl<S: Wire> Client<S> {
+    pub fn over(s: S) -> Client<S> {
+        Client { s, buf: Vec::new() }
     }
 
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -100,7 +118,7 @@ impl Client {
     /// True when the server closes the connection (EOF or reset) within `wait`.
     /// Bytes arriving first are kept for `read`.
     pub fn closed(&mut self, wait: Duration) -> bool {
-        self.s.set_read_timeout(Some(wait)).unwrap();
+        self.s.tcp().set_read_timeout(Some(wait)).unwrap();
         let mut tmp = [0u8; 4096];
         loop {
             match self.s.read(&mut tmp) {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod tls;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -110,6 +111,8 @@ impl Broker {
 pub struct Ingestd {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The HTTPS listener's address, when `tls_listen` is set.
+    pub tls_addr: Option<SocketAddr>,
     pub log: PathBuf,
 }
 
@@ -168,15 +171,23 @@ impl Ingestd {
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
-        let Some(addr) = line.trim().strip_prefix("ingestd listening on ") else {
+        // "ingestd listening on ADDR" or "... on ADDR tls TLS_ADDR".
+        let Some(addrs) = line.trim().strip_prefix("ingestd listening on ") else {
             let _ = child.kill();
             panic!(
                 "ingestd did not start: {line:?}\n{}",
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         };
-        let addr = addr.parse().unwrap();
-        Ingestd { child, addr, log }
+        let mut words = addrs.split(' ');
+        let addr = words.next().unwrap().parse().unwrap();
+        let tls_addr = words.nth(1).map(|a| a.parse().unwrap());
+        Ingestd {
+            child,
+            addr,
+            tls_addr,
+            log,
+        }
     }
 
     pub fn wait_ready(&self, timeout: Duration) {
