@@ -173,11 +173,19 @@ def system_busy_ticks():
 class Nginx:
     name = "nginx"
 
-    def __init__(self, tmp, workers):
+    def __init__(self, tmp, workers, tls=None):
         self.port = free_port()
+        self.tls = tls
         d = tmp / "nginx"
         d.mkdir()
         conf = d / "nginx.conf"
+        # --tls: the same certificate and key as ingestd, TLS 1.2 and 1.3 as ingestd
+        # offers; wrk (OpenSSL) then negotiates TLS 1.3 with AES-256-GCM from both.
+        listen = f"listen 127.0.0.1:{self.port}"
+        if tls:
+            listen += (f" ssl;\n        ssl_certificate {tls[0]};\n"
+                       f"        ssl_certificate_key {tls[1]};\n"
+                       "        ssl_protocols TLSv1.2 TLSv1.3")
         # keepalive_requests: nginx closes a keep-alive connection after 1000 requests by
         # default; ingestd never does, so lift it to compare the same traffic.
         conf.write_text(f"""
@@ -195,7 +203,7 @@ http {{
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
     server {{
-        listen 127.0.0.1:{self.port};
+        {listen};
         location / {{ return 204; }}
     }}
 }}
@@ -215,7 +223,8 @@ http {{
         return len(self.pids) - 1
 
     def url(self, topic):
-        return f"http://127.0.0.1:{self.port}", f"/topics/{topic}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}", f"/topics/{topic}"
 
     def settle(self):
         pass
@@ -228,8 +237,10 @@ http {{
 class Ingestd:
     name = "ingestd"
 
-    def __init__(self, tmp, binary, broker, topic, executors, ack, config=None):
+    def __init__(self, tmp, binary, broker, topic, executors, ack, config=None, tls=None):
         self.port = free_port()
+        # --tls: wrk posts to the HTTPS listener; /metrics and /readyz stay on plain HTTP.
+        self.tls_port = free_port() if tls else None
         self.topic = topic
         self.gets = 0  # our own GETs answered 200, to separate them from produce answers
         tag = f"ingestd-e{executors}-{ack}"
@@ -243,8 +254,12 @@ class Ingestd:
             cmd += ["--spool-dir", str(tmp / f"spool-{tag}")]
         if config:
             cmd += ["--config", str(config)]
+        env = dict(os.environ)
+        if tls:
+            env.update(INGESTD_TLS_LISTEN=f"127.0.0.1:{self.tls_port}",
+                       INGESTD_TLS_CERT=str(tls[0]), INGESTD_TLS_KEY=str(tls[1]))
         self.proc = subprocess.Popen(cmd, stdout=open(self.out, "w"), stderr=open(self.err, "w"),
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, env=env)
         STARTED.append(("ingestd", self.proc.pid))
         self.pids = [self.proc.pid]
         deadline = time.time() + 30
@@ -292,6 +307,8 @@ class Ingestd:
         pass  # one process; /proc/PID/stat already sums its threads
 
     def url(self, topic):
+        if self.tls_port:
+            return f"https://127.0.0.1:{self.tls_port}", f"/topics/{topic}"
         return f"http://127.0.0.1:{self.port}", f"/topics/{topic}"
 
     def settle(self):
@@ -314,6 +331,17 @@ class Ingestd:
             rc = self.proc.wait()
         forget(self.proc.pid)
         return rc
+
+
+def make_cert(tmp):
+    """A self-signed P-256 certificate for 127.0.0.1 (wrk does not verify it)."""
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=bench",
+                    "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
 
 
 def wait_listening(port, proc, errfile):
@@ -601,7 +629,7 @@ def write_markdown(path, summary, tgts, checks, env, args):
     """The same figures as print_summary, as Markdown tables for BENCHMARKS.md."""
     f2 = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     out = [f"Preset `{args.preset}`: {args.duration} s per run, {args.rounds} rounds, "
-           f"wrk -t1; commit {env['commit']}; load average at start "
+           f"wrk -t1{', over HTTPS' if args.tls else ''}; commit {env['commit']}; load average at start "
            f"{' '.join(env['loadavg_at_start'])}.", "",
            "| exec | ack | body | conns | mode | ingestd 2xx/s | p50 ms | p99 ms | CPU us/req "
            "| nginx r/s | p50 ms | p99 ms | CPU us/req | 2xx/s ratio | CPU ratio | ingestd non-2xx "
@@ -725,6 +753,8 @@ def parse_args():
     p.add_argument("--special-conns", type=ints,
                    help="connections for the pipeline and close modes (default 64)")
     p.add_argument("--nginx-workers", type=int, default=2)
+    p.add_argument("--tls", action="store_true",
+                   help="HTTPS to both servers (one self-signed P-256 certificate)")
     p.add_argument("--max-other-cpu", type=float, default=0.3,
                    help="cores other processes may use during a pair before it is re-run")
     p.add_argument("--retries", type=int, default=2, help="re-runs of a noisy pair")
@@ -767,14 +797,15 @@ def main():
         f"(about {runs * (args.duration + 1) // 60 + 1} min); temp {tmp}")
     env = environment()
     rows, checks = [], []
-    nginx = Nginx(tmp, args.nginx_workers)
+    tls = make_cert(tmp) if args.tls else None
+    nginx = Nginx(tmp, args.nginx_workers, tls)
     try:
         for executors, ack in groups:
             broker, tansu_pid = start_tansu(tmp)
             topic = f"bench-e{executors}-{ack}"
             subprocess.run([str(TANSU_SH), "topic", broker, topic, "4"], check=True)
             ing = Ingestd(tmp, binary, broker, topic, executors, ack,
-                          args.ingestd_config and args.ingestd_config.resolve())
+                          args.ingestd_config and args.ingestd_config.resolve(), tls)
             grows = []
             for rnd in range(args.rounds):
                 for i, pt in enumerate(points):
