@@ -258,8 +258,26 @@ fn decode(c: &mut Criterion) {
     use std::io::Write;
     let mut g = c.benchmark_group("decode");
     for size in [256usize, 4096] {
-        let pat = b"{\"event\":\"click\",\"n\":1}\n";
-        let body: Vec<u8> = (0..size).map(|i| pat[i % pat.len()]).collect();
+        // Log lines that vary as real ones do (a repeated line compresses, and decodes,
+        // several times faster than what clients send). The same text as
+        // `benches/run.py --gzip` sends.
+        let mut body = Vec::new();
+        let mut x = size as u64;
+        while body.len() < size {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let r = (x >> 33) as u32;
+            body.extend_from_slice(
+                format!(
+                    "{{\"ts\":{},\"user\":\"u{:05}\",\"path\":\"/p/{}\",\"ms\":{}}}\n",
+                    1_700_000_000 + r % 1_000_000,
+                    r % 100_000,
+                    r % 100,
+                    r % 1000
+                )
+                .as_bytes(),
+            );
+        }
+        body.truncate(size);
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         e.write_all(&body).unwrap();
         let gz = e.finish().unwrap();

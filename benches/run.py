@@ -333,6 +333,20 @@ class Ingestd:
         return rc
 
 
+def gzip_body(tmp, size):
+    """A gzip file of `size` bytes of JSON text, varied enough to compress as logs do."""
+    import gzip
+    rnd = random.Random(size)
+    text = b""
+    while len(text) < size:
+        text += (b'{"ts":%d,"user":"u%05d","path":"/p/%d","ms":%d}\n'
+                 % (1700000000 + rnd.randrange(10**6), rnd.randrange(10**5),
+                    rnd.randrange(100), rnd.randrange(1000)))
+    path = tmp / f"body-{size}.gz"
+    path.write_bytes(gzip.compress(text[:size], 6))
+    return path
+
+
 def make_cert(tmp):
     """A self-signed P-256 certificate for 127.0.0.1 (wrk does not verify it)."""
     cert, key = tmp / "cert.pem", tmp / "key.pem"
@@ -417,7 +431,11 @@ def run_wrk(server, point, duration, tansu_pid, topic):
     server.refresh()
     s0, t0, (b0, q0) = cpu_ticks(server.pids), cpu_ticks([tansu_pid]), system_ticks()
     w0 = time.monotonic()
-    wrk = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = dict(os.environ)
+    if point.get("gzip"):
+        env["BENCH_GZIP_BODY"] = str(point["gzip"])
+    wrk = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=env)
     watch = point["mode"] == "close" and isinstance(server, Ingestd)
     last = None
     while True:
@@ -629,7 +647,8 @@ def write_markdown(path, summary, tgts, checks, env, args):
     """The same figures as print_summary, as Markdown tables for BENCHMARKS.md."""
     f2 = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     out = [f"Preset `{args.preset}`: {args.duration} s per run, {args.rounds} rounds, "
-           f"wrk -t1{', over HTTPS' if args.tls else ''}; commit {env['commit']}; load average at start "
+           f"wrk -t1{', over HTTPS' if args.tls else ''}"
+           f"{', gzip bodies' if args.gzip else ''}; commit {env['commit']}; load average at start "
            f"{' '.join(env['loadavg_at_start'])}.", "",
            "| exec | ack | body | conns | mode | ingestd 2xx/s | p50 ms | p99 ms | CPU us/req "
            "| nginx r/s | p50 ms | p99 ms | CPU us/req | 2xx/s ratio | CPU ratio | ingestd non-2xx "
@@ -753,6 +772,9 @@ def parse_args():
     p.add_argument("--special-conns", type=ints,
                    help="connections for the pipeline and close modes (default 64)")
     p.add_argument("--nginx-workers", type=int, default=2)
+    p.add_argument("--gzip", action="store_true",
+                   help="gzip request bodies (JSON lines, BODY bytes decoded) with "
+                        "Content-Encoding: gzip; nginx gets the same bytes")
     p.add_argument("--tls", action="store_true",
                    help="HTTPS to both servers (one self-signed P-256 certificate)")
     p.add_argument("--max-other-cpu", type=float, default=0.3,
@@ -790,6 +812,9 @@ def main():
     binary = tmp / "ingestd"
     shutil.copy2(REPO / "target/release/ingestd", binary)
     points = points_for(args)
+    if args.gzip:
+        for pt in points:
+            pt["gzip"] = str(gzip_body(tmp, pt["body"]))
     groups = [(e, a) for e in args.executors for a in args.acks]
     runs = len(groups) * len(points) * args.rounds * 2
     log(f"preset {args.preset}: {len(groups)} ingestd configurations x {len(points)} points x "
