@@ -264,7 +264,9 @@ fn decode(c: &mut Criterion) {
         let mut body = Vec::new();
         let mut x = size as u64;
         while body.len() < size {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let r = (x >> 33) as u32;
             body.extend_from_slice(
                 format!(
