@@ -16,12 +16,19 @@ pub enum SegFile {
     },
     /// `w` writes in place with pwrite(2): a copy into the page cache, a few us, where
     /// io_uring would hand a buffered write to a kernel worker thread (measured: ~90 us
-    /// of CPU per commit here). `f` syncs (on io_uring: fdatasync blocks) and reads.
+    /// of CPU per commit here). `f` syncs (on io_uring: fdatasync blocks) and reads;
+    /// `f2` is the second handle to sync on (`fdatasync`).
     Buffered {
         f: BufferedFile,
+        f2: BufferedFile,
         w: std::fs::File,
     },
 }
+
+/// How many `fdatasync`s of one segment may be in flight, each on its own open file:
+/// the kernel reports a writeback error once per open file, so a sync never returns
+/// success after another sync on the same handle took the error for pages it covers.
+pub const SYNC_HANDLES: usize = 2;
 
 /// Whether an open failed because the filesystem refuses O_DIRECT.
 fn refuses_direct(e: &glommio::GlommioError<()>) -> bool {
@@ -85,8 +92,14 @@ impl SegFile {
 
     async fn buffered(o: &OpenOptions, path: &Path) -> std::io::Result<SegFile> {
         let f = o.buffered_open(path).await.map_err(io_error)?;
+        let f2 = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .buffered_open(path)
+            .await
+            .map_err(io_error)?;
         let w = std::fs::OpenOptions::new().write(true).open(path)?;
-        Ok(SegFile::Buffered { f, w })
+        Ok(SegFile::Buffered { f, f2, w })
     }
 
     /// Writes `len` bytes (a multiple of `format::BLOCK`) at `pos` (aligned), filled in
@@ -130,9 +143,17 @@ impl SegFile {
     }
 
     pub async fn fdatasync(&self) -> std::io::Result<()> {
-        match self {
-            SegFile::Dma { w: f, .. } => f.fdatasync().await,
-            SegFile::Buffered { f, .. } => f.fdatasync().await,
+        self.fdatasync_on(0).await
+    }
+
+    /// fdatasync through handle `h` (< `SYNC_HANDLES`); it covers every write that
+    /// completed before it started, whichever handle wrote it.
+    pub async fn fdatasync_on(&self, h: usize) -> std::io::Result<()> {
+        match (self, h) {
+            (SegFile::Dma { w: f, .. }, 0) => f.fdatasync().await,
+            (SegFile::Dma { r: f, .. }, _) => f.fdatasync().await,
+            (SegFile::Buffered { f, .. }, 0) => f.fdatasync().await,
+            (SegFile::Buffered { f2, .. }, _) => f2.fdatasync().await,
         }
         .map_err(io_error)
     }
@@ -143,7 +164,10 @@ impl SegFile {
                 let _ = r.close().await;
                 w.close().await
             }
-            SegFile::Buffered { f, .. } => f.close().await,
+            SegFile::Buffered { f, f2, .. } => {
+                let _ = f2.close().await;
+                f.close().await
+            }
         };
     }
 }

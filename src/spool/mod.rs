@@ -92,7 +92,14 @@ struct State {
     full: bool,
     stopping: bool,
     last_sync: Instant,
+    /// Written data no sync has covered yet (a sync covers the writes before its start).
     unsynced: bool,
+    /// Writes so far: a sync clears `unsynced` only if no write came after its start.
+    writes: u64,
+    /// Which of the segment's sync handles has an fdatasync in flight.
+    syncing: [bool; file::SYNC_HANDLES],
+    /// Written batches with 201s waiting, for the next sync to start.
+    to_sync: Vec<Rc<writer::Commit>>,
 }
 
 pub struct Spool {
@@ -177,6 +184,9 @@ impl Spool {
             stopping: false,
             last_sync: Instant::now(),
             unsynced: false,
+            writes: 0,
+            syncing: [false; file::SYNC_HANDLES],
+            to_sync: Vec::new(),
         };
         for base in &found {
             let tag = st.take_tag();
@@ -274,7 +284,8 @@ impl Spool {
 
     /// Whether everything appended has been written.
     pub fn written(&self) -> bool {
-        self.st.borrow().pending.count == 0
+        let st = self.st.borrow();
+        st.pending.count == 0 && !st.syncing.contains(&true) && st.to_sync.is_empty()
     }
 
     /// Shutdown, after Kafka's last reports: seals the segment being written and trims

@@ -163,24 +163,64 @@ impl Spool {
     }
 
     /// Syncs the current segment after a quiet second with unsynced writes.
-    async fn sync_quiet(&self) {
-        let file = {
-            let st = self.st.borrow();
-            st.segs.back().and_then(|g| g.file.clone())
+    async fn sync_quiet(self: &Rc<Self>) {
+        let Some(file) = self.st.borrow().segs.back().and_then(|g| g.file.clone()) else {
+            return;
         };
-        if let Some(file) = file {
-            self.sync(&file).await;
-        }
+        self.st
+            .borrow_mut()
+            .to_sync
+            .push(Rc::new(Commit::default()));
+        self.start_sync(file);
     }
 
-    /// fdatasync of `file`, timed and counted; whether it worked (failures are logged).
-    async fn sync(&self, file: &SegFile) -> bool {
+    /// Starts an fdatasync of `file` (the current segment) for the batches in `to_sync`,
+    /// on a free sync handle; with none free, the sync that ends next starts it. So the
+    /// batches written while one sync runs get the next sync, which overlaps it: a 201
+    /// waits for about one sync after its write, not for the one in progress and then
+    /// its own (the group commit is pipelined, up to `SYNC_HANDLES` deep).
+    fn start_sync(self: &Rc<Self>, file: Rc<SegFile>) {
+        let (h, batch) = {
+            let mut st = self.st.borrow_mut();
+            let Some(h) = st.syncing.iter().position(|busy| !busy) else {
+                return;
+            };
+            if st.to_sync.is_empty() {
+                return;
+            }
+            st.syncing[h] = true;
+            (h, std::mem::take(&mut st.to_sync))
+        };
+        let sp = self.clone();
+        glommio::spawn_local(async move {
+            let ok = sp.sync(&file, h).await;
+            sp.st.borrow_mut().syncing[h] = false;
+            let stage = if ok {
+                Stage::Synced
+            } else {
+                Stage::Failed(HttpError::SpoolFailed)
+            };
+            for c in batch {
+                c.set(stage);
+            }
+            sp.start_sync(file);
+        })
+        .detach();
+    }
+
+    /// fdatasync of `file` through sync handle `h`, timed and counted; whether it worked
+    /// (failures are logged).
+    async fn sync(&self, file: &SegFile, h: usize) -> bool {
         let t0 = Instant::now();
-        let r = file.fdatasync().await;
+        let writes = self.st.borrow().writes;
+        let r = file.fdatasync_on(h).await;
         self.stats().fsync_took(t0.elapsed().as_micros() as u64);
         let mut st = self.st.borrow_mut();
         st.last_sync = Instant::now();
-        st.unsynced &= r.is_err();
+        // Writes that completed after this sync started are not covered by it.
+        if r.is_ok() && st.writes == writes {
+            st.unsynced = false;
+        }
         drop(st);
         if let Err(e) = &r {
             io_failed(self, "fdatasync", e);
@@ -237,6 +277,7 @@ impl Spool {
                 g.since_ms = unix_ms();
             }
             st.unsynced = true;
+            st.writes += 1;
             st.cold.is_none() && !st.stopping
         };
         self.publish();
@@ -268,20 +309,20 @@ impl Spool {
         }
         let due = self.st.borrow().last_sync.elapsed() >= Duration::from_secs(1);
         if durable || due {
-            let ok = self.sync(&file).await;
-            commit.set(if ok {
-                Stage::Synced
-            } else {
-                Stage::Failed(HttpError::SpoolFailed)
-            });
+            // The write loop goes on with the next batch while this one is synced.
+            self.st.borrow_mut().to_sync.push(commit);
+            self.start_sync(file);
         }
     }
 
     /// Starts a new segment at `base` (the first sequence of the batch about to be
     /// written) from the prepared spare, or a file preallocated now. 507 at the quota.
     async fn roll(self: &Rc<Self>, base: u64) -> Result<(), HttpError> {
-        // The quiet-second and durable syncs only cover the current segment: sync what
-        // 202s left unsynced in it before moving on.
+        // Syncs cover the current segment only: let those in flight end (each starts
+        // the next for 201s written meanwhile), then sync what 202s left unsynced.
+        while self.st.borrow().syncing.contains(&true) {
+            glommio::timer::sleep(Duration::from_micros(100)).await;
+        }
         let old = {
             let mut st = self.st.borrow_mut();
             let unsynced = st.unsynced;
@@ -291,7 +332,7 @@ impl Spool {
             })
         };
         if let Some(f) = old {
-            self.sync(&f).await;
+            self.sync(&f, 0).await;
         }
         self.trim();
         // A spare being prepared (zero-filled, or a trimmed segment being renamed).
