@@ -3,7 +3,7 @@
 # everything started here, by PID.
 #
 # Options (both scripts):
-#   --ack queued|kafka   --executors N   --conns N   --body BYTES   --seconds N
+#   --ack queued|kafka|durable (with a spool)   --executors N   --conns N   --body BYTES   --seconds N
 #   --mode keepalive|pipeline|close      --out DIR (default perf/results)
 #   --config FILE        ingestd TOML (e.g. a [kafka] table with librdkafka settings)
 #   --nginx              measure the reference instead: nginx `return 204;`, 2 workers
@@ -128,8 +128,11 @@ start_ingestd() {
     read -r BROKER TANSU_PID <<<"$out"
     "$REPO/tests/tansu.sh" topic "$BROKER" perf 4
     PORT=$(free_port)
+    # ack=durable answers once the spool synced: it needs one (a fresh one per run).
+    local spool=()
+    [ "$ACK" = durable ] && spool=(--spool-dir "$TMP/spool")
     "$TMP/ingestd" --brokers "$BROKER" --default-topic perf --listen "127.0.0.1:$PORT" \
-        --executors "$EXECUTORS" --ack "$ACK" "${CONFIG[@]}" \
+        --executors "$EXECUTORS" --ack "$ACK" "${spool[@]}" "${CONFIG[@]}" \
         >"$TMP/ingestd.out" 2>"$TMP/ingestd.log" &
     SERVER_PIDS=$!
     PIDS+=("$SERVER_PIDS")
