@@ -3,13 +3,20 @@
 //! `fdatasync`) elsewhere and where the filesystem refuses O_DIRECT (EINVAL).
 
 use glommio::io::{BufferedFile, DmaFile, OpenOptions};
+use std::cell::Cell;
 use std::path::Path;
 
 /// Reads go through a buffered handle even when writes are DMA: Glommio's DMA reads
 /// (registered buffers) failed here with EOPNOTSUPP on virtio disks after a few MiB. A
 /// buffered read after an O_DIRECT write is coherent (the write invalidates the cached
 /// pages), and reading back is the slow path (replay, backlog), not the request path.
-pub enum SegFile {
+pub struct SegFile {
+    io: Io,
+    /// Which sync handles have an fdatasync in flight.
+    busy: [Cell<bool>; SYNC_HANDLES],
+}
+
+enum Io {
     Dma {
         w: DmaFile,
         r: BufferedFile,
@@ -65,6 +72,24 @@ pub fn direct_io_ok(dir: &Path) -> bool {
 }
 
 impl SegFile {
+    fn new(io: Io) -> SegFile {
+        SegFile {
+            io,
+            busy: Default::default(),
+        }
+    }
+
+    /// A sync handle with no fdatasync in flight, taken until `release`d.
+    pub fn take_handle(&self) -> Option<usize> {
+        let h = self.busy.iter().position(|b| !b.get())?;
+        self.busy[h].set(true);
+        Some(h)
+    }
+
+    pub fn release(&self, h: usize) {
+        self.busy[h].set(false);
+    }
+
     /// Opens (and with `create`, creates) a segment for reading and writing; `direct`:
     /// with O_DIRECT writes (see `direct_io_ok`).
     pub async fn open(path: &Path, create: bool, direct: bool) -> std::io::Result<SegFile> {
@@ -80,7 +105,7 @@ impl SegFile {
                     .buffered_open(path)
                     .await
                     .map_err(io_error)?;
-                Ok(SegFile::Dma { w, r })
+                Ok(SegFile::new(Io::Dma { w, r }))
             }
             Err(e) if refuses_direct(&e) => {
                 tracing::warn!(path = %path.display(), "spool: this filesystem refuses O_DIRECT, using buffered files");
@@ -99,7 +124,7 @@ impl SegFile {
             .await
             .map_err(io_error)?;
         let w = std::fs::OpenOptions::new().write(true).open(path)?;
-        Ok(SegFile::Buffered { f, f2, w })
+        Ok(SegFile::new(Io::Buffered { f, f2, w }))
     }
 
     /// Writes `len` bytes (a multiple of `format::BLOCK`) at `pos` (aligned), filled in
@@ -110,13 +135,13 @@ impl SegFile {
         pos: u64,
         fill: impl FnOnce(&mut [u8]),
     ) -> std::io::Result<()> {
-        let n = match self {
-            SegFile::Dma { w: f, .. } => {
+        let n = match &self.io {
+            Io::Dma { w: f, .. } => {
                 let mut buf = f.alloc_dma_buffer(len);
                 fill(buf.as_bytes_mut());
                 f.write_at(buf, pos).await
             }
-            SegFile::Buffered { w, .. } => {
+            Io::Buffered { w, .. } => {
                 use std::os::unix::fs::FileExt;
                 let mut buf = vec![0; len];
                 fill(&mut buf);
@@ -135,8 +160,8 @@ impl SegFile {
 
     /// Reads up to `len` bytes at `pos` (aligned); fewer at the end of the file.
     pub async fn read_at(&self, pos: u64, len: usize) -> std::io::Result<Vec<u8>> {
-        let r = match self {
-            SegFile::Dma { r: f, .. } | SegFile::Buffered { f, .. } => f.read_at(pos, len).await,
+        let r = match &self.io {
+            Io::Dma { r: f, .. } | Io::Buffered { f, .. } => f.read_at(pos, len).await,
         }
         .map_err(io_error)?;
         Ok(r.to_vec())
@@ -149,22 +174,22 @@ impl SegFile {
     /// fdatasync through handle `h` (< `SYNC_HANDLES`); it covers every write that
     /// completed before it started, whichever handle wrote it.
     pub async fn fdatasync_on(&self, h: usize) -> std::io::Result<()> {
-        match (self, h) {
-            (SegFile::Dma { w: f, .. }, 0) => f.fdatasync().await,
-            (SegFile::Dma { r: f, .. }, _) => f.fdatasync().await,
-            (SegFile::Buffered { f, .. }, 0) => f.fdatasync().await,
-            (SegFile::Buffered { f2, .. }, _) => f2.fdatasync().await,
+        match (&self.io, h) {
+            (Io::Dma { w: f, .. }, 0) => f.fdatasync().await,
+            (Io::Dma { r: f, .. }, _) => f.fdatasync().await,
+            (Io::Buffered { f, .. }, 0) => f.fdatasync().await,
+            (Io::Buffered { f2, .. }, _) => f2.fdatasync().await,
         }
         .map_err(io_error)
     }
 
     pub async fn close(self) {
-        let _ = match self {
-            SegFile::Dma { w, r } => {
+        let _ = match self.io {
+            Io::Dma { w, r } => {
                 let _ = r.close().await;
                 w.close().await
             }
-            SegFile::Buffered { f, f2, .. } => {
+            Io::Buffered { f, f2, .. } => {
                 let _ = f2.close().await;
                 f.close().await
             }

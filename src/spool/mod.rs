@@ -96,8 +96,8 @@ struct State {
     unsynced: bool,
     /// Writes so far: a sync clears `unsynced` only if no write came after its start.
     writes: u64,
-    /// Which of the segment's sync handles has an fdatasync in flight.
-    syncing: [bool; file::SYNC_HANDLES],
+    /// fdatasyncs in flight, all segments.
+    syncs: usize,
     /// Written batches with 201s waiting, for the next sync to start.
     to_sync: Vec<Rc<writer::Commit>>,
 }
@@ -185,7 +185,7 @@ impl Spool {
             last_sync: Instant::now(),
             unsynced: false,
             writes: 0,
-            syncing: [false; file::SYNC_HANDLES],
+            syncs: 0,
             to_sync: Vec::new(),
         };
         for base in &found {
@@ -285,7 +285,7 @@ impl Spool {
     /// Whether everything appended has been written.
     pub fn written(&self) -> bool {
         let st = self.st.borrow();
-        st.pending.count == 0 && !st.syncing.contains(&true) && st.to_sync.is_empty()
+        st.pending.count == 0 && st.syncs == 0 && st.to_sync.is_empty()
     }
 
     /// Shutdown, after Kafka's last reports: seals the segment being written and trims

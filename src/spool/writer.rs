@@ -180,21 +180,25 @@ impl Spool {
     /// waits for about one sync after its write, not for the one in progress and then
     /// its own (the group commit is pipelined, up to `SYNC_HANDLES` deep).
     fn start_sync(self: &Rc<Self>, file: Rc<SegFile>) {
-        let (h, batch) = {
-            let mut st = self.st.borrow_mut();
-            let Some(h) = st.syncing.iter().position(|busy| !busy) else {
-                return;
-            };
-            if st.to_sync.is_empty() {
-                return;
-            }
-            st.syncing[h] = true;
-            (h, std::mem::take(&mut st.to_sync))
+        if self.st.borrow().to_sync.is_empty() {
+            return;
+        }
+        let Some(h) = file.take_handle() else {
+            return;
         };
+        let batch = std::mem::take(&mut self.st.borrow_mut().to_sync);
+        self.spawn_sync(file, h, batch);
+    }
+
+    /// Syncs `file` through handle `h`, then settles `batch`; then starts the current
+    /// segment's next sync, for the batches written meanwhile.
+    fn spawn_sync(self: &Rc<Self>, file: Rc<SegFile>, h: usize, batch: Vec<Rc<Commit>>) {
+        self.st.borrow_mut().syncs += 1;
         let sp = self.clone();
         glommio::spawn_local(async move {
             let ok = sp.sync(&file, h).await;
-            sp.st.borrow_mut().syncing[h] = false;
+            file.release(h);
+            sp.st.borrow_mut().syncs -= 1;
             let stage = if ok {
                 Stage::Synced
             } else {
@@ -203,7 +207,30 @@ impl Spool {
             for c in batch {
                 c.set(stage);
             }
-            sp.start_sync(file);
+            let current = sp.st.borrow().segs.back().and_then(|g| g.file.clone());
+            if let Some(f) = current {
+                sp.start_sync(f);
+            }
+        })
+        .detach();
+    }
+
+    /// The last sync of a segment being closed, for what 202s left unsynced and the 201s
+    /// waiting: in the background, once one of its handles is free, so the write loop
+    /// goes on in the next segment meanwhile (waiting for it stalled every 202 for the
+    /// flush of a second of writes: 9-10 ms at p99).
+    fn sync_sealed(self: &Rc<Self>, file: Rc<SegFile>, batch: Vec<Rc<Commit>>) {
+        let sp = self.clone();
+        sp.st.borrow_mut().syncs += 1;
+        glommio::spawn_local(async move {
+            let h = loop {
+                match file.take_handle() {
+                    Some(h) => break h,
+                    None => glommio::timer::sleep(Duration::from_micros(100)).await,
+                }
+            };
+            sp.st.borrow_mut().syncs -= 1;
+            sp.spawn_sync(file, h, batch);
         })
         .detach();
     }
@@ -318,21 +345,20 @@ impl Spool {
     /// Starts a new segment at `base` (the first sequence of the batch about to be
     /// written) from the prepared spare, or a file preallocated now. 507 at the quota.
     async fn roll(self: &Rc<Self>, base: u64) -> Result<(), HttpError> {
-        // Syncs cover the current segment only: let those in flight end (each starts
-        // the next for 201s written meanwhile), then sync what 202s left unsynced.
-        while self.st.borrow().syncing.contains(&true) {
-            glommio::timer::sleep(Duration::from_micros(100)).await;
-        }
+        // Syncs cover one segment: the one closed now gets its last in the background.
         let old = {
             let mut st = self.st.borrow_mut();
-            let unsynced = st.unsynced;
-            st.segs.back_mut().and_then(|g| {
+            let unsynced = st.unsynced || !st.to_sync.is_empty();
+            st.unsynced = false;
+            let batch = std::mem::take(&mut st.to_sync);
+            let file = st.segs.back_mut().and_then(|g| {
                 g.sealed = true;
                 g.file.clone().filter(|_| unsynced)
-            })
+            });
+            file.map(|f| (f, batch))
         };
-        if let Some(f) = old {
-            self.sync(&f, 0).await;
+        if let Some((f, batch)) = old {
+            self.sync_sealed(f, batch);
         }
         self.trim();
         // A spare being prepared (zero-filled, or a trimmed segment being renamed).
