@@ -916,6 +916,32 @@ mod tests {
     }
 
     #[test]
+    fn tls_settings_go_together() {
+        let err = |pairs: &[(&str, &str)]| {
+            let env = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+            Config::load(&cli(&[]), env).unwrap_err()
+        };
+        let e = err(&[("INGESTD_TLS_CERT", "/c.pem")]);
+        assert!(e.starts_with("tls_cert: set, but tls_listen is not"), "{e}");
+        let e = err(&[("INGESTD_PLAIN_HTTP", "false")]);
+        assert!(e.starts_with("plain_http: false needs tls_listen"), "{e}");
+        let e = err(&[("INGESTD_TLS_LISTEN", "127.0.0.1:8443")]);
+        assert!(e.starts_with("tls_cert: tls_listen needs tls_cert and tls_key"), "{e}");
+        let e = err(&[
+            ("INGESTD_TLS_LISTEN", "0.0.0.0:8080"),
+            ("INGESTD_TLS_CERT", "/c.pem"),
+            ("INGESTD_TLS_KEY", "/k.pem"),
+        ]);
+        assert!(e.starts_with("tls_listen: the same address as listen"), "{e}");
+        let e = err(&[
+            ("INGESTD_TLS_LISTEN", "127.0.0.1:8443"),
+            ("INGESTD_TLS_CERT", "/nonexistent/c.pem"),
+            ("INGESTD_TLS_KEY", "/k.pem"),
+        ]);
+        assert!(e.starts_with("tls_cert: cannot read /nonexistent/c.pem"), "{e}");
+    }
+
+    #[test]
     fn secrets_stay_out_of_describe_and_errors() {
         let env = vec![
             ("INGESTD_AUTH_TOKENS".to_string(), "123,true".to_string()),
