@@ -333,6 +333,46 @@ class Ingestd:
         return rc
 
 
+class TokioRef:
+    """benches/tools/tokio_ref.rs: the plain tokio loop (httparse, a BaseProducer polled on
+    its own thread, 202 once librdkafka has the record) that issue 13 measures ingestd
+    against. Its records go to a topic of their own, so ingestd's broker check is exact."""
+    name = "tokio"
+
+    def __init__(self, tmp, broker, topic):
+        self.port = free_port()
+        binary = tmp / "tokio_ref"
+        if not binary.exists():
+            shutil.copy2(REPO / "target/release/examples/tokio_ref", binary)
+        err = tmp / f"tokio-{topic}.log"
+        self.proc = subprocess.Popen([str(binary), broker, topic, f"127.0.0.1:{self.port}"],
+                                     stdout=subprocess.DEVNULL, stderr=open(err, "w"),
+                                     stdin=subprocess.DEVNULL)
+        STARTED.append(("tokio_ref", self.proc.pid))
+        self.pids = [self.proc.pid]
+        wait_listening(self.port, self.proc, err)
+        log(f"tokio_ref: pid {self.proc.pid}, port {self.port}, topic {topic}")
+
+    def refresh(self):
+        pass
+
+    def url(self, topic):
+        return f"http://127.0.0.1:{self.port}", f"/topics/{topic}"
+
+    def settle(self):
+        """Like Ingestd.settle: the records it answered leave librdkafka in this run."""
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            if http_get(self.port, "/queue")[1].strip() == "0":
+                return
+            time.sleep(0.05)
+        log("  warning: tokio_ref's producer queue not drained after 15 s")
+
+    def stop(self):
+        stop_pid(self.proc.pid, signal.SIGTERM, 10)
+        forget(self.proc.pid)
+
+
 def gzip_body(tmp, size):
     """A gzip file of `size` bytes of JSON text, varied enough to compress as logs do."""
     import gzip
@@ -560,7 +600,7 @@ def summarize(rows):
         for r in grp:
             by_round.setdefault(r["round"], {})[r["server"]] = r
         s_other = max(r["other_cpu_s"] / r["wall_s"] for r in grp)
-        pairs = [v for v in by_round.values() if len(v) == 2]
+        pairs = [v for v in by_round.values() if "nginx" in v and "ingestd" in v]
 
         def med(server, f):
             vals = [r[f] for r in grp if r["server"] == server and r[f] is not None]
@@ -571,8 +611,13 @@ def summarize(rows):
                     if p["nginx"][f] and p["ingestd"][f] is not None]
             return round(statistics.median(vals), 3) if vals else None
 
+        def ratio_tokio(f):
+            vals = [p["ingestd"][f] / p["tokio"][f] for p in pairs
+                    if "tokio" in p and p["tokio"][f] and p["ingestd"][f] is not None]
+            return round(statistics.median(vals), 3) if vals else None
+
         s = dict(zip(("executors", "ack", "body", "conns", "mode"), k))
-        for srv in ("ingestd", "nginx"):
+        for srv in ("ingestd", "nginx", "tokio"):
             for f in ("rps", "ok_rps", "p50_ms", "p99_ms", "max_ms", "cpu_us_per_req"):
                 s[f"{srv}_{f}"] = med(srv, f)
             s[f"{srv}_non_2xx"] = sum(r["non_2xx"] for r in grp if r["server"] == srv)
@@ -581,6 +626,8 @@ def summarize(rows):
         s["rps_ratio"] = ratio("ok_rps")
         s["cpu_ratio"] = ratio("cpu_us_per_req")
         s["p99_ratio"] = ratio("p99_ms")
+        s["tokio_cpu_ratio"] = ratio_tokio("cpu_us_per_req")
+        s["tokio_rps_ratio"] = ratio_tokio("ok_rps")
         s["rounds"] = len(pairs)
         # Worst interference among the kept runs: cores used by other processes.
         s["max_other_cores"] = round(s_other, 2)
@@ -627,7 +674,8 @@ def targets(summary):
 def print_summary(summary, tgts):
     hdr = (f"{'exe':>3} {'ack':>6} {'body':>5} {'conns':>5} {'mode':>9} | "
            f"{'ingestd 2xx/s':>13} {'p99ms':>6} {'us/req':>6} | "
-           f"{'nginx r/s':>10} {'p99ms':>6} {'us/req':>6} | {'r/s x':>6} {'cpu x':>6} {'errs':>5}")
+           f"{'nginx r/s':>10} {'p99ms':>6} {'us/req':>6} | {'r/s x':>6} {'cpu x':>6} {'errs':>5} | "
+           f"{'tokio r/s':>10} {'us/req':>6} {'cpu x':>6}")
     log("\n" + hdr + "\n" + "-" * len(hdr))
     for s in summary:
         errs = s["ingestd_non_2xx"] + s["ingestd_socket_errors"]
@@ -636,7 +684,9 @@ def print_summary(summary, tgts):
             f"{fmt(s['ingestd_cpu_us_per_req'], '>6.2f')} | "
             f"{fmt(s['nginx_rps'], '>10.0f')} {fmt(s['nginx_p99_ms'], '>6.2f')} "
             f"{fmt(s['nginx_cpu_us_per_req'], '>6.2f')} | "
-            f"{fmt(s['rps_ratio'], '>6.3f')} {fmt(s['cpu_ratio'], '>6.3f')} {errs:>5}")
+            f"{fmt(s['rps_ratio'], '>6.3f')} {fmt(s['cpu_ratio'], '>6.3f')} {errs:>5} | "
+            f"{fmt(s['tokio_rps'], '>10.0f')} {fmt(s['tokio_cpu_us_per_req'], '>6.2f')} "
+            f"{fmt(s['tokio_cpu_ratio'], '>6.3f')}")
     log("\nTargets (64 conns, 256 B, keep-alive):")
     for t in tgts:
         log(f"  executors={t['executors']}: " + ", ".join(f"{k}={v}" for k, v in t.items()
@@ -652,8 +702,8 @@ def write_markdown(path, summary, tgts, checks, env, args):
            f"{' '.join(env['loadavg_at_start'])}.", "",
            "| exec | ack | body | conns | mode | ingestd 2xx/s | p50 ms | p99 ms | CPU us/req "
            "| nginx r/s | p50 ms | p99 ms | CPU us/req | 2xx/s ratio | CPU ratio | ingestd non-2xx "
-           "| socket errors | other cores |",
-           "|" + "---|" * 18]
+           "| socket errors | other cores | tokio r/s | tokio CPU us/req | CPU ratio to tokio |",
+           "|" + "---|" * 21]
     for s in summary:
         out.append(
             f"| {s['executors']} | {s['ack']} | {s['body']} | {s['conns']} | {s['mode']} "
@@ -663,7 +713,8 @@ def write_markdown(path, summary, tgts, checks, env, args):
             f"| {f2(s['nginx_p99_ms'], '.2f')} | {f2(s['nginx_cpu_us_per_req'], '.2f')} "
             f"| {f2(s['rps_ratio'], '.2f')} | {f2(s['cpu_ratio'], '.2f')} "
             f"| {s['ingestd_non_2xx']} | {s['ingestd_socket_errors']} / {s['nginx_socket_errors']} "
-            f"| {s['max_other_cores']} |")
+            f"| {s['max_other_cores']} | {f2(s['tokio_rps'], '.0f')} "
+            f"| {f2(s['tokio_cpu_us_per_req'], '.2f')} | {f2(s['tokio_cpu_ratio'], '.2f')} |")
     out += ["", "| exec | ack | topic records | wrk 2xx | ingestd 2xx | delivered | failed "
             "| in-flight bound | check |", "|" + "---|" * 9]
     for c in checks:
@@ -772,6 +823,9 @@ def parse_args():
     p.add_argument("--special-conns", type=ints,
                    help="connections for the pipeline and close modes (default 64)")
     p.add_argument("--nginx-workers", type=int, default=2)
+    p.add_argument("--no-tokio", dest="tokio", action="store_false",
+                   help="skip the tokio reference server (benches/tools/tokio_ref.rs), "
+                        "measured beside nginx for ack=queued over plain HTTP")
     p.add_argument("--gzip", action="store_true",
                    help="gzip request bodies (JSON lines, BODY bytes decoded) with "
                         "Content-Encoding: gzip; nginx gets the same bytes")
@@ -831,11 +885,21 @@ def main():
             subprocess.run([str(TANSU_SH), "topic", broker, topic, "4"], check=True)
             ing = Ingestd(tmp, binary, broker, topic, executors, ack,
                           args.ingestd_config and args.ingestd_config.resolve(), tls)
+            servers = [nginx, ing]
+            tokio = None
+            if args.tokio and not (tls or args.gzip) and ack == "queued":
+                # The reference answers 202 only, over plain HTTP, raw bodies.
+                subprocess.run([str(TANSU_SH), "topic", broker, f"{topic}-tokio", "4"],
+                               check=True)
+                tokio = TokioRef(tmp, broker, f"{topic}-tokio")
+                servers.append(tokio)
             grows = []
             for rnd in range(args.rounds):
                 for i, pt in enumerate(points):
                     point = dict(pt, executors=executors, ack=ack, round=rnd)
-                    order = [nginx, ing] if (rnd + i) % 2 == 0 else [ing, nginx]
+                    # Rotated each round and point, so no server always runs first.
+                    k = (rnd + i) % len(servers)
+                    order = servers[k:] + servers[:k]
                     for attempt in range(args.retries + 1):
                         wait_quiet(args.max_other_cpu, 20)
                         pair = [run_wrk(srv, point, args.duration, tansu_pid, topic)
@@ -855,6 +919,8 @@ def main():
                             + ("kept, no retries left)" if last else "running the pair again)"))
             checks.append(verify(ing, ack, grows, broker,
                                  before_stop=ing.metrics()) | dict(executors=executors))
+            if tokio:
+                tokio.stop()
             stop_tansu(tansu_pid)
             rows += grows
     finally:

@@ -27,8 +27,9 @@ ulimit -l unlimited 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 tests/tansu.sh install
-# The server, and the independent record counter (benches/tools/kcount.rs).
-cargo build --release --bin ingestd --example kcount
+# The server, the independent record counter (benches/tools/kcount.rs) and the tokio
+# reference server (benches/tools/tokio_ref.rs).
+cargo build --release --bin ingestd --example kcount --example tokio_ref
 
 if [ "${1:-}" = --outage ]; then
     shift

@@ -926,19 +926,28 @@ mod tests {
         let e = err(&[("INGESTD_PLAIN_HTTP", "false")]);
         assert!(e.starts_with("plain_http: false needs tls_listen"), "{e}");
         let e = err(&[("INGESTD_TLS_LISTEN", "127.0.0.1:8443")]);
-        assert!(e.starts_with("tls_cert: tls_listen needs tls_cert and tls_key"), "{e}");
+        assert!(
+            e.starts_with("tls_cert: tls_listen needs tls_cert and tls_key"),
+            "{e}"
+        );
         let e = err(&[
             ("INGESTD_TLS_LISTEN", "0.0.0.0:8080"),
             ("INGESTD_TLS_CERT", "/c.pem"),
             ("INGESTD_TLS_KEY", "/k.pem"),
         ]);
-        assert!(e.starts_with("tls_listen: the same address as listen"), "{e}");
+        assert!(
+            e.starts_with("tls_listen: the same address as listen"),
+            "{e}"
+        );
         let e = err(&[
             ("INGESTD_TLS_LISTEN", "127.0.0.1:8443"),
             ("INGESTD_TLS_CERT", "/nonexistent/c.pem"),
             ("INGESTD_TLS_KEY", "/k.pem"),
         ]);
-        assert!(e.starts_with("tls_cert: cannot read /nonexistent/c.pem"), "{e}");
+        assert!(
+            e.starts_with("tls_cert: cannot read /nonexistent/c.pem"),
+            "{e}"
+        );
     }
 
     #[test]
