@@ -40,17 +40,20 @@ NGINX = "/usr/sbin/nginx"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PORTS = range(19000, 20000)  # the range this project's benchmarks may use
 PIPELINE_DEPTH = 16
-SCRIPTS = {"keepalive": "post.lua", "pipeline": "pipeline.lua", "close": "close.lua"}
+SCRIPTS = {"keepalive": "post.lua", "pipeline": "pipeline.lua", "close": "close.lua",
+           "rate": "rate.lua"}
 
 PRESETS = {
     # A few minutes: the DESIGN.md point (64 conns, 256 B) plus a small sweep.
     "quick": dict(duration=3, rounds=2, bodies=[256], conns=[1, 16, 64, 256],
                   acks=["queued", "kafka"], executors=[1, 2],
-                  modes=["keepalive", "pipeline", "close"], special_conns=[64]),
+                  modes=["keepalive", "pipeline", "close"], special_conns=[64],
+                  rates=[5000, 20000]),
     # Everything the issue lists (about an hour).
     "full": dict(duration=10, rounds=3, bodies=[256, 4096], conns=[1, 16, 64, 256, 1024],
                  acks=["queued", "kafka"], executors=[1, 2],
-                 modes=["keepalive", "pipeline", "close"], special_conns=[64]),
+                 modes=["keepalive", "pipeline", "close"], special_conns=[64],
+                 rates=[5000, 20000, 50000]),
 }
 
 
@@ -467,6 +470,8 @@ def run_wrk(server, point, duration, tansu_pid, topic):
            "-s", str(script), base, "--", str(point["body"]), path]
     if point["mode"] == "pipeline":
         cmd.append(str(PIPELINE_DEPTH))
+    if point["mode"] == "rate":
+        cmd.append(str(point["delay_ms"]))
     progress = []
     server.refresh()
     s0, t0, (b0, q0) = cpu_ticks(server.pids), cpu_ticks([tansu_pid]), system_ticks()
@@ -518,6 +523,8 @@ def run_wrk(server, point, duration, tansu_pid, topic):
         connect_errors=w["connect_errors"], read_errors=w["read_errors"],
         write_errors=w["write_errors"], timeouts=w["timeouts"],
         cpu_us_per_req=round(server_cpu * 1e6 / reqs, 2) if reqs else None,
+        # Cores the server kept busy: what a paced (`rate`) run compares at equal load.
+        cores=round(server_cpu / (w["duration_us"] / 1e6), 3),
         server_cpu_s=round(server_cpu, 2),
         broker_cpu_us_per_req=(round(tansu_cpu * 1e6 / reqs, 2)
                                if reqs and server.name == "ingestd" else None),
@@ -582,11 +589,18 @@ def points_for(args):
         for mode in ("pipeline", "close"):
             if mode in args.modes:
                 pts += [dict(body=body, conns=c, mode=mode) for c in args.special_conns]
+        for rate in args.rates or []:
+            # Connections x 1000 / delay = the offered rate (less the answers' latency);
+            # the delay is whole milliseconds in wrk, so it is picked to keep 10-100
+            # connections.
+            delay = max(1, min(100, 50_000 // rate))
+            pts.append(dict(body=body, conns=max(1, rate * delay // 1000), mode="rate",
+                            delay_ms=delay, rate=rate))
     return pts
 
 
 def key(r):
-    return (r["executors"], r["ack"], r["body"], r["conns"], r["mode"])
+    return (r["executors"], r["ack"], r["body"], r["conns"], r["mode"], r.get("rate", 0))
 
 
 def summarize(rows):
@@ -616,9 +630,9 @@ def summarize(rows):
                     if "tokio" in p and p["tokio"][f] and p["ingestd"][f] is not None]
             return round(statistics.median(vals), 3) if vals else None
 
-        s = dict(zip(("executors", "ack", "body", "conns", "mode"), k))
+        s = dict(zip(("executors", "ack", "body", "conns", "mode", "rate"), k))
         for srv in ("ingestd", "nginx", "tokio"):
-            for f in ("rps", "ok_rps", "p50_ms", "p99_ms", "max_ms", "cpu_us_per_req"):
+            for f in ("rps", "ok_rps", "p50_ms", "p99_ms", "max_ms", "cpu_us_per_req", "cores"):
                 s[f"{srv}_{f}"] = med(srv, f)
             s[f"{srv}_non_2xx"] = sum(r["non_2xx"] for r in grp if r["server"] == srv)
             s[f"{srv}_socket_errors"] = sum(r["socket_errors"] for r in grp if r["server"] == srv)
@@ -671,22 +685,28 @@ def targets(summary):
     return res
 
 
+def mode_label(s):
+    """`keepalive`, ..., or `rate 5000/s` for a paced load."""
+    return f"rate {s['rate']}/s" if s["mode"] == "rate" else s["mode"]
+
+
 def print_summary(summary, tgts):
     hdr = (f"{'exe':>3} {'ack':>6} {'body':>5} {'conns':>5} {'mode':>9} | "
            f"{'ingestd 2xx/s':>13} {'p99ms':>6} {'us/req':>6} | "
            f"{'nginx r/s':>10} {'p99ms':>6} {'us/req':>6} | {'r/s x':>6} {'cpu x':>6} {'errs':>5} | "
-           f"{'tokio r/s':>10} {'us/req':>6} {'cpu x':>6}")
+           f"{'tokio r/s':>10} {'us/req':>6} {'cpu x':>6} | cores: {'ingestd':>7} {'nginx':>6} {'tokio':>6}")
     log("\n" + hdr + "\n" + "-" * len(hdr))
     for s in summary:
         errs = s["ingestd_non_2xx"] + s["ingestd_socket_errors"]
-        log(f"{s['executors']:>3} {s['ack']:>6} {s['body']:>5} {s['conns']:>5} {s['mode']:>9} | "
+        log(f"{s['executors']:>3} {s['ack']:>6} {s['body']:>5} {s['conns']:>5} {mode_label(s):>9} | "
             f"{fmt(s['ingestd_ok_rps'], '>13.0f')} {fmt(s['ingestd_p99_ms'], '>6.2f')} "
             f"{fmt(s['ingestd_cpu_us_per_req'], '>6.2f')} | "
             f"{fmt(s['nginx_rps'], '>10.0f')} {fmt(s['nginx_p99_ms'], '>6.2f')} "
             f"{fmt(s['nginx_cpu_us_per_req'], '>6.2f')} | "
             f"{fmt(s['rps_ratio'], '>6.3f')} {fmt(s['cpu_ratio'], '>6.3f')} {errs:>5} | "
             f"{fmt(s['tokio_rps'], '>10.0f')} {fmt(s['tokio_cpu_us_per_req'], '>6.2f')} "
-            f"{fmt(s['tokio_cpu_ratio'], '>6.3f')}")
+            f"{fmt(s['tokio_cpu_ratio'], '>6.3f')} |        {fmt(s['ingestd_cores'], '>7.3f')} "
+            f"{fmt(s['nginx_cores'], '>6.3f')} {fmt(s['tokio_cores'], '>6.3f')}")
     log("\nTargets (64 conns, 256 B, keep-alive):")
     for t in tgts:
         log(f"  executors={t['executors']}: " + ", ".join(f"{k}={v}" for k, v in t.items()
@@ -702,11 +722,12 @@ def write_markdown(path, summary, tgts, checks, env, args):
            f"{' '.join(env['loadavg_at_start'])}.", "",
            "| exec | ack | body | conns | mode | ingestd 2xx/s | p50 ms | p99 ms | CPU us/req "
            "| nginx r/s | p50 ms | p99 ms | CPU us/req | 2xx/s ratio | CPU ratio | ingestd non-2xx "
-           "| socket errors | other cores | tokio r/s | tokio CPU us/req | CPU ratio to tokio |",
-           "|" + "---|" * 21]
+           "| socket errors | other cores | tokio r/s | tokio CPU us/req | CPU ratio to tokio "
+           "| cores ingestd / nginx / tokio |",
+           "|" + "---|" * 22]
     for s in summary:
         out.append(
-            f"| {s['executors']} | {s['ack']} | {s['body']} | {s['conns']} | {s['mode']} "
+            f"| {s['executors']} | {s['ack']} | {s['body']} | {s['conns']} | {mode_label(s)} "
             f"| {f2(s['ingestd_ok_rps'], '.0f')} | {f2(s['ingestd_p50_ms'], '.2f')} "
             f"| {f2(s['ingestd_p99_ms'], '.2f')} | {f2(s['ingestd_cpu_us_per_req'], '.2f')} "
             f"| {f2(s['nginx_rps'], '.0f')} | {f2(s['nginx_p50_ms'], '.2f')} "
@@ -714,7 +735,9 @@ def write_markdown(path, summary, tgts, checks, env, args):
             f"| {f2(s['rps_ratio'], '.2f')} | {f2(s['cpu_ratio'], '.2f')} "
             f"| {s['ingestd_non_2xx']} | {s['ingestd_socket_errors']} / {s['nginx_socket_errors']} "
             f"| {s['max_other_cores']} | {f2(s['tokio_rps'], '.0f')} "
-            f"| {f2(s['tokio_cpu_us_per_req'], '.2f')} | {f2(s['tokio_cpu_ratio'], '.2f')} |")
+            f"| {f2(s['tokio_cpu_us_per_req'], '.2f')} | {f2(s['tokio_cpu_ratio'], '.2f')} "
+            f"| {f2(s['ingestd_cores'], '.3f')} / {f2(s['nginx_cores'], '.3f')} "
+            f"/ {f2(s['tokio_cores'], '.3f')} |")
     out += ["", "| exec | ack | topic records | wrk 2xx | ingestd 2xx | delivered | failed "
             "| in-flight bound | check |", "|" + "---|" * 9]
     for c in checks:
@@ -776,6 +799,29 @@ def plot(summary, outdir):
         fig.savefig(outdir / name, dpi=90)
         plt.close(fig)
         files.append(name)
+    # Paced loads: CPU cores each server used against the rate it served.
+    paced = [s for s in summary if s["mode"] == "rate"]
+    if paced:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for srv, style in (("nginx", "k--o"), ("tokio", "g:s")):
+            pts = sorted((s[f"{srv}_ok_rps"], s[f"{srv}_cores"]) for s in paced
+                         if s[f"{srv}_cores"] is not None)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=srv)
+        for (e, a) in sorted({(s["executors"], s["ack"]) for s in paced}):
+            pts = sorted((s["ingestd_ok_rps"], s["ingestd_cores"]) for s in paced
+                         if s["executors"] == e and s["ack"] == a)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o",
+                    label=f"ingestd {e} exec, ack={a}")
+        ax.set_xlabel("requests/s served (paced wrk: benches/rate.lua)")
+        ax.set_ylabel("server CPU cores")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title("CPU cores against offered load (median of rounds)")
+        fig.tight_layout()
+        fig.savefig(outdir / "rate_cores.png", dpi=90)
+        plt.close(fig)
+        files.append("rate_cores.png")
     return files
 
 
@@ -820,6 +866,9 @@ def parse_args():
     p.add_argument("--acks", type=strs, help="queued,kafka,spool (ack=queued with the spool on),durable")
     p.add_argument("--executors", type=ints, help="ingestd executor counts, e.g. 1,2")
     p.add_argument("--modes", type=strs, help="keepalive,pipeline,close")
+    p.add_argument("--rates", type=ints,
+                   help="paced loads in req/s (benches/rate.lua), e.g. 5000,20000,50000: "
+                        "CPU cores each server uses at that rate")
     p.add_argument("--special-conns", type=ints,
                    help="connections for the pipeline and close modes (default 64)")
     p.add_argument("--nginx-workers", type=int, default=2)
