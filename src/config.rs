@@ -291,7 +291,10 @@ impl Config {
             }
             None => toml::Table::new(),
         };
-        let env: Vec<(String, String)> = env.collect();
+        let mut env: Vec<(String, String)> = env.collect();
+        // One-property variables (INGESTD_KAFKA_SASL_PASSWORD) after INGESTD_KAFKA's
+        // table, whatever the environment's order: the narrower setting wins.
+        env.sort_by_key(|(k, _)| k.starts_with("INGESTD_KAFKA_"));
         // systemd credentials override the file; the environment and flags override them.
         if let Some((_, dir)) = env.iter().find(|(k, _)| k == "CREDENTIALS_DIRECTORY") {
             for c in credentials(std::path::Path::new(dir))? {
@@ -333,6 +336,10 @@ impl Config {
                     // serde's message would quote the value.
                     "kafka" => format!("{name}: must be a TOML inline table, e.g. {{ \"linger.ms\" = 5 }} (value not shown: it may hold secrets)"),
                     "auth_tokens" => format!("{name}: must be a comma-separated list of tokens (value not shown)"),
+                    // A mistyped secret's name must not put the secret in the log.
+                    k if secret_kafka_key(k) || k.contains("key") => {
+                        format!("{name}: {} (value not shown: it may hold secrets)", e.message())
+                    }
                     _ => format!("{name}={raw}: {}", e.message()),
                 })?;
             if let toml::Value::Table(t) = &value {
@@ -578,7 +585,12 @@ impl Config {
                 None if self.kafka.contains_key(&k) => "[kafka]".into(),
                 None => "ingestd default".into(),
             };
-            let v = if secret_kafka_key(&k) {
+            // Whatever came from systemd's credential store is a secret, by its name or not.
+            let credential = matches!(
+                self.sources.get(&format!("kafka.{k}")),
+                Some(Source::Credential(_))
+            );
+            let v = if secret_kafka_key(&k) || credential {
                 REDACTED.to_string()
             } else {
                 toml::Value::String(v).to_string()
@@ -982,6 +994,30 @@ mod tests {
             err.contains("INGESTD_KAFKA") && !err.contains("hunter2"),
             "{err}"
         );
+        // A mistyped secret's variable is an error that does not show its value.
+        let env = vec![(
+            "INGESTD_KAFK_SASL_PASSWORD".to_string(),
+            "hunter2".to_string(),
+        )];
+        let err = Config::load(&cli(&[]), env.into_iter()).unwrap_err();
+        assert!(
+            err.contains("INGESTD_KAFK_SASL_PASSWORD") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn one_property_variables_win_over_the_kafka_table_in_any_order() {
+        let table = (
+            "INGESTD_KAFKA".to_string(),
+            r#"{ "linger.ms" = 5 }"#.to_string(),
+        );
+        let one = ("INGESTD_KAFKA_LINGER_MS".to_string(), "7".to_string());
+        for env in [vec![table.clone(), one.clone()], vec![one, table]] {
+            let cfg = Config::load(&cli(&[]), env.into_iter()).unwrap();
+            let props: BTreeMap<_, _> = cfg.kafka_properties().into_iter().collect();
+            assert_eq!(props["linger.ms"], "7");
+        }
     }
 
     #[test]

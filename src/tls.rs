@@ -101,7 +101,10 @@ impl Certs {
     /// the certificate) the configuration in use stays, and the next change or SIGHUP
     /// tries again.
     pub fn reload(&self, why: &str) -> bool {
-        *self.seen.lock().expect("not poisoned") = stamps(&self.cfg);
+        // One reload at a time (SIGHUP and the watcher may race): the stamps and the
+        // configuration stored are then of the same files.
+        let mut seen = self.seen.lock().expect("not poisoned");
+        *seen = stamps(&self.cfg);
         match server_config(&self.cfg) {
             Ok(sc) => {
                 *self.current.write().expect("not poisoned") = sc;
@@ -129,8 +132,8 @@ impl Certs {
             .name("ingestd-tls".into())
             .spawn(move || loop {
                 std::thread::sleep(every);
-                let now = stamps(&me.cfg);
-                if *me.seen.lock().expect("not poisoned") != now {
+                let changed = *me.seen.lock().expect("not poisoned") != stamps(&me.cfg);
+                if changed {
                     me.reload("file changed");
                 }
             })

@@ -32,9 +32,10 @@ enum Io {
     },
 }
 
-/// How many `fdatasync`s of one segment may be in flight, each on its own open file:
-/// the kernel reports a writeback error once per open file, so a sync never returns
-/// success after another sync on the same handle took the error for pages it covers.
+/// How many `fdatasync`s of one segment may be in flight, each on its own open file: the
+/// kernel reports a writeback error once per open file, so two syncs on one handle at
+/// once could each leave the error to the other. A sync that fails also fails the batches
+/// written while it ran (`writer::spawn_sync`): it may have taken their error.
 pub const SYNC_HANDLES: usize = 2;
 
 /// Whether an open failed because the filesystem refuses O_DIRECT.

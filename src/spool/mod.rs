@@ -98,6 +98,8 @@ struct State {
     writes: u64,
     /// fdatasyncs in flight, all segments.
     syncs: usize,
+    /// A batch taken from `pending` is being written (or its segment rolled).
+    writing: bool,
     /// Written batches with 201s waiting, for the next sync to start.
     to_sync: Vec<Rc<writer::Commit>>,
 }
@@ -186,6 +188,7 @@ impl Spool {
             unsynced: false,
             writes: 0,
             syncs: 0,
+            writing: false,
             to_sync: Vec::new(),
         };
         for base in &found {
@@ -285,7 +288,7 @@ impl Spool {
     /// Whether everything appended has been written.
     pub fn written(&self) -> bool {
         let st = self.st.borrow();
-        st.pending.count == 0 && st.syncs == 0 && st.to_sync.is_empty()
+        st.pending.count == 0 && !st.writing && st.syncs == 0 && st.to_sync.is_empty()
     }
 
     /// Shutdown, after Kafka's last reports: seals the segment being written and trims

@@ -154,7 +154,10 @@ impl Spool {
                 Some(PendingWait(&self).await)
             };
             match next {
-                Some(Some(p)) => self.commit(p, &*feed).await,
+                Some(Some(p)) => {
+                    self.commit(p, &*feed).await;
+                    self.st.borrow_mut().writing = false;
+                }
                 // Stopped, with nothing left to write.
                 Some(None) => return,
                 None => self.sync_quiet().await,
@@ -198,7 +201,17 @@ impl Spool {
         glommio::spawn_local(async move {
             let ok = sp.sync(&file, h).await;
             file.release(h);
-            sp.st.borrow_mut().syncs -= 1;
+            let mut batch = batch;
+            {
+                let mut st = sp.st.borrow_mut();
+                st.syncs -= 1;
+                if !ok {
+                    // A writeback error is reported once per open file: this sync may
+                    // have taken the error for pages of batches written while it ran,
+                    // whose own sync on this handle would then succeed. They fail too.
+                    batch.append(&mut st.to_sync);
+                }
+            }
             let stage = if ok {
                 Stage::Synced
             } else {
@@ -243,10 +256,19 @@ impl Spool {
         let r = file.fdatasync_on(h).await;
         self.stats().fsync_took(t0.elapsed().as_micros() as u64);
         let mut st = self.st.borrow_mut();
-        st.last_sync = Instant::now();
-        // Writes that completed after this sync started are not covered by it.
-        if r.is_ok() && st.writes == writes {
-            st.unsynced = false;
+        // `unsynced` and `last_sync` are the current segment's: a closed segment's last
+        // sync says nothing of the new one. Writes that completed after this sync
+        // started are not covered by it either.
+        let current = st
+            .segs
+            .back()
+            .and_then(|g| g.file.as_deref())
+            .is_some_and(|f| std::ptr::eq(f, file));
+        if current {
+            st.last_sync = Instant::now();
+            if r.is_ok() && st.writes == writes {
+                st.unsynced = false;
+            }
         }
         drop(st);
         if let Err(e) = &r {
@@ -563,6 +585,7 @@ impl Future for PendingWait<'_> {
         let mut st = sp.st.borrow_mut();
         if st.pending.count > 0 {
             let next = Pending::new(st.next_seq);
+            st.writing = true;
             return Poll::Ready(Some(std::mem::replace(&mut st.pending, next)));
         }
         if st.stopping {
