@@ -6,12 +6,11 @@
 
 mod common;
 
-use common::http::{post, Client};
+use common::http::{post, Client, Wire};
 use common::tls::{connect, peer_cert, Pki};
-use common::{broker, read_topic, Ingestd};
+use common::{broker, read_topic, wait_until, Ingestd};
 use rustls::pki_types::ServerName;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -44,19 +43,15 @@ fn values(broker: &str, topic: &str, expect: usize) -> Vec<String> {
     v
 }
 
+/// POSTs `body` to `path` on `c`; the answer's status.
+fn status(c: &mut Client<impl Wire>, path: &str, body: &[u8]) -> u16 {
+    c.request(&post(path, body, &[])).unwrap().status
+}
+
 fn sorted(v: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
     v.sort();
     v
-}
-
-/// Polls `cond` until it holds or `within` passed.
-fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(t0.elapsed() < within, "not within {within:?}: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -208,32 +203,22 @@ fn certificate_swap_on_sighup_and_on_file_change_keeps_open_connections() {
     let tls = ing.tls_addr.unwrap();
     let mut open = connect(tls, pki.client_config(None)).unwrap();
     assert_eq!(peer_cert(&open), srv1);
-    assert_eq!(
-        open.request(&post(&path, b"hup-before", &[]))
-            .unwrap()
-            .status,
-        202
-    );
+    assert_eq!(status(&mut open, &path, b"hup-before"), 202);
     install(&pki, "srv2", &["pem", "key"]);
     assert_eq!(served(tls, &pki), srv1, "reloaded without SIGHUP");
     ing.signal(libc::SIGHUP);
-    wait_until(Duration::from_secs(10), "srv2 served after SIGHUP", || {
+    wait_until("srv2 served after SIGHUP", Duration::from_secs(10), || {
         served(tls, &pki) == srv2
     });
     assert_eq!(ing.metric("ingestd_tls_reloads_total", ""), 1.0);
     // The connection from before the swap goes on with its session.
-    assert_eq!(
-        open.request(&post(&path, b"hup-after", &[]))
-            .unwrap()
-            .status,
-        202
-    );
+    assert_eq!(status(&mut open, &path, b"hup-after"), 202);
     assert_eq!(peer_cert(&open), srv1);
 
     // A certificate that does not fit the key is refused; the one in use stays.
     install(&pki, "srv1", &["pem"]);
     ing.signal(libc::SIGHUP);
-    wait_until(Duration::from_secs(10), "a failed reload counted", || {
+    wait_until("a failed reload counted", Duration::from_secs(10), || {
         ing.metric("ingestd_tls_reload_failures_total", "") == 1.0
     });
     assert_eq!(served(tls, &pki), srv2);
@@ -254,24 +239,14 @@ fn certificate_swap_on_sighup_and_on_file_change_keeps_open_connections() {
     let tls = ing.tls_addr.unwrap();
     let mut open = connect(tls, pki.client_config(None)).unwrap();
     assert_eq!(peer_cert(&open), srv2);
-    assert_eq!(
-        open.request(&post(&path, b"watch-before", &[]))
-            .unwrap()
-            .status,
-        202
-    );
+    assert_eq!(status(&mut open, &path, b"watch-before"), 202);
     install(&pki, "srv1", &["pem", "key"]);
     wait_until(
-        Duration::from_secs(10),
         "srv1 served after the files changed",
+        Duration::from_secs(10),
         || served(tls, &pki) == srv1,
     );
-    assert_eq!(
-        open.request(&post(&path, b"watch-after", &[]))
-            .unwrap()
-            .status,
-        202
-    );
+    assert_eq!(status(&mut open, &path, b"watch-after"), 202);
 
     let want = sorted(&["hup-before", "hup-after", "watch-before", "watch-after"]);
     assert_eq!(values(&b.addr, &topic, want.len()), want);
@@ -284,19 +259,6 @@ fn client_hello(pki: &Pki) -> Vec<u8> {
     let mut hello = Vec::new();
     c.write_tls(&mut hello).unwrap();
     hello
-}
-
-/// True once the server closed `s` (EOF or reset), reading whatever it sent first.
-fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
-    s.set_read_timeout(Some(wait)).unwrap();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
-        }
-    }
 }
 
 #[test]
@@ -316,22 +278,22 @@ fn plain_http_garbage_and_truncated_handshakes_are_refused_and_the_server_serves
     assert!(c.closed(Duration::from_secs(5)));
 
     // Bytes that are neither TLS nor HTTP: rustls's alert, then close.
-    let mut g = TcpStream::connect(tls).unwrap();
-    g.write_all(&[0u8; 64]).unwrap();
-    assert!(closed_within(&mut g, Duration::from_secs(5)));
+    let mut g = Client::connect(tls).unwrap();
+    g.send(&[0u8; 64]).unwrap();
+    assert!(g.closed(Duration::from_secs(5)));
 
     // Half a ClientHello, then the client gives up.
     let hello = client_hello(&pki);
-    let mut t = TcpStream::connect(tls).unwrap();
-    t.write_all(&hello[..hello.len() / 2]).unwrap();
+    let mut t = Client::connect(tls).unwrap();
+    t.send(&hello[..hello.len() / 2]).unwrap();
     drop(t);
 
     // Half a ClientHello, then silence: closed at header_timeout_ms (1 s here), not held
     // for the 60 s idle timeout.
-    let mut t = TcpStream::connect(tls).unwrap();
-    t.write_all(&hello[..hello.len() / 2]).unwrap();
+    let mut t = Client::connect(tls).unwrap();
+    t.send(&hello[..hello.len() / 2]).unwrap();
     let t0 = Instant::now();
-    assert!(closed_within(&mut t, Duration::from_secs(10)));
+    assert!(t.closed(Duration::from_secs(10)));
     assert!(t0.elapsed() < Duration::from_secs(10));
 
     // A client that does not trust the certificate gives up during the handshake.
@@ -339,8 +301,8 @@ fn plain_http_garbage_and_truncated_handshakes_are_refused_and_the_server_serves
     assert!(connect(tls, stranger.client_config(None)).is_err());
 
     wait_until(
-        Duration::from_secs(10),
         "handshake failures counted",
+        Duration::from_secs(10),
         || ing.metric("ingestd_tls_handshake_failures_total", "") >= 5.0,
     );
     assert_eq!(
@@ -350,12 +312,9 @@ fn plain_http_garbage_and_truncated_handshakes_are_refused_and_the_server_serves
 
     // Still serving, over TLS and plain.
     let mut c = connect(tls, pki.client_config(None)).unwrap();
-    assert_eq!(c.request(&post(&path, b"after", &[])).unwrap().status, 202);
+    assert_eq!(status(&mut c, &path, b"after"), 202);
     let mut p = Client::connect(ing.addr).unwrap();
-    assert_eq!(
-        p.request(&post(&path, b"plain-port", &[])).unwrap().status,
-        202
-    );
+    assert_eq!(status(&mut p, &path, b"plain-port"), 202);
     assert_eq!(values(&b.addr, &topic, 2), sorted(&["after", "plain-port"]));
 }
 
@@ -379,12 +338,7 @@ fn mutual_tls_refuses_missing_and_wrong_client_certificates() {
         assert!(r.is_err(), "{who}: answered {:?}", r.map(|r| r.status));
     }
     let mut c = connect(tls, pki.client_config(Some("client"))).unwrap();
-    assert_eq!(
-        c.request(&post(&path, b"rustls-client", &[]))
-            .unwrap()
-            .status,
-        202
-    );
+    assert_eq!(status(&mut c, &path, b"rustls-client"), 202);
 
     let port = tls.port();
     let url = format!("https://localhost:{port}{path}");

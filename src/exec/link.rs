@@ -51,15 +51,6 @@ impl Link {
             Link::Tls(t) => t.write_all(buf, on_block).await,
         }
     }
-
-    /// The end of a connection ingestd closes: TLS tells the client with close_notify,
-    /// so that it can tell a complete answer from a truncated one.
-    pub async fn close(&mut self) {
-        if let Link::Tls(t) = self {
-            t.tls.send_close_notify();
-            let _ = t.flush(|| {}).await;
-        }
-    }
 }
 
 pub struct Tls {
@@ -116,6 +107,13 @@ impl Tls {
             }
         }
         self.flush(|| {}).await.map_err(|_| Refused::Failed)
+    }
+
+    /// The end of a connection ingestd closes: close_notify tells the client, so that it
+    /// can tell a complete answer from a truncated one.
+    pub async fn close(&mut self) {
+        self.tls.send_close_notify();
+        let _ = self.flush(|| {}).await;
     }
 
     /// Writes a plain (unencrypted) answer to a client that spoke plain HTTP here.

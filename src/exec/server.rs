@@ -449,11 +449,13 @@ async fn serve(exec: Rc<Exec>, sock: Sock, tls: Option<Arc<Certs>>, watch: Rc<Wa
     };
     let ms = exec.cfg.body_timeout_ms;
     Conn::new(exec, watch.clone()).serve(&mut link).await;
-    // close_notify is a write like any answer: a client that stops reading does not hold
-    // the connection past the write timeout.
-    watch.arm_write(Instant::now() + Duration::from_millis(ms));
-    link.close().await;
-    watch.disarm();
+    if let Link::Tls(t) = &mut link {
+        // close_notify is a write like any answer: a client that stops reading does not
+        // hold the connection past the write timeout.
+        watch.arm_write(Instant::now() + Duration::from_millis(ms));
+        t.close().await;
+        watch.disarm();
+    }
 }
 
 /// The TLS handshake, within `header_timeout_ms` like a request head: a client that

@@ -170,10 +170,10 @@ impl Spool {
         let Some(file) = self.st.borrow().segs.back().and_then(|g| g.file.clone()) else {
             return;
         };
-        self.st
-            .borrow_mut()
-            .to_sync
-            .push(Rc::new(Commit::default()));
+        // A batch nobody waits on: it makes `start_sync` sync (it only syncs for
+        // waiting batches), through the same handles as every other sync.
+        let nobody = Rc::new(Commit::default());
+        self.st.borrow_mut().to_sync.push(nobody);
         self.start_sync(file);
     }
 
