@@ -4,12 +4,14 @@
 #
 # Options (both scripts):
 #   --ack queued|kafka|durable (with a spool)   --executors N   --conns N   --body BYTES   --seconds N
-#   --mode keepalive|pipeline|close      --out DIR (default perf/results)
+#   --mode keepalive|pipeline|close|rate --out DIR (default perf/results)
+#   --delay MS           with --mode rate: each connection waits MS after every answer
+#                        (benches/rate.lua), so --conns N offer about N x 1000 / MS req/s
 #   --config FILE        ingestd TOML (e.g. a [kafka] table with librdkafka settings)
 #   --nginx              measure the reference instead: nginx `return 204;`, 2 workers
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SERVER=ingestd ACK=queued EXECUTORS=2 CONNS=64 BODY=256 SECONDS_=10 MODE=keepalive
+SERVER=ingestd ACK=queued EXECUTORS=2 CONNS=64 BODY=256 SECONDS_=10 MODE=keepalive DELAY_MS=10
 OUT=$REPO/perf/results
 EXTRA_ARGS=()
 CONFIG=()
@@ -23,6 +25,7 @@ parse_common() {
             --body) BODY=$2; shift 2 ;;
             --seconds) SECONDS_=$2; shift 2 ;;
             --mode) MODE=$2; shift 2 ;;
+            --delay) DELAY_MS=$2; shift 2 ;;
             --out) OUT=$2; shift 2 ;;
             --config) CONFIG=(--config "$(realpath "$2")"); shift 2 ;;
             --nginx) SERVER=nginx; shift ;;
@@ -31,6 +34,7 @@ parse_common() {
         esac
     done
     NAME="e${EXECUTORS}-${ACK}-c${CONNS}-${BODY}B-${MODE}"
+    if [ "$MODE" = rate ]; then NAME+="-d${DELAY_MS}"; fi
     if [ ${#CONFIG[@]} -gt 0 ]; then NAME+="-$(basename "${CONFIG[1]}" .toml)"; fi
     if [ $SERVER = nginx ]; then NAME="nginx-c${CONNS}-${BODY}B-${MODE}"; fi
     mkdir -p "$OUT"
@@ -154,6 +158,7 @@ start_wrk() {
     case "$MODE" in
         pipeline) script=pipeline.lua extra=(16) ;;
         close) script=close.lua ;;
+        rate) script=rate.lua extra=("$DELAY_MS") ;;
     esac
     wrk -t1 -c"$CONNS" -d"$1"s -s "$REPO/benches/$script" "http://127.0.0.1:$PORT" \
         -- "$BODY" /topics/perf "${extra[@]}" >"$TMP/wrk.txt" 2>&1 &

@@ -108,6 +108,11 @@ pub struct Config {
     pub memory_max_bytes: usize,
     /// How long an ack=kafka request waits for the broker before 504.
     pub ack_timeout_ms: u64,
+    /// While records are in flight, the Kafka thread takes new records and delivery
+    /// reports every this many ms instead of waking for each (records someone waits
+    /// for, ack=kafka, still go at once): the longest a 202 record waits before
+    /// librdkafka has it.
+    pub handoff_ms: u64,
     /// Seconds sent in `Retry-After` with 503.
     pub retry_after_secs: u32,
     /// Deadline for finishing requests and flushing the producer at shutdown.
@@ -202,6 +207,7 @@ impl Default for Config {
             queue_max_records: 200_000,
             memory_max_bytes: 128 << 20,
             ack_timeout_ms: 10_000,
+            handoff_ms: 5,
             retry_after_secs: 1,
             shutdown_timeout_ms: 10_000,
             drain_ms: 0,
@@ -499,6 +505,7 @@ impl Config {
             ("queue_max_records", self.queue_max_records as u64),
             ("memory_max_bytes", self.memory_max_bytes as u64),
             ("ack_timeout_ms", self.ack_timeout_ms),
+            ("handoff_ms", self.handoff_ms),
             (
                 "embedded_partitions",
                 self.embedded_partitions.max(0) as u64,
@@ -512,6 +519,9 @@ impl Config {
                 "max_headers: at most {}",
                 crate::http::parse::MAX_HEADERS_LIMIT
             ));
+        }
+        if self.handoff_ms > 1000 {
+            return Err("handoff_ms: at most 1000".into());
         }
         if self.max_body_bytes > 512 << 20 {
             return Err("max_body_bytes: at most 512 MiB".into());
@@ -889,6 +899,23 @@ mod tests {
             .contains("at least 4 segments"));
         assert_eq!(quota("67108864").unwrap().spool_segments(), 4);
         assert!(quota("1099511627776").unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn handoff_is_checked_at_its_edges() {
+        let load = |v: &str| {
+            let env = [("INGESTD_HANDOFF_MS".to_string(), v.to_string())];
+            Config::load(&cli(&["--executors", "1"]), env.into_iter())
+        };
+        assert_eq!(Config::default().handoff_ms, 5);
+        assert!(load("0")
+            .unwrap_err()
+            .contains("handoff_ms: must be greater than 0"));
+        assert_eq!(load("1").unwrap().handoff_ms, 1);
+        assert_eq!(load("1000").unwrap().handoff_ms, 1000);
+        assert!(load("1001")
+            .unwrap_err()
+            .contains("handoff_ms: at most 1000"));
     }
 
     #[test]

@@ -508,6 +508,80 @@ fn ack_kafka_answers_promptly_while_the_executor_is_saturated() {
     );
 }
 
+#[test]
+fn ack_kafka_answers_at_once_while_queued_records_wait_for_the_handoff() {
+    // With records in flight the Kafka thread naps for `handoff_ms` and routine pushes
+    // and delivery reports do not wake it. Records someone waits for must: their push
+    // and their report both end the nap. With a 1 s hand-off, an ack=kafka answer that
+    // waited for the nap's end would take ~500 ms on average; at once it takes a round
+    // trip to the broker.
+    let b = broker();
+    let topic = b.topic("handoff", 1);
+    let ing = Ingestd::start_env(
+        &[
+            "--brokers",
+            &b.addr,
+            "--default-topic",
+            &topic,
+            "--executors",
+            "1",
+        ],
+        &[("INGESTD_HANDOFF_MS", "1000")],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    // A trickle of ack=queued records keeps records in flight, so the thread naps.
+    let trickle = {
+        let (addr, stop) = (ing.addr, stop.clone());
+        std::thread::spawn(move || {
+            let mut c = Client::connect(addr).unwrap();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let r = c
+                    .request(&post("/", format!("q{n}").as_bytes(), &[]))
+                    .unwrap();
+                assert_eq!(r.status, 202, "{}", r.text());
+                n += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            n
+        })
+    };
+    common::wait_until("queued records in flight", Duration::from_secs(10), || {
+        ing.metric("ingestd_kafka_batches_total", "") >= 2.0
+    });
+    let mut c = Client::connect(ing.addr).unwrap();
+    let mut lat = Vec::new();
+    for i in 0..15 {
+        let t0 = Instant::now();
+        let r = c
+            .request(&post(
+                "/",
+                format!("k{i}").as_bytes(),
+                &[("Kafka-Ack", "kafka")],
+            ))
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        lat.push(t0.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let queued: usize = trickle.join().unwrap();
+    lat.sort();
+    let p50 = lat[lat.len() / 2];
+    assert!(
+        p50 < Duration::from_millis(200),
+        "ack=kafka p50 {p50:?} with handoff_ms = 1000; all: {lat:?}"
+    );
+    // Every record arrives, the held ones too.
+    let recs = read_topic(&b.addr, &topic, 1, queued + 15, SETTLE);
+    let values: BTreeSet<Vec<u8>> = recs.into_iter().map(|r| r.value).collect();
+    for i in 0..queued {
+        assert!(values.contains(format!("q{i}").as_bytes()), "q{i} missing");
+    }
+    for i in 0..15 {
+        assert!(values.contains(format!("k{i}").as_bytes()), "k{i} missing");
+    }
+}
+
 /// The partition Kafka's Java producer picks for `key` (its `Utils.murmur2`, then
 /// `toPositive(h) % partitions`).
 fn java_partition(key: &[u8], partitions: u32) -> i32 {

@@ -197,38 +197,38 @@ impl Completions {
 
 /// How the Kafka thread is waiting, if it is (`KafkaWake::state`).
 const AWAKE: u8 = 0;
-/// A short timed park while records keep coming: it wakes itself within
-/// `KafkaWake::NAP`, so routine pushes need not wake it.
+/// A short timed park while records are in flight: it wakes itself within `handoff_ms`,
+/// so routine pushes and delivery reports need not wake it.
 const NAPPING: u8 = 1;
 /// Parked until woken (only a safety-net timeout).
 const SLEEPING: u8 = 2;
 
 /// Wake-up state for the Kafka thread, shared by every executor.
 ///
-/// Waking a parked thread costs a futex call and a context switch on both sides (about
-/// 0.9 us per request at 64 connections when every scheduler round woke it). Under load
-/// the thread therefore naps for `NAP` between rounds and executors only `nudge` it:
-/// a nudge wakes it from a real sleep, never from a nap. Records someone waits for
-/// (ack=kafka), a full batch and librdkafka's events still `wake` it at once.
+/// Waking a parked thread costs a futex call and a context switch on both sides; at one
+/// connection a wake per push and another per delivery report cost 12 us per request.
+/// So while records are in flight the thread naps for `handoff_ms` between rounds, and
+/// executors and librdkafka's delivery reports only `nudge` it: a nudge wakes it from a
+/// real sleep, never from a nap. Records someone waits for (ack=kafka), their reports,
+/// a full batch and a backlog still `wake` it at once.
 pub struct KafkaWake {
     thread: Mutex<Option<Thread>>,
     /// AWAKE, NAPPING or SLEEPING; set by the Kafka thread before it parks.
     state: AtomicU8,
     /// Set by an executor after each push, so a thread about to park sees new work.
     pending: AtomicBool,
+    /// Set by the Kafka thread while records someone waits for (ack=kafka) are in
+    /// flight: only then must a delivery report end its nap (`report`).
+    waited: AtomicBool,
 }
 
 impl KafkaWake {
-    /// The longest a pushed record waits for a napping Kafka thread: ingestd's default
-    /// `linger.ms` (1), the time librdkafka holds records anyway. 1 ms measured better
-    /// than 0.5 ms at 64 connections (8.44 vs 10.0 us per request, median of 8 runs).
-    pub const NAP: std::time::Duration = std::time::Duration::from_millis(1);
-
     pub fn new() -> Arc<Self> {
         Arc::new(KafkaWake {
             thread: Mutex::new(None),
             state: AtomicU8::new(AWAKE),
             pending: AtomicBool::new(false),
+            waited: AtomicBool::new(false),
         })
     }
 
@@ -261,9 +261,28 @@ impl KafkaWake {
     }
 
     /// Announces a push; wakes the thread only from a sleep, not from a nap (it comes
-    /// back within `NAP` and finds the push).
+    /// back within `handoff_ms` and finds the push).
     pub fn nudge(&self) {
         self.announce(SLEEPING);
+    }
+
+    /// Kafka thread: whether records someone waits for are in flight. Set before such a
+    /// record is handed to librdkafka, so its report never finds it unset.
+    pub fn set_waited(&self, on: bool) {
+        if self.waited.load(Ordering::Relaxed) != on {
+            self.waited.store(on, Ordering::SeqCst);
+        }
+    }
+
+    /// librdkafka queued an event (a delivery report, an error): it wakes the thread at
+    /// once while someone waits for a report; otherwise it is only a nudge, and a napping
+    /// thread serves it when the nap ends, with every other report of that interval.
+    pub fn report(&self) {
+        if self.waited.load(Ordering::SeqCst) {
+            self.wake();
+        } else {
+            self.nudge();
+        }
     }
 
     /// Marks work pending, and unparks the thread if it waits at `from` or deeper

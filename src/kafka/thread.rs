@@ -41,6 +41,8 @@ struct Sink {
     retried: u64,
     /// Delivery reports served since start, final or not (see `KafkaThread::in_flight`).
     reports: u64,
+    /// Of them, reports on records someone waits for (see `KafkaThread::waited_sent`).
+    waited_reports: u64,
     /// With a spool: where spooled records Kafka rejects for good are written.
     dead: Option<crate::kafka::deadletter::DeadLetters>,
     dead_letters: u64,
@@ -207,7 +209,12 @@ impl ProducerContext for Ctx {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
-        SINK.with(|s| s.borrow_mut().reports += 1);
+        let waited = Opaque::decode(opaque).slot != 0;
+        SINK.with(|s| {
+            let mut s = s.borrow_mut();
+            s.reports += 1;
+            s.waited_reports += u64::from(waited);
+        });
         let (msg, res) = match result {
             Ok(m) => (m, Ok((m.partition(), m.offset()))),
             Err((KafkaError::MessageProduction(code), m)) if FailReason::transient(*code) => {
@@ -333,6 +340,11 @@ pub struct KafkaThread {
     last_progress: Instant,
     /// Records librdkafka accepted since start (see `in_flight`).
     sent: u64,
+    /// Of them, records someone waits for (ack=kafka): while any is in flight, delivery
+    /// reports wake this thread at once (`KafkaWake::report`).
+    waited_sent: u64,
+    /// The nap while records are in flight (`handoff_ms`).
+    handoff: Duration,
     phase: Phase,
     next_health_check: Instant,
     /// Records taken from the lanes since `window_start`; at the end of each
@@ -360,6 +372,7 @@ impl KafkaThread {
     ) -> Result<Self, String> {
         let n = lanes.len();
         let producer = create_producer(&cfg, &bootstrap, Some(&metrics))?;
+        let handoff = Duration::from_millis(cfg.handoff_ms);
         Ok(KafkaThread {
             queue_wake: Some(QueueWake::enable(&producer, shared.wake.clone())),
             producer,
@@ -374,6 +387,8 @@ impl KafkaThread {
             last_log: Instant::now(),
             last_progress: Instant::now(),
             sent: 0,
+            waited_sent: 0,
+            handoff,
             phase: Phase::Running,
             next_health_check: Instant::now(),
             window_start: Instant::now(),
@@ -422,6 +437,10 @@ impl KafkaThread {
             self.producer.poll(Duration::ZERO);
             work |= self.send_retries();
             work |= self.dispatch();
+            let waited_reports = SINK.with(|s| s.borrow().waited_reports);
+            self.shared
+                .wake
+                .set_waited(self.waited_sent > waited_reports);
             bump(&self.metrics.kafka.heartbeat, 1);
             self.log_failures();
             self.check_health();
@@ -493,10 +512,15 @@ impl KafkaThread {
                 rec = rec.headers(hs);
             }
             let cost = record_cost(key.map_or(0, <[u8]>::len), value.len(), hcost);
+            let waited = Opaque::decode(r.opaque).slot != 0;
+            if waited {
+                self.shared.wake.set_waited(true);
+            }
             loop {
                 match self.producer.send(rec) {
                     Ok(()) => {
                         self.sent += 1;
+                        self.waited_sent += u64::from(waited);
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
@@ -703,8 +727,8 @@ impl KafkaThread {
     }
 
     /// Nothing to do: wait for a delivery report, or until an executor pushes. While
-    /// records keep coming (`busy`) this is a nap of `KafkaWake::NAP` that executors do
-    /// not interrupt for routine pushes; otherwise a sleep that any push ends.
+    /// records are in flight or keep coming (`busy`) this is a nap of `handoff_ms` that
+    /// routine pushes and reports do not interrupt; otherwise a sleep that any push ends.
     fn idle(&mut self) {
         // Sleep until an executor pushes or librdkafka queues an event (`QueueWake` unparks
         // us from its thread). Not `producer.poll(timeout)`: it would not see executor
@@ -720,15 +744,19 @@ impl KafkaThread {
             self.window_start = now;
         }
         let w = &self.shared.wake;
-        let mut timeout = if self.busy {
-            KafkaWake::NAP
+        // While records are in flight, a nap: pushes and reports of that interval are
+        // served together when it ends, and librdkafka gets them as one batch (one
+        // produce request instead of one per burst). Only an idle thread sleeps.
+        let nap = self.busy || self.in_flight() > 0;
+        let mut timeout = if nap {
+            self.handoff
         } else {
             Duration::from_millis(100)
         };
         if let Some(t) = SINK.with(|s| s.borrow().retry_due()) {
             timeout = timeout.min(t.saturating_duration_since(now));
         }
-        if w.begin_park(self.busy)
+        if w.begin_park(nap)
             && !self.shared.stop.load(Ordering::Acquire)
             && !self.queue_wake.as_ref().is_some_and(QueueWake::pending)
         {

@@ -22,7 +22,7 @@ unsafe extern "C" fn queue_event(
     // SAFETY: `opaque` is the KafkaWake that `QueueWake` keeps alive until the callback
     // is disabled in its drop.
     let wake = unsafe { &*(opaque as *const super::lane::KafkaWake) };
-    wake.wake();
+    wake.report();
 }
 
 impl QueueWake {
