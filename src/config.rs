@@ -113,6 +113,12 @@ pub struct Config {
     /// for, ack=kafka, still go at once): the longest a 202 record waits before
     /// librdkafka has it.
     pub handoff_ms: u64,
+    /// When an executor runs out of ready sockets it blocks in epoll_wait for up to
+    /// this many ms before it sleeps in its io_uring (0: always the ring). One syscall
+    /// per wait instead of the ring's several, at the price of Glommio timers running
+    /// up to this late meanwhile. Off while a spool is configured (its I/O completes in
+    /// the ring).
+    pub direct_wait_ms: u64,
     /// Seconds sent in `Retry-After` with 503.
     pub retry_after_secs: u32,
     /// Deadline for finishing requests and flushing the producer at shutdown.
@@ -208,6 +214,7 @@ impl Default for Config {
             memory_max_bytes: 128 << 20,
             ack_timeout_ms: 10_000,
             handoff_ms: 5,
+            direct_wait_ms: 1,
             retry_after_secs: 1,
             shutdown_timeout_ms: 10_000,
             drain_ms: 0,
@@ -522,6 +529,10 @@ impl Config {
         }
         if self.handoff_ms > 1000 {
             return Err("handoff_ms: at most 1000".into());
+        }
+        // Beyond the ticker's period, idle deadlines and the Date header would run late.
+        if self.direct_wait_ms > 100 {
+            return Err("direct_wait_ms: at most 100".into());
         }
         if self.max_body_bytes > 512 << 20 {
             return Err("max_body_bytes: at most 512 MiB".into());
@@ -916,6 +927,20 @@ mod tests {
         assert!(load("1001")
             .unwrap_err()
             .contains("handoff_ms: at most 1000"));
+    }
+
+    #[test]
+    fn direct_wait_is_checked_at_its_edges() {
+        let load = |v: &str| {
+            let env = [("INGESTD_DIRECT_WAIT_MS".to_string(), v.to_string())];
+            Config::load(&cli(&["--executors", "1"]), env.into_iter())
+        };
+        assert_eq!(Config::default().direct_wait_ms, 1);
+        assert_eq!(load("0").unwrap().direct_wait_ms, 0);
+        assert_eq!(load("100").unwrap().direct_wait_ms, 100);
+        assert!(load("101")
+            .unwrap_err()
+            .contains("direct_wait_ms: at most 100"));
     }
 
     #[test]

@@ -104,9 +104,15 @@ pub fn epoll() -> io::Result<OwnedFd> {
 /// Registers `fd` once, edge-triggered, for both directions and urgent data, with
 /// `token` as its data.
 pub fn epoll_add(ep: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
+    let all = libc::EPOLLIN | libc::EPOLLPRI | libc::EPOLLOUT | libc::EPOLLRDHUP;
+    epoll_add_events(ep, fd, token, all)
+}
+
+/// Registers `fd` once, edge-triggered, for `events` only (an eventfd: EPOLLIN, since
+/// it is always writable and each read of it would raise an EPOLLOUT edge).
+pub fn epoll_add_events(ep: RawFd, fd: RawFd, token: u64, events: i32) -> io::Result<()> {
     let mut ev = libc::epoll_event {
-        events: (libc::EPOLLIN | libc::EPOLLPRI | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET)
-            as u32,
+        events: (events | libc::EPOLLET) as u32,
         u64: token,
     };
     // SAFETY: `ev` is a valid epoll_event; the kernel copies it.
@@ -118,9 +124,40 @@ pub fn epoll_add(ep: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
 
 /// Ready events without waiting.
 pub fn epoll_poll(ep: RawFd, events: &mut [libc::epoll_event]) -> &[libc::epoll_event] {
+    epoll_wait(ep, events, 0)
+}
+
+/// Ready events, waiting up to `ms` for the first (none after a signal interrupted it).
+pub fn epoll_wait(ep: RawFd, events: &mut [libc::epoll_event], ms: i32) -> &[libc::epoll_event] {
     // SAFETY: `events` is valid for `events.len()` entries, which the kernel fills.
-    let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 0) };
+    let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, ms) };
     &events[..n.max(0) as usize]
+}
+
+/// A non-blocking eventfd: another thread's wake-up, readable in an epoll set.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the returned fd is ours.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Makes an eventfd readable. It cannot fail short of counter overflow (2^64 - 1
+/// unread signals), so the result is not looked at.
+pub fn eventfd_signal(fd: RawFd) {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live buffer to an fd the caller keeps open.
+    unsafe { libc::write(fd, one.as_ptr().cast(), 8) };
+}
+
+/// Reads an eventfd back to zero (non-blocking: nothing to read is fine).
+pub fn eventfd_drain(fd: RawFd) {
+    let mut buf = [0u8; 8];
+    // SAFETY: reads at most 8 bytes into a live buffer.
+    unsafe { libc::read(fd, buf.as_mut_ptr().cast(), 8) };
 }
 
 /// A duplicate of `fd` (close-on-exec).

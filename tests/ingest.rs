@@ -582,6 +582,56 @@ fn ack_kafka_answers_at_once_while_queued_records_wait_for_the_handoff() {
     }
 }
 
+#[test]
+fn ack_kafka_answers_at_once_with_the_longest_direct_wait() {
+    // An idle executor blocks in epoll_wait for up to `direct_wait_ms` before it sleeps
+    // in its ring. While it waits for an ack=kafka report it must not (that gap lasts a
+    // linger and a broker round trip, and the report comes from the Kafka thread), and
+    // a record must reach the Kafka thread before the executor blocks. At the largest
+    // setting, an answer that waited for the epoll_wait to end would take ~100 ms. The
+    // eventfd that ends a direct wait and the idle check are tested in exec::poller.
+    let b = broker();
+    let topic = b.topic("direct", 1);
+    let ing = Ingestd::start_env(
+        &[
+            "--brokers",
+            &b.addr,
+            "--default-topic",
+            &topic,
+            "--executors",
+            "1",
+        ],
+        &[("INGESTD_DIRECT_WAIT_MS", "100")],
+    );
+    let mut c = Client::connect(ing.addr).unwrap();
+    let mut lat = Vec::new();
+    for i in 0..20 {
+        let t0 = Instant::now();
+        let r = c
+            .request(&post(
+                "/",
+                format!("d{i}").as_bytes(),
+                &[("Kafka-Ack", "kafka")],
+            ))
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        lat.push(t0.elapsed());
+        // Let the executor go idle, so that the next request finds it in epoll_wait.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    lat.sort();
+    let p50 = lat[lat.len() / 2];
+    assert!(
+        p50 < Duration::from_millis(50),
+        "ack=kafka p50 {p50:?} with direct_wait_ms = 100; all: {lat:?}"
+    );
+    let recs = read_topic(&b.addr, &topic, 1, 20, SETTLE);
+    let values: BTreeSet<Vec<u8>> = recs.into_iter().map(|r| r.value).collect();
+    for i in 0..20 {
+        assert!(values.contains(format!("d{i}").as_bytes()), "d{i} missing");
+    }
+}
+
 /// The partition Kafka's Java producer picks for `key` (its `Utils.murmur2`, then
 /// `toPositive(h) % partitions`).
 fn java_partition(key: &[u8], partitions: u32) -> i32 {

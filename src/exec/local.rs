@@ -181,6 +181,12 @@ impl Exec {
         self.publish_queue();
     }
 
+    /// Some request waits for delivery reports (ack=kafka), so the Kafka thread will
+    /// wake this executor.
+    pub fn awaits_kafka(&self) -> bool {
+        !self.waiters.borrow().is_empty()
+    }
+
     /// A waiter for `n` records' delivery reports, answered by `deadline`: (slot, gen).
     pub fn add_waiter(&self, n: usize, deadline: Instant) -> (u32, u16) {
         let gen = self.next_gen.get().wrapping_add(1);

@@ -8,11 +8,20 @@
 //! connections of a whole loop iteration with one epoll_wait. The executor still sleeps in
 //! its io_uring: when nothing is ready, `run` waits on a ring poll of the epoll fd.
 //!
+//! Before sleeping in the ring, `run` blocks in epoll_wait itself for up to
+//! `direct_wait_ms` once every other task of the executor is idle (`quiescent`): a ring
+//! sleep costs several io_uring_enter calls, a dup, a poll and a close, which at one
+//! connection (a sleep per request) made the executor cost twice nginx's whole request.
+//! Only the Kafka thread wakes an executor from outside; during a direct wait its wake
+//! also signals an eventfd in this epoll set (`ExecWake`). Glommio timers wait meanwhile
+//! (by at most the bound), and ring I/O would too, so there is no direct wait with a spool.
+//!
 //! Writes always try the syscall first and wait only after WouldBlock; reads do too,
 //! unless the previous read already drained the socket (`Slot::readable`). With edge
 //! triggering, data that arrives after that point raises a new event, so no wakeup is
 //! lost; an event for a socket nobody waits on only marks it readable.
 
+use crate::kafka::lane::ExecWake;
 use crate::sys;
 use slab::Slab;
 use std::cell::{Cell, RefCell};
@@ -20,7 +29,9 @@ use std::future::poll_fn;
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -30,6 +41,42 @@ const WRITE: usize = 1;
 const RING_PASS: Duration = Duration::from_micros(500);
 /// Longest timer wait of `Poller::ring_wait` when no fd is left to wait in the ring with.
 const MAX_BACKOFF: Duration = Duration::from_millis(50);
+/// The epoll token of the Kafka thread's eventfd (no slab key reaches it).
+const WAKE_TOKEN: u64 = u64::MAX;
+/// How many yields `quiescent` waits for the other tasks to go idle before it gives up
+/// and sleeps in the ring as before.
+const QUIET_SPINS: usize = 16;
+
+thread_local! {
+    /// Polls of this thread's counted tasks (every task but the poller's own).
+    static ACTIVITY: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Wraps a task so that `Poller::run` sees it run: every task an executor spawns goes
+/// through this, or a direct wait could block while that task is ready to run.
+pub fn counted<F: std::future::Future>(f: F) -> Counted<F> {
+    Counted(f)
+}
+
+pub struct Counted<F>(F);
+
+impl<F: std::future::Future> std::future::Future for Counted<F> {
+    type Output = F::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        ACTIVITY.with(|a| a.set(a.get() + 1));
+        // SAFETY: structural pinning of the only field; `Counted` never moves it out.
+        unsafe { self.map_unchecked_mut(|c| &mut c.0) }.poll(cx)
+    }
+}
+
+/// Blocking in epoll_wait before the ring sleep (`Poller::enable_direct`).
+struct Direct {
+    wake: Arc<ExecWake>,
+    ms: i32,
+    /// True while the executor waits for the Kafka thread (an ack=kafka answer): that
+    /// gap lasts a linger and a broker round trip, so it goes to the ring at once.
+    held: Box<dyn Fn() -> bool>,
+}
 
 pub struct Poller {
     ep: OwnedFd,
@@ -39,6 +86,9 @@ pub struct Poller {
     /// at the process's fd limit the executor still sleeps in its ring instead of
     /// falling back to a timer and spinning.
     ring_fd: Cell<Option<OwnedFd>>,
+    direct: RefCell<Option<Direct>>,
+    /// Direct waits the Kafka thread's eventfd ended (tests).
+    eventfd_wakes: Cell<u64>,
 }
 
 /// Per registered fd.
@@ -77,7 +127,27 @@ impl Poller {
             ep,
             waiters: RefCell::new(Slab::new()),
             ring_fd,
+            direct: RefCell::new(None),
+            eventfd_wakes: Cell::new(0),
         }))
+    }
+
+    /// Turns on direct waits of up to `ms`, woken from the Kafka thread through `wake`,
+    /// never while `held()`.
+    pub fn enable_direct(
+        &self,
+        wake: Arc<ExecWake>,
+        ms: u64,
+        held: Box<dyn Fn() -> bool>,
+    ) -> io::Result<()> {
+        let fd = wake.eventfd()?;
+        sys::epoll_add_events(self.ep.as_raw_fd(), fd, WAKE_TOKEN, libc::EPOLLIN)?;
+        *self.direct.borrow_mut() = Some(Direct {
+            wake,
+            ms: ms as i32,
+            held,
+        });
+        Ok(())
     }
 
     /// A new socket's first read waits for its first event: registering a socket that
@@ -143,8 +213,26 @@ impl Poller {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         let mut last_pass = Instant::now();
         let mut backoff = Duration::ZERO;
+        // Whether the next idle gap looks short enough for a direct wait: the last one
+        // was. A wait that timed out costs its wake-up and the ring sleep after it, so
+        // gaps longer than the bound (ack=kafka at one connection: a linger and a
+        // broker round trip) go to the ring at once.
+        let mut gap_short = true;
         loop {
-            let ready = sys::epoll_poll(self.ep.as_raw_fd(), &mut events);
+            let mut ready = sys::epoll_poll(self.ep.as_raw_fd(), &mut events);
+            if ready.is_empty() && gap_short {
+                match self.direct_ms().filter(|_| !self.held()) {
+                    Some(ms) if quiescent().await => match self.direct_wait(&mut events, ms) {
+                        Some((r, timed_out)) => {
+                            gap_short = !timed_out;
+                            ready = r;
+                        }
+                        // A Kafka wake was pending: its task runs before the next look.
+                        None => continue,
+                    },
+                    _ => {}
+                }
+            }
             if !ready.is_empty() {
                 self.dispatch(ready);
                 if last_pass.elapsed() < RING_PASS {
@@ -155,9 +243,43 @@ impl Poller {
             }
             // Nothing ready, or time for a pass through the ring: the woken connections
             // run first, then Glommio reaps its ring while this waits for the next event.
+            let slept = Instant::now();
             self.ring_wait(&mut backoff).await;
             last_pass = Instant::now();
+            if let Some(ms) = self.direct_ms() {
+                gap_short = last_pass - slept < Duration::from_millis(ms as u64);
+            }
         }
+    }
+
+    fn direct_ms(&self) -> Option<i32> {
+        self.direct.borrow().as_ref().map(|d| d.ms)
+    }
+
+    fn held(&self) -> bool {
+        self.direct.borrow().as_ref().is_some_and(|d| (d.held)())
+    }
+
+    /// Blocks in epoll_wait for up to `ms`: the events, and whether it ran to its end
+    /// without any. None (at once) if a Kafka wake is pending, which it then delivers
+    /// here. Completions on Glommio's rings arrive as task work that interrupts the wait
+    /// (EINTR), so the ring sleep that follows reaps them at once.
+    fn direct_wait<'e>(
+        &self,
+        events: &'e mut [libc::epoll_event],
+        ms: i32,
+    ) -> Option<(&'e [libc::epoll_event], bool)> {
+        let direct = self.direct.borrow();
+        let wake = &direct.as_ref().expect("direct wait enabled").wake;
+        if !wake.begin_direct() {
+            wake.wake_here();
+            return None;
+        }
+        let t0 = Instant::now();
+        let ready = sys::epoll_wait(self.ep.as_raw_fd(), events, ms);
+        wake.end_direct();
+        let timed_out = ready.is_empty() && t0.elapsed() >= Duration::from_millis(ms as u64);
+        Some((ready, timed_out))
     }
 
     /// Sleeps in the executor's ring until epoll has an event (or Glommio has other
@@ -186,6 +308,13 @@ impl Poller {
     fn dispatch(&self, ready: &[libc::epoll_event]) {
         let mut waiters = self.waiters.borrow_mut();
         for ev in ready {
+            if ev.u64 == WAKE_TOKEN {
+                self.eventfd_wakes.set(self.eventfd_wakes.get() + 1);
+                if let Some(d) = self.direct.borrow().as_ref() {
+                    d.wake.take_signal();
+                }
+                continue;
+            }
             let Some(slot) = waiters.get_mut(ev.u64 as usize) else {
                 continue;
             };
@@ -332,6 +461,20 @@ impl Listener {
     }
 }
 
+/// True once a yield let no counted task run: every other task of the executor is
+/// waiting (tasks queued before the yield ran before it returned). False if they kept
+/// running for `QUIET_SPINS` yields.
+async fn quiescent() -> bool {
+    for _ in 0..QUIET_SPINS {
+        let before = ACTIVITY.with(Cell::get);
+        futures_lite::future::yield_now().await;
+        if ACTIVITY.with(Cell::get) == before {
+            return true;
+        }
+    }
+    false
+}
+
 /// Resolves once the fd that `dup` duplicates is readable, through a one-shot poll on
 /// the executor's io_uring, so the executor sleeps in its ring and still wakes for it.
 /// Glommio has no public poll-an-fd call; a stream over a duplicate arms exactly that poll
@@ -343,4 +486,108 @@ async fn ring_readable(dup: OwnedFd) {
     // SAFETY: the stream takes over `dup`, a live fd nobody else owns.
     let mut s = unsafe { glommio::net::TcpStream::from_raw_fd(dup.into_raw_fd()) };
     let _ = s.read(&mut [0u8; 1]).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+
+    /// Round `.3`'s completion task: registers with `ExecWake` (saying so in `armed`),
+    /// resolves once the other thread has sent that round's wake (`sent`) and the task
+    /// was polled after it. Polls before that (spurious wakes) register again.
+    struct Woken(Arc<ExecWake>, Arc<AtomicU64>, Arc<AtomicU64>, u64);
+
+    impl std::future::Future for Woken {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.2.load(SeqCst) >= self.3 {
+                return Poll::Ready(());
+            }
+            self.0.register(cx.waker());
+            self.0.begin_drain();
+            self.1.store(self.3, SeqCst);
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_wake_from_another_thread_ends_a_direct_wait() {
+        // The executor blocks in epoll_wait (up to 2 s) once its tasks are idle; a wake
+        // sent meanwhile must end that wait through the eventfd. Without it the wake
+        // would wait in Glommio's foreign queue until the wait ended some other way: its
+        // bound, or task work from Glommio's own rings (EINTR), which can also beat the
+        // eventfd now and then (the poller then sleeps in its ring, and the next wakes
+        // go the foreign way), so only some rounds of the 20 are expected to show it.
+        glommio::LocalExecutor::default().run(async {
+            const ROUNDS: u64 = 20;
+            let wake = Arc::new(ExecWake::default());
+            let poller = Poller::new().unwrap();
+            poller
+                .enable_direct(wake.clone(), 2000, Box::new(|| false))
+                .unwrap();
+            glommio::spawn_local(poller.clone().run()).detach();
+            let (armed, sent) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+            let sender = {
+                let (wake, armed, sent) = (wake.clone(), armed.clone(), sent.clone());
+                std::thread::spawn(move || {
+                    for round in 1..=ROUNDS {
+                        while armed.load(SeqCst) < round {
+                            std::thread::yield_now();
+                        }
+                        // After a wait that ended otherwise the poller sleeps in its
+                        // ring (no socket here to end that): then the wake goes
+                        // through Glommio's foreign queue, as it does in production.
+                        let t0 = Instant::now();
+                        while !wake.in_direct_wait() && t0.elapsed() < Duration::from_millis(100) {
+                            std::thread::yield_now();
+                        }
+                        sent.store(round, SeqCst);
+                        wake.wake();
+                    }
+                })
+            };
+            for round in 1..=ROUNDS {
+                let (w, a, s) = (wake.clone(), armed.clone(), sent.clone());
+                glommio::spawn_local(counted(Woken(w, a, s, round))).await;
+            }
+            sender.join().unwrap();
+            assert!(
+                poller.eventfd_wakes.get() >= 1,
+                "no direct wait of {ROUNDS} ended by the eventfd"
+            );
+        });
+    }
+
+    #[test]
+    fn quiescent_waits_for_every_counted_task_to_go_idle() {
+        // A task that keeps yielding (as the flusher does before it flushes) is ready to
+        // run: the poller must not block while it is.
+        glommio::LocalExecutor::default().run(async {
+            let done = Rc::new(Cell::new(false));
+            let d = done.clone();
+            glommio::spawn_local(counted(async move {
+                for _ in 0..5 {
+                    futures_lite::future::yield_now().await;
+                }
+                d.set(true);
+            }))
+            .detach();
+            assert!(quiescent().await);
+            assert!(done.get(), "quiescent before the task went idle");
+            // A task that never goes idle: give up after QUIET_SPINS yields.
+            let stop = Rc::new(Cell::new(false));
+            let s = stop.clone();
+            glommio::spawn_local(counted(async move {
+                while !s.get() {
+                    futures_lite::future::yield_now().await;
+                }
+            }))
+            .detach();
+            assert!(!quiescent().await);
+            stop.set(true);
+        });
+    }
 }

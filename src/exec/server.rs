@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::exec::conn::Conn;
 use crate::exec::link::{Link, Refused, Tls};
 use crate::exec::local::Exec;
-use crate::exec::poller::{Listener, Poller, Sock};
+use crate::exec::poller::{counted, Listener, Poller, Sock};
 use crate::exec::watch::Watch;
 use crate::http::response::{self, Conn as Keep};
 use crate::kafka::lane::{make_lane, ExecutorLane, KafkaWake};
@@ -132,7 +132,7 @@ impl Server {
                 .name(&format!("ingestd-exec-{i}"))
                 .spawn(move || async move {
                     let listen = Listen { addrs, tls };
-                    run_executor(lane, c, m, sd, listen, tx, retry_after).await;
+                    counted(run_executor(lane, c, m, sd, listen, tx, retry_after)).await;
                 })
                 .map_err(|e| {
                     format!("executor {i} on cpu {cpu}: {e} (raise `ulimit -l` / LimitMEMLOCK)")
@@ -286,19 +286,33 @@ async fn run_executor(
         }
     };
     let _ = ready.send(Ok(local));
-    glommio::spawn_local(poller.clone().run()).detach();
+    let wake = lane.wake.clone();
     let exec = Exec::new(lane, cfg.clone(), metrics, retry_after, spool.clone());
-    glommio::spawn_local(exec.clone().flusher()).detach();
-    glommio::spawn_local(exec.clone().completer()).detach();
+    if spool.is_none() && cfg.direct_wait_ms > 0 {
+        let e = Rc::downgrade(&exec);
+        let held = Box::new(move || e.upgrade().is_some_and(|e| e.awaits_kafka()));
+        if let Err(e) = poller.enable_direct(wake, cfg.direct_wait_ms, held) {
+            // Only the cheaper wait is lost: the ring sleep still works.
+            warn!(%e, "direct_wait_ms: no eventfd; the executor sleeps in its ring only");
+        }
+    }
+    glommio::spawn_local(poller.clone().run()).detach();
+    glommio::spawn_local(counted(exec.clone().flusher())).detach();
+    glommio::spawn_local(counted(exec.clone().completer())).detach();
     if let Some(sp) = &spool {
         let feed: Rc<dyn Feed> = exec.clone();
-        glommio::spawn_local(sp.clone().write_loop(feed.clone())).detach();
-        glommio::spawn_local(sp.clone().read_loop(feed)).detach();
+        glommio::spawn_local(counted(sp.clone().write_loop(feed.clone()))).detach();
+        glommio::spawn_local(counted(sp.clone().read_loop(feed))).detach();
         sp.prepare_spare();
     }
     let conns: Registry = Rc::new(RefCell::new(Slab::new()));
     let stop = Rc::new(Cell::new(false));
-    let ticker = glommio::spawn_local(ticker(exec.clone(), shutdown, conns.clone(), stop.clone()));
+    let ticker = glommio::spawn_local(counted(ticker(
+        exec.clone(),
+        shutdown,
+        conns.clone(),
+        stop.clone(),
+    )));
     let shared = Rc::new(Accepting {
         exec: exec.clone(),
         poller,
@@ -307,7 +321,7 @@ async fn run_executor(
     });
     let loops: Vec<_> = listeners
         .into_iter()
-        .map(|(l, tls)| glommio::spawn_local(accept_loop(l, tls, shared.clone())))
+        .map(|(l, tls)| glommio::spawn_local(counted(accept_loop(l, tls, shared.clone()))))
         .collect();
     for l in loops {
         l.await;
@@ -424,7 +438,7 @@ async fn accept_loop(listener: Listener, tls: Option<Arc<Certs>>, a: Rc<Acceptin
         let key = conns.borrow_mut().insert(watch.clone());
         bump(&exec.stats().connections, 1);
         let (exec2, conns2, tls) = (exec.clone(), conns.clone(), tls.clone());
-        glommio::spawn_local(async move {
+        glommio::spawn_local(counted(async move {
             serve(exec2.clone(), stream, tls, watch).await;
             conns2.borrow_mut().remove(key);
             let s = &exec2.stats().connections;
@@ -432,7 +446,7 @@ async fn accept_loop(listener: Listener, tls: Option<Arc<Certs>>, a: Rc<Acceptin
                 s.load(Ordering::Relaxed).saturating_sub(1),
                 Ordering::Relaxed,
             );
-        })
+        }))
         .detach();
     }
 }

@@ -4,8 +4,9 @@
 
 use crate::error::FailReason;
 use glommio::channels::spsc_queue::{self, Consumer, Producer};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Waker;
 use std::thread::Thread;
 
@@ -315,31 +316,93 @@ impl KafkaWake {
 }
 
 /// Wake-up state for one executor's completion task.
+///
+/// The wake goes through the task's Glommio waker, which reaches an executor asleep in
+/// its ring. An executor that blocks in epoll_wait instead (`Poller`'s direct wait) is
+/// not listening there: while it does, `direct` is set and the wake also signals `efd`,
+/// which that epoll set watches.
 #[derive(Default)]
 pub struct ExecWake {
     waker: Mutex<Option<Waker>>,
     notified: AtomicBool,
+    direct: AtomicBool,
+    /// Owned here, not by the executor, so that a late wake after the executor exited
+    /// can never write to a reused fd number.
+    efd: OnceLock<OwnedFd>,
 }
 
 impl ExecWake {
     /// Kafka thread: wake the executor's completion task unless a wake is pending.
     pub fn wake(&self) {
-        if !self.notified.swap(true, Ordering::AcqRel) {
+        // SeqCst pairs with `begin_direct`: either this sees `direct`, or the executor
+        // sees `notified` and does not block.
+        if !self.notified.swap(true, Ordering::SeqCst) {
             if let Some(w) = self.waker.lock().unwrap().as_ref() {
                 w.wake_by_ref();
+            }
+            if self.direct.load(Ordering::SeqCst) {
+                if let Some(fd) = self.efd.get() {
+                    crate::sys::eventfd_signal(fd.as_raw_fd());
+                }
             }
         }
     }
 
     /// Executor: clear the flag before draining, so a push after the drain wakes again.
     pub fn begin_drain(&self) {
-        self.notified.store(false, Ordering::Release);
+        self.notified.store(false, Ordering::SeqCst);
     }
 
     pub fn register(&self, w: &Waker) {
         let mut slot = self.waker.lock().unwrap();
         if !slot.as_ref().is_some_and(|old| old.will_wake(w)) {
             *slot = Some(w.clone());
+        }
+    }
+
+    /// Executor: the eventfd its epoll set watches for wakes during a direct wait
+    /// (created once).
+    pub fn eventfd(&self) -> std::io::Result<RawFd> {
+        if self.efd.get().is_none() {
+            let _ = self.efd.set(crate::sys::eventfd()?);
+        }
+        Ok(self.efd.get().expect("set above").as_raw_fd())
+    }
+
+    /// Executor, about to block in epoll_wait: from now on wakes also signal the
+    /// eventfd. False if a wake is already pending (then it must not block).
+    pub fn begin_direct(&self) -> bool {
+        self.direct.store(true, Ordering::SeqCst);
+        if self.notified.load(Ordering::SeqCst) {
+            self.direct.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    pub fn end_direct(&self) {
+        self.direct.store(false, Ordering::SeqCst);
+    }
+
+    /// Tests: the executor is blocked in a direct wait now.
+    #[cfg(test)]
+    pub(crate) fn in_direct_wait(&self) -> bool {
+        self.direct.load(Ordering::SeqCst)
+    }
+
+    /// Executor thread, on the eventfd's event: reset it and deliver the wake.
+    pub fn take_signal(&self) {
+        if let Some(fd) = self.efd.get() {
+            crate::sys::eventfd_drain(fd.as_raw_fd());
+        }
+        self.wake_here();
+    }
+
+    /// Executor thread: wake the completion task here (a local wake, no hop through
+    /// Glommio's foreign queue, which it only reads when it passes through its ring).
+    pub fn wake_here(&self) {
+        if let Some(w) = self.waker.lock().unwrap().as_ref() {
+            w.wake_by_ref();
         }
     }
 }

@@ -198,7 +198,7 @@ impl Spool {
     fn spawn_sync(self: &Rc<Self>, file: Rc<SegFile>, h: usize, batch: Vec<Rc<Commit>>) {
         self.st.borrow_mut().syncs += 1;
         let sp = self.clone();
-        glommio::spawn_local(async move {
+        glommio::spawn_local(crate::exec::poller::counted(async move {
             let ok = sp.sync(&file, h).await;
             file.release(h);
             let mut batch = batch;
@@ -224,7 +224,7 @@ impl Spool {
             if let Some(f) = current {
                 sp.start_sync(f);
             }
-        })
+        }))
         .detach();
     }
 
@@ -235,7 +235,7 @@ impl Spool {
     fn sync_sealed(self: &Rc<Self>, file: Rc<SegFile>, batch: Vec<Rc<Commit>>) {
         let sp = self.clone();
         sp.st.borrow_mut().syncs += 1;
-        glommio::spawn_local(async move {
+        glommio::spawn_local(crate::exec::poller::counted(async move {
             let h = loop {
                 match file.take_handle() {
                     Some(h) => break h,
@@ -244,7 +244,7 @@ impl Spool {
             };
             sp.st.borrow_mut().syncs -= 1;
             sp.spawn_sync(file, h, batch);
-        })
+        }))
         .detach();
     }
 
@@ -460,7 +460,7 @@ impl Spool {
         }
         self.st.borrow_mut().spare = Spare::Preparing;
         let sp = self.clone();
-        glommio::spawn_local(async move {
+        glommio::spawn_local(crate::exec::poller::counted(async move {
             let r = prepare(&sp.dir.join(SPARE_NEW), sp.seg_bytes, sp.direct)
                 .await
                 .and_then(|()| std::fs::rename(sp.dir.join(SPARE_NEW), sp.dir.join(SPARE)));
@@ -468,7 +468,7 @@ impl Spool {
                 tracing::warn!(executor = sp.index, error = %e, "spool: cannot prepare the next segment");
             }
             sp.st.borrow_mut().spare = if r.is_ok() { Spare::Ready } else { Spare::None };
-        })
+        }))
         .detach();
     }
 }
