@@ -18,10 +18,32 @@ fn ingestd(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("run ingestd")
 }
 
-fn file(name: &str, text: &str) -> String {
+/// A file in the temp dir, removed when the test is done with it.
+struct Temp(String);
+
+impl std::ops::Deref for Temp {
+    type Target = String;
+    fn deref(&self) -> &String {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Temp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn file(name: &str, text: &str) -> Temp {
     let p = std::env::temp_dir().join(format!("ingestd-cli-{}-{name}", std::process::id()));
     std::fs::write(&p, text).unwrap();
-    p.to_string_lossy().into_owned()
+    Temp(p.to_string_lossy().into_owned())
 }
 
 fn stderr(o: &Output) -> String {
@@ -89,7 +111,7 @@ fn errors_name_the_key_and_where_it_was_set() {
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
     assert!(
-        e.contains(&bad) && e.contains("line 2") && e.contains("max_body_bytes"),
+        e.contains(bad.as_str()) && e.contains("line 2") && e.contains("max_body_bytes"),
         "{e}"
     );
 

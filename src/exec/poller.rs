@@ -201,8 +201,9 @@ impl Poller {
     }
 
     /// The executor's readiness loop (one task per executor, runs until it ends). When
-    /// nothing is ready it sleeps in the ring at once: polling epoll a little longer
-    /// (10 and 50 us were tried) cost more CPU per request than the sleeps it saved.
+    /// nothing is ready it blocks in epoll_wait (a direct wait, when enabled and the
+    /// executor's other tasks are idle), else sleeps in the ring. Spinning on epoll
+    /// instead (10 and 50 us were tried) cost more CPU per request than it saved.
     ///
     /// Under steady load there is always something ready, and a task that only yields
     /// keeps Glommio's task queue from emptying; Glommio then reaps its ring (timers, and

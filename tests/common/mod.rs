@@ -335,6 +335,12 @@ impl Drop for Ingestd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Each run starts dozens of processes: keep a log only where a test failed.
+        if std::thread::panicking() {
+            eprintln!("ingestd log kept: {}", self.log.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
