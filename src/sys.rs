@@ -124,14 +124,22 @@ pub fn epoll_add_events(ep: RawFd, fd: RawFd, token: u64, events: i32) -> io::Re
 
 /// Ready events without waiting.
 pub fn epoll_poll(ep: RawFd, events: &mut [libc::epoll_event]) -> &[libc::epoll_event] {
-    epoll_wait(ep, events, 0)
+    epoll_wait(ep, events, 0).unwrap_or(&[])
 }
 
-/// Ready events, waiting up to `ms` for the first (none after a signal interrupted it).
-pub fn epoll_wait(ep: RawFd, events: &mut [libc::epoll_event], ms: i32) -> &[libc::epoll_event] {
+/// Ready events, waiting up to `ms` for the first: empty if none came by then, an error
+/// (EINTR) if a signal or task work interrupted the wait.
+pub fn epoll_wait(
+    ep: RawFd,
+    events: &mut [libc::epoll_event],
+    ms: i32,
+) -> io::Result<&[libc::epoll_event]> {
     // SAFETY: `events` is valid for `events.len()` entries, which the kernel fills.
     let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, ms) };
-    &events[..n.max(0) as usize]
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(&events[..n as usize])
 }
 
 /// A non-blocking eventfd: another thread's wake-up, readable in an epoll set.

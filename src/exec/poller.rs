@@ -276,11 +276,12 @@ impl Poller {
             wake.wake_here();
             return None;
         }
-        let t0 = Instant::now();
-        let ready = sys::epoll_wait(self.ep.as_raw_fd(), events, ms);
+        let r = sys::epoll_wait(self.ep.as_raw_fd(), events, ms);
         wake.end_direct();
-        let timed_out = ready.is_empty() && t0.elapsed() >= Duration::from_millis(ms as u64);
-        Some((ready, timed_out))
+        match r {
+            Ok(ready) => Some((ready, ready.is_empty())),
+            Err(_) => Some((&[], false)),
+        }
     }
 
     /// Sleeps in the executor's ring until epoll has an event (or Glommio has other
