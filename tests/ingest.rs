@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::http::{post, Client};
+use common::http::{ack_p50, post, Client};
 use common::{broker, metric_sum, read_topic, Ingestd, Rec};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -549,7 +549,7 @@ fn ack_kafka_answers_at_once_while_queued_records_wait_for_the_handoff() {
     common::wait_until("queued records in flight", Duration::from_secs(10), || {
         ing.metric("ingestd_kafka_batches_total", "") >= 2.0
     });
-    let p50 = ack_kafka_p50(ing.addr, "k", 15, Duration::ZERO);
+    let p50 = ack_p50(ing.addr, "k", 15, Duration::ZERO, "kafka", 200);
     stop.store(true, Ordering::Relaxed);
     let queued: usize = trickle.join().unwrap();
     assert!(
@@ -589,7 +589,7 @@ fn ack_kafka_answers_at_once_with_the_longest_direct_wait() {
         &[("INGESTD_DIRECT_WAIT_MS", "100")],
     );
     // The pause lets the executor go idle, so that each request finds it waiting.
-    let p50 = ack_kafka_p50(ing.addr, "d", 20, Duration::from_millis(5));
+    let p50 = ack_p50(ing.addr, "d", 20, Duration::from_millis(5), "kafka", 200);
     assert!(
         p50 < Duration::from_millis(50),
         "ack=kafka p50 {p50:?} with direct_wait_ms = 100"
@@ -599,26 +599,6 @@ fn ack_kafka_answers_at_once_with_the_longest_direct_wait() {
     for i in 0..20 {
         assert!(values.contains(format!("d{i}").as_bytes()), "d{i} missing");
     }
-}
-
-/// Posts `n` ack=kafka records `{prefix}{i}` one after another on one connection, with
-/// `pause` after each answer (every one must be 200); the median answer time.
-fn ack_kafka_p50(addr: std::net::SocketAddr, prefix: &str, n: usize, pause: Duration) -> Duration {
-    let mut c = Client::connect(addr).unwrap();
-    let mut lat = Vec::new();
-    for i in 0..n {
-        let t0 = Instant::now();
-        let body = format!("{prefix}{i}");
-        let r = c
-            .request(&post("/", body.as_bytes(), &[("Kafka-Ack", "kafka")]))
-            .unwrap();
-        assert_eq!(r.status, 200, "{}", r.text());
-        lat.push(t0.elapsed());
-        std::thread::sleep(pause);
-    }
-    lat.sort();
-    eprintln!("ack=kafka answer times: {lat:?}");
-    lat[lat.len() / 2]
 }
 
 /// The partition Kafka's Java producer picks for `key` (its `Utils.murmur2`, then

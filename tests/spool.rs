@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::http::{post, Client};
+use common::http::{ack_p50, post, Client};
 use common::{read_topic, start_broker, wait_until, Ingestd, Rec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -294,6 +294,38 @@ fn broker_stopped_then_sigkill(direct: bool) {
         ing.metric("ingestd_spool_records_replayed_total", "")
     );
     b.signal(libc::SIGTERM);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn answers_come_at_once_with_the_longest_direct_wait() {
+    // With a spool the idle executor still blocks in epoll_wait for up to
+    // `direct_wait_ms` before it sleeps in its ring, but not while the spool has I/O in
+    // flight there: a 201 waits for an fdatasync that completes on the ring, and an
+    // answer that waited for the epoll_wait to end would take ~100 ms at this setting.
+    // The pause lets the executor go idle before each request.
+    let b = common::broker();
+    let topic = b.topic("spool-direct", 1);
+    let dir = spool_dir("direct");
+    let env = [("INGESTD_DIRECT_WAIT_MS", "100")];
+    let ing = start(&b.addr, &topic, &dir, &["--executors", "1"], &env);
+    let pause = Duration::from_millis(5);
+    let durable = ack_p50(ing.addr, "d", 20, pause, "durable", 201);
+    let queued = ack_p50(ing.addr, "q", 20, pause, "queued", 202);
+    assert!(
+        durable < Duration::from_millis(50),
+        "ack=durable p50 {durable:?}"
+    );
+    assert!(
+        queued < Duration::from_millis(50),
+        "ack=queued p50 {queued:?}"
+    );
+    let recs = read_topic(&b.addr, &topic, 1, 40, Duration::from_secs(3));
+    let values: BTreeSet<Vec<u8>> = recs.into_iter().map(|r| r.value).collect();
+    for v in (0..20).flat_map(|i| [format!("d{i}"), format!("q{i}")]) {
+        assert!(values.contains(v.as_bytes()), "{v} missing");
+    }
+    drop(ing);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

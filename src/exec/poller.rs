@@ -14,7 +14,9 @@
 //! connection (a sleep per request) made the executor cost twice nginx's whole request.
 //! Only the Kafka thread wakes an executor from outside; during a direct wait its wake
 //! also signals an eventfd in this epoll set (`ExecWake`). Glommio timers wait meanwhile
-//! (by at most the bound), and ring I/O would too, so there is no direct wait with a spool.
+//! (by at most the bound), so there is no direct wait while the spool has work in flight
+//! (`Spool::ring_busy`: its short timers would stretch to the bound; that is every
+//! ack=durable wait, and about a sync and a roll a second under ack=queued).
 //!
 //! Writes always try the syscall first and wait only after WouldBlock; reads do too,
 //! unless the previous read already drained the socket (`Slot::readable`). With edge

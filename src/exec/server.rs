@@ -288,9 +288,15 @@ async fn run_executor(
     let _ = ready.send(Ok(local));
     let wake = lane.wake.clone();
     let exec = Exec::new(lane, cfg.clone(), metrics, retry_after, spool.clone());
-    if spool.is_none() && cfg.direct_wait_ms > 0 {
+    if cfg.direct_wait_ms > 0 {
         let e = Rc::downgrade(&exec);
-        let held = Box::new(move || e.upgrade().is_some_and(|e| e.awaits_kafka()));
+        let sp = spool.as_ref().map(Rc::downgrade);
+        let held = Box::new(move || {
+            e.upgrade().is_some_and(|e| e.awaits_kafka())
+                || sp
+                    .as_ref()
+                    .is_some_and(|s| s.upgrade().is_some_and(|s| s.ring_busy()))
+        });
         if let Err(e) = poller.enable_direct(wake, cfg.direct_wait_ms, held) {
             // Only the cheaper wait is lost: the ring sleep still works.
             warn!(%e, "direct_wait_ms: no eventfd; the executor sleeps in its ring only");

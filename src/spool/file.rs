@@ -29,6 +29,7 @@ enum Io {
         f: BufferedFile,
         f2: BufferedFile,
         w: std::fs::File,
+        buf: std::cell::RefCell<Vec<u8>>,
     },
 }
 
@@ -125,7 +126,12 @@ impl SegFile {
             .await
             .map_err(io_error)?;
         let w = std::fs::OpenOptions::new().write(true).open(path)?;
-        Ok(SegFile::new(Io::Buffered { f, f2, w }))
+        Ok(SegFile::new(Io::Buffered {
+            f,
+            f2,
+            w,
+            buf: Default::default(),
+        }))
     }
 
     /// Writes `len` bytes (a multiple of `format::BLOCK`) at `pos` (aligned), filled in
@@ -142,11 +148,19 @@ impl SegFile {
                 fill(buf.as_bytes_mut());
                 f.write_at(buf, pos).await
             }
-            Io::Buffered { w, .. } => {
+            Io::Buffered { w, buf, .. } => {
                 use std::os::unix::fs::FileExt;
-                let mut buf = vec![0; len];
+                // One buffer per segment, reused: no allocation and zero fill per commit.
+                let mut buf = buf.borrow_mut();
+                buf.clear();
+                buf.resize(len, 0);
                 fill(&mut buf);
-                return w.write_all_at(&buf, pos);
+                let r = w.write_all_at(&buf, pos);
+                // A batch far above the usual size does not keep its memory.
+                if buf.capacity() > 1 << 20 {
+                    *buf = Vec::new();
+                }
+                return r;
             }
         }
         .map_err(io_error)?;

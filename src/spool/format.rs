@@ -299,6 +299,9 @@ pub fn into_records(
         parsed.push(r);
         at = next;
     }
+    // The id headers go after the payload: room for them at once, not a reallocation
+    // (a copy of the whole payload) as the arena fills.
+    b.arena.reserve(ID_HEADER.len() + count as usize * 24);
     let id_name = b.put(ID_HEADER.as_bytes());
     let mut id = itoa_buf();
     for (i, r) in parsed.into_iter().enumerate() {

@@ -119,6 +119,23 @@ pub struct Spool {
     direct: bool,
 }
 
+impl Spool {
+    /// Whether the spool has work in flight: syncs, a segment roll, a spare being
+    /// prepared, the reader at work. The poller then sleeps in the ring, not in a
+    /// direct epoll wait (`poller::Poller::run`): ring completions do end such a wait,
+    /// but Glommio timers do not, and the spool's short ones (a free sync handle, a
+    /// spare) would run up to `direct_wait_ms` late.
+    pub fn ring_busy(&self) -> bool {
+        let st = self.st.borrow();
+        st.syncs > 0
+            || st.writing
+            || !st.to_sync.is_empty()
+            || st.spare == Spare::Preparing
+            || st.cold.is_some()
+            || st.held.is_some()
+    }
+}
+
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

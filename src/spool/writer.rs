@@ -32,8 +32,14 @@ pub(super) struct Pending {
 
 impl Pending {
     pub(super) fn new(first_seq: u64) -> Pending {
+        Pending::with_capacity(first_seq, 0)
+    }
+
+    /// `bytes`: the last batch's payload, about what the next one takes (one allocation
+    /// instead of one per doubling as the records arrive).
+    fn with_capacity(first_seq: u64, bytes: usize) -> Pending {
         Pending {
-            payload: Vec::new(),
+            payload: Vec::with_capacity(bytes),
             first_seq,
             count: 0,
             commit: Rc::new(Commit::default()),
@@ -584,7 +590,7 @@ impl Future for PendingWait<'_> {
         let sp = self.0;
         let mut st = sp.st.borrow_mut();
         if st.pending.count > 0 {
-            let next = Pending::new(st.next_seq);
+            let next = Pending::with_capacity(st.next_seq, st.pending.payload.len().min(1 << 20));
             st.writing = true;
             return Poll::Ready(Some(std::mem::replace(&mut st.pending, next)));
         }

@@ -3,7 +3,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -176,4 +176,32 @@ pub fn parse_response_head(buf: &[u8]) -> io::Result<Option<RespHead>> {
         })
         .collect();
     Ok(Some((n, r.code.unwrap_or(0), headers)))
+}
+
+/// Posts `n` records `{prefix}{i}` one after another on one connection with `Kafka-Ack:
+/// {ack}`, with `pause` after each answer (every one must be `status`); the median answer
+/// time.
+pub fn ack_p50(
+    addr: SocketAddr,
+    prefix: &str,
+    n: usize,
+    pause: Duration,
+    ack: &str,
+    status: u16,
+) -> Duration {
+    let mut c = Client::connect(addr).unwrap();
+    let mut lat = Vec::new();
+    for i in 0..n {
+        let t0 = Instant::now();
+        let body = format!("{prefix}{i}");
+        let r = c
+            .request(&post("/", body.as_bytes(), &[("Kafka-Ack", ack)]))
+            .unwrap();
+        assert_eq!(r.status, status, "{}", r.text());
+        lat.push(t0.elapsed());
+        std::thread::sleep(pause);
+    }
+    lat.sort();
+    eprintln!("ack={ack} answer times: {lat:?}");
+    lat[lat.len() / 2]
 }
