@@ -8,10 +8,11 @@
 #   --delay MS           with --mode rate: each connection waits MS after every answer
 #                        (benches/rate.lua), so --conns N offer about N x 1000 / MS req/s
 #   --config FILE        ingestd TOML (e.g. a [kafka] table with librdkafka settings)
+#   --spool              a fresh spool directory for this run whatever --ack (durable has one)
 #   --nginx              measure the reference instead: nginx `return 204;`, 2 workers
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SERVER=ingestd ACK=queued EXECUTORS=2 CONNS=64 BODY=256 SECONDS_=10 MODE=keepalive DELAY_MS=10
+SERVER=ingestd ACK=queued EXECUTORS=2 CONNS=64 BODY=256 SECONDS_=10 MODE=keepalive DELAY_MS=10 SPOOL=
 OUT=$REPO/perf/results
 EXTRA_ARGS=()
 CONFIG=()
@@ -29,6 +30,7 @@ parse_common() {
             --out) OUT=$2; shift 2 ;;
             --config) CONFIG=(--config "$(realpath "$2")"); shift 2 ;;
             --nginx) SERVER=nginx; shift ;;
+            --spool) SPOOL=1; shift ;;
             -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
             *) EXTRA_ARGS+=("$1"); shift ;;
         esac
@@ -36,6 +38,7 @@ parse_common() {
     NAME="e${EXECUTORS}-${ACK}-c${CONNS}-${BODY}B-${MODE}"
     if [ "$MODE" = rate ]; then NAME+="-d${DELAY_MS}"; fi
     if [ ${#CONFIG[@]} -gt 0 ]; then NAME+="-$(basename "${CONFIG[1]}" .toml)"; fi
+    if [ -n "$SPOOL" ] && [ "$ACK" != durable ]; then NAME+="-spool"; fi
     if [ $SERVER = nginx ]; then NAME="nginx-c${CONNS}-${BODY}B-${MODE}"; fi
     mkdir -p "$OUT"
 }
@@ -134,7 +137,7 @@ start_ingestd() {
     PORT=$(free_port)
     # ack=durable answers once the spool synced: it needs one (a fresh one per run).
     local spool=()
-    [ "$ACK" = durable ] && spool=(--spool-dir "$TMP/spool")
+    if [ "$ACK" = durable ] || [ -n "$SPOOL" ]; then spool=(--spool-dir "$TMP/spool"); fi
     "$TMP/ingestd" --brokers "$BROKER" --default-topic perf --listen "127.0.0.1:$PORT" \
         --executors "$EXECUTORS" --ack "$ACK" "${spool[@]}" "${CONFIG[@]}" \
         >"$TMP/ingestd.out" 2>"$TMP/ingestd.log" &
