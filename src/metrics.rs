@@ -36,6 +36,10 @@ pub struct SpoolStats {
     pub replayed: AtomicU64,
     /// Records still to read back from segments found at start.
     pub replay_left: AtomicU64,
+    /// 1 while the file for the first segment of this run is being prepared (zero-filled
+    /// and synced: 0.15-0.5 ms per MiB here): /readyz and READY=1 wait for it, or the
+    /// first requests would.
+    pub preparing_first: AtomicU64,
     pub quarantined: AtomicU64,
     pub write_errors: AtomicU64,
     pub fsync: [AtomicU64; FSYNC_US.len() + 1],
@@ -170,7 +174,8 @@ impl Metrics {
     pub fn ready(&self) -> bool {
         let kafka = self.spooled.load(Relaxed)
             || self.broker_ready.load(Relaxed) && self.producer_ready.load(Relaxed);
-        self.listening.load(Relaxed) && kafka && !self.draining.load(Relaxed)
+        let spools = self.total(|e| &e.spool.preparing_first) == 0;
+        self.listening.load(Relaxed) && kafka && spools && !self.draining.load(Relaxed)
     }
 
     /// Records still to replay from segments found at start, all executors.
@@ -526,5 +531,27 @@ impl Collector for Scrape {
             MetricType::Gauge,
         )?)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_waits_for_every_spool_s_first_segment_file() {
+        let m = Metrics::new(2);
+        m.listening.store(true, Relaxed);
+        m.spooled.store(true, Relaxed);
+        assert!(m.ready());
+        m.execs[1].spool.preparing_first.store(1, Relaxed);
+        assert!(
+            !m.ready(),
+            "ready while executor 1 prepares its first segment"
+        );
+        m.execs[1].spool.preparing_first.store(0, Relaxed);
+        assert!(m.ready());
+        m.draining.store(true, Relaxed);
+        assert!(!m.ready());
     }
 }

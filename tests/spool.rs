@@ -300,15 +300,26 @@ fn broker_stopped_then_sigkill(direct: bool) {
 #[test]
 fn answers_come_at_once_with_the_longest_direct_wait() {
     // With a spool the idle executor still blocks in epoll_wait for up to
-    // `direct_wait_ms` before it sleeps in its ring, but not while the spool has I/O in
-    // flight there: a 201 waits for an fdatasync that completes on the ring, and an
-    // answer that waited for the epoll_wait to end would take ~100 ms at this setting.
-    // The pause lets the executor go idle before each request.
+    // `direct_wait_ms` before it sleeps in its ring, but not while the spool has work in
+    // flight: a 201 waits for an fdatasync that completes on the ring, which does not end
+    // such a wait. An answer that waited for the next wake from outside (the Kafka
+    // thread's hand-off, also 100 ms here) would take ~95 ms; it did, when the poller
+    // looked at the spool only before its idle check. The pause lets the executor go
+    // idle before each request.
     let b = common::broker();
     let topic = b.topic("spool-direct", 1);
     let dir = spool_dir("direct");
-    let env = [("INGESTD_DIRECT_WAIT_MS", "100")];
+    let env = [
+        ("INGESTD_DIRECT_WAIT_MS", "100"),
+        ("INGESTD_HANDOFF_MS", "100"),
+    ];
     let ing = start(&b.addr, &topic, &dir, &["--executors", "1"], &env);
+    // Ready (`start` waits for /readyz) only once the first segment's file is prepared,
+    // so the first 201 does not wait for its zero fill.
+    assert!(
+        dir.join("executor-0/spare").exists(),
+        "ready before the first segment's file was prepared"
+    );
     let pause = Duration::from_millis(5);
     let durable = ack_p50(ing.addr, "d", 20, pause, "durable", 201);
     let queued = ack_p50(ing.addr, "q", 20, pause, "queued", 202);

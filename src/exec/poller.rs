@@ -14,9 +14,9 @@
 //! connection (a sleep per request) made the executor cost twice nginx's whole request.
 //! Only the Kafka thread wakes an executor from outside; during a direct wait its wake
 //! also signals an eventfd in this epoll set (`ExecWake`). Glommio timers wait meanwhile
-//! (by at most the bound), so there is no direct wait while the spool has work in flight
-//! (`Spool::ring_busy`: its short timers would stretch to the bound; that is every
-//! ack=durable wait, and about a sync and a roll a second under ack=queued).
+//! (by at most the bound), and so may ring completions (`direct_wait`), so there is no
+//! direct wait while the spool has work in flight (`Spool::ring_busy`: every ack=durable
+//! wait, and about a sync and a roll a second under ack=queued).
 //!
 //! Writes always try the syscall first and wait only after WouldBlock; reads do too,
 //! unless the previous read already drained the socket (`Slot::readable`). With edge
@@ -224,15 +224,20 @@ impl Poller {
         loop {
             let mut ready = sys::epoll_poll(self.ep.as_raw_fd(), &mut events);
             if ready.is_empty() && gap_short {
+                // `held` again after the idle check: the tasks that ran during its yields
+                // may have started a sync or sent an ack=kafka record (a stale answer let
+                // 201s wait for the next wake from outside: the Kafka thread's hand-off).
                 match self.direct_ms().filter(|_| !self.held()) {
-                    Some(ms) if quiescent().await => match self.direct_wait(&mut events, ms) {
-                        Some((r, timed_out)) => {
-                            gap_short = !timed_out;
-                            ready = r;
+                    Some(ms) if quiescent().await && !self.held() => {
+                        match self.direct_wait(&mut events, ms) {
+                            Some((r, timed_out)) => {
+                                gap_short = !timed_out;
+                                ready = r;
+                            }
+                            // A Kafka wake was pending: its task runs before the next look.
+                            None => continue,
                         }
-                        // A Kafka wake was pending: its task runs before the next look.
-                        None => continue,
-                    },
+                    }
                     _ => {}
                 }
             }
@@ -265,8 +270,10 @@ impl Poller {
 
     /// Blocks in epoll_wait for up to `ms`: the events, and whether it ran to its end
     /// without any. None (at once) if a Kafka wake is pending, which it then delivers
-    /// here. Completions on Glommio's rings arrive as task work that interrupts the wait
-    /// (EINTR), so the ring sleep that follows reaps them at once.
+    /// here. Ring completions do not reliably end it: an fdatasync that an io_uring
+    /// worker completed was seen only at the next wake from outside (measured: 201s
+    /// waited for the Kafka thread's hand-off), hence no direct wait while the spool has
+    /// work in flight. An interrupted wait (EINTR) goes on to the ring sleep at once.
     fn direct_wait<'e>(
         &self,
         events: &'e mut [libc::epoll_event],

@@ -14,6 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -449,7 +450,9 @@ impl Spool {
     }
 
     /// Prepares the next segment's file in the background, if the quota allows, so a
-    /// roll seldom waits for a zero fill.
+    /// roll seldom waits for a zero fill. The first call (at the executor's start) also
+    /// ends the readiness hold `Spool::open` set, once the file is ready or cannot be
+    /// made now.
     pub fn prepare_spare(self: &Rc<Self>) {
         {
             let st = self.st.borrow();
@@ -458,10 +461,12 @@ impl Spool {
             let sealed = st.segs.iter().filter(|g| g.sealed).count();
             let recycling_soon = st.cold.is_none() && sealed == 1;
             if st.spare != Spare::None || recycling_soon {
+                self.stats().preparing_first.store(0, Relaxed);
                 return;
             }
         }
         if self.files() >= self.max_segments {
+            self.stats().preparing_first.store(0, Relaxed);
             return;
         }
         self.st.borrow_mut().spare = Spare::Preparing;
@@ -474,6 +479,7 @@ impl Spool {
                 tracing::warn!(executor = sp.index, error = %e, "spool: cannot prepare the next segment");
             }
             sp.st.borrow_mut().spare = if r.is_ok() { Spare::Ready } else { Spare::None };
+            sp.stats().preparing_first.store(0, Relaxed);
         }))
         .detach();
     }
