@@ -398,12 +398,12 @@ impl Spool {
         let spare = self.st.borrow().spare == Spare::Ready;
         let r = if spare {
             self.st.borrow_mut().spare = Spare::None;
-            // A rename is a metadata change: done in place.
-            std::fs::rename(self.dir.join(SPARE), &path)
+            install(self.dir.join(SPARE), path.clone(), self.dir.clone()).await
         } else if self.files() < self.max_segments {
-            prepare(&self.dir.join(SPARE_NEW), self.seg_bytes, self.direct)
-                .await
-                .and_then(|()| std::fs::rename(self.dir.join(SPARE_NEW), &path))
+            match prepare(&self.dir.join(SPARE_NEW), self.seg_bytes, self.direct).await {
+                Ok(()) => install(self.dir.join(SPARE_NEW), path.clone(), self.dir.clone()).await,
+                Err(e) => Err(e),
+            }
         } else {
             self.st.borrow_mut().full = true;
             return Err(HttpError::SpoolFull);
@@ -412,7 +412,7 @@ impl Spool {
             Ok(()) => SegFile::open(&path, false, self.direct).await,
             Err(e) => Err(e),
         };
-        let file = match opened.and_then(|f| sync_dir(&self.dir).map(|()| f)) {
+        let file = match opened {
             Ok(f) => f,
             Err(e) => {
                 io_failed(self, "new segment", &e);
@@ -516,8 +516,22 @@ async fn prepare(path: &std::path::Path, bytes: u64, direct: bool) -> std::io::R
     Ok(())
 }
 
-fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
+/// Renames `from` to `to` and fsyncs their directory (so a crash cannot take the new
+/// name back), on glommio's blocking thread: the directory fsync commits the filesystem
+/// journal, 0.4-1.6 ms measured under load once per roll, which in place would stall
+/// every connection of this executor. The write loop waits (its batch needs the file);
+/// requests go on being parsed and appended to the next batch.
+async fn install(
+    from: std::path::PathBuf,
+    to: std::path::PathBuf,
+    dir: std::path::PathBuf,
+) -> std::io::Result<()> {
+    glommio::executor()
+        .spawn_blocking(move || {
+            std::fs::rename(&from, &to)?;
+            std::fs::File::open(&dir)?.sync_all()
+        })
+        .await
 }
 
 impl Append<'_> {
