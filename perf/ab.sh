@@ -8,7 +8,8 @@
 #
 # Each run starts a fresh tansu and ingestd (perf/lib.sh), lets wrk warm up for 1 s, then
 # measures --seconds: req/s, server CPU us per request (all threads) and per thread, and
-# voluntary + involuntary context switches per request per thread.
+# voluntary + involuntary context switches per request per thread; and wrk's p99, p99.9
+# and max latency over its whole run (warm-up included).
 set -euo pipefail
 
 if [ "${1:-}" = --one ]; then
@@ -44,6 +45,11 @@ if [ "${1:-}" = --one ]; then
         $((b1 - b0))
     paste "$TMP/t0" "$TMP/t1" | awk -v n=$n -v t="$tck" '$2 != $5 {
         printf " %s=%.3f/%.4f", $1, ($5 - $2) * 1e6 / t / n, ($6 - $3) / n }'
+    # wrk's whole run (a few seconds more than the window): p99, p99.9 and max in ms.
+    wait "$WRK_PID" || true
+    sed -n 's/^WRKJSON //p' "$TMP/wrk.txt" | python3 -c 'import json, sys
+j = json.load(sys.stdin)
+print("".join(" @%s=%.2f" % (k, j["lat_%s_us" % k] / 1000) for k in ("p99", "p999", "max")), end="")'
     echo
     exit 0
 fi
@@ -78,13 +84,17 @@ for line in open(sys.argv[1]):
     r.setdefault("bad", []).append(int(f[4]))
     for kv in f[5:]:
         name, v = kv.split("=")
+        if name.startswith("@"):
+            r.setdefault("lat", {}).setdefault(name[1:], []).append(float(v))
+            continue
         us, cs = v.split("/")
         r["thr"].setdefault(name, []).append((float(us), float(cs)))
 print(f"\nmedians of {len(next(iter(runs.values()))['rps'])} runs each")
 for name, r in runs.items():
     thr = "  ".join(f"{t} {st.median(u for u, _ in v):.2f}us {st.median(c for _, c in v):.3f}cs"
                     for t, v in sorted(r["thr"].items()))
+    lat = ", ".join(f"{k} {st.median(v):.2f}" for k, v in r.get("lat", {}).items())
     print(f"{name}: {st.median(r['rps']):,.0f} req/s, {st.median(r['us']):.2f} us/request, "
-          f"non-2xx per run {r['bad']}  [{thr}]")
+          f"latency ms (wrk's whole run) {lat}, non-2xx per run {r['bad']}  [{thr}]")
 PY
 rm -f "$OUT"
