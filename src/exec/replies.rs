@@ -127,7 +127,10 @@ impl<T> Replies<T> {
         retry_after: &'static str,
         mut done: impl FnMut(u16, Instant),
     ) {
-        for p in std::mem::take(&mut self.queue) {
+        // Drained, not dropped: the queue keeps its capacity for the next answers (a fresh
+        // Vec cost a malloc and a free per request wherever 2xx waits, as with a spool).
+        let mut queue = std::mem::take(&mut self.queue);
+        for p in queue.drain(..) {
             match p {
                 Pending::Ready(r) => self.out.extend_from_slice(&self.side[r]),
                 Pending::Waiting(w) => {
@@ -164,6 +167,7 @@ impl<T> Replies<T> {
             }
         }
         self.side.clear();
+        self.queue = queue;
     }
 
     /// The bytes to write now (after `settle`); `clear` once written.
@@ -196,7 +200,10 @@ pub fn write_acked(
             } else {
                 (202, "Accepted")
             };
-            let mut body = Vec::with_capacity(96);
+            // On the stack: a heap body here cost a malloc and a free per spooled request.
+            // The longest (two u64 ids and a count) is under 100 bytes.
+            let mut buf = [0u8; 128];
+            let mut body = std::io::Cursor::new(&mut buf[..]);
             let (e, s) = id;
             let _ = match (count, durable) {
                 // A plain 202 stays what it is without a spool: empty.
@@ -209,12 +216,14 @@ pub fn write_acked(
                     s + n as u64 - 1
                 ),
             };
+            let len = body.position() as usize;
+            let body = &buf[..len];
             if body.is_empty() {
                 response::accepted(out, date, keep);
                 return 202;
             }
             let json = Some("application/json");
-            response::write(out, (code, reason), date, keep, json, "", &body);
+            response::write(out, (code, reason), date, keep, json, "", body);
             if head_only {
                 out.truncate(out.len() - body.len());
             }
@@ -448,5 +457,39 @@ mod tests {
         assert!(t.contains("content-length: 3\r\n"), "{t}");
         assert!(!t.contains("ok\n") && !t.contains("offset"), "{t}");
         assert!(t.ends_with("\r\n\r\n"), "{t}");
+    }
+
+    #[test]
+    fn spooled_bodies_fit_their_buffer_at_the_largest_ids() {
+        let mut r = Replies::default();
+        let n = u32::MAX as usize;
+        let (s1, s3) = (u64::MAX - 9, u64::MAX - n as u64 + 1);
+        for (t, count) in [(1, 0), (2, 10), (3, n)] {
+            r.later(t, Instant::now(), b"t", count, Keep::KeepAlive, false, None);
+        }
+        let spooled = |s| {
+            Ok(Ack::Spooled {
+                durable: true,
+                id: (255, s),
+            })
+        };
+        let codes = settle(
+            &mut r,
+            &[(1, spooled(s1)), (2, spooled(s1)), (3, spooled(s3))],
+        );
+        assert_eq!(codes, [201, 201, 201]);
+        let t = text(&r);
+        let m = u64::MAX;
+        for body in [
+            format!("{{\"id\":\"255-{s1}\"}}\n"),
+            format!("{{\"count\":10,\"first_id\":\"255-{s1}\",\"last_id\":\"255-{m}\"}}\n"),
+            format!("{{\"count\":{n},\"first_id\":\"255-{s3}\",\"last_id\":\"255-{m}\"}}\n"),
+        ] {
+            assert!(t.contains(&body), "{body} in {t}");
+            assert!(
+                t.contains(&format!("content-length: {}\r\n", body.len())),
+                "{t}"
+            );
+        }
     }
 }

@@ -33,17 +33,17 @@ pub(super) struct Pending {
 
 impl Pending {
     pub(super) fn new(first_seq: u64) -> Pending {
-        Pending::with_capacity(first_seq, 0)
+        Pending::with_capacity(first_seq, 0, 0)
     }
 
     /// `bytes`: the last batch's payload, about what the next one takes (one allocation
     /// instead of one per doubling as the records arrive).
-    fn with_capacity(first_seq: u64, bytes: usize) -> Pending {
+    fn with_capacity(first_seq: u64, bytes: usize, waiters: usize) -> Pending {
         Pending {
             payload: Vec::with_capacity(bytes),
             first_seq,
             count: 0,
-            commit: Rc::new(Commit::default()),
+            commit: Rc::new(Commit::with_waiters(waiters)),
             durable: false,
             waits: Vec::new(),
         }
@@ -67,14 +67,20 @@ pub struct Commit {
 
 impl Default for Commit {
     fn default() -> Self {
-        Commit {
-            stage: Cell::new(Stage::Open),
-            wakers: RefCell::new(Vec::new()),
-        }
+        Commit::with_waiters(0)
     }
 }
 
 impl Commit {
+    /// Room for `n` requests' wakers at once (one allocation per batch, not one per
+    /// doubling as its requests wait).
+    fn with_waiters(n: usize) -> Commit {
+        Commit {
+            stage: Cell::new(Stage::Open),
+            wakers: RefCell::new(Vec::with_capacity(n)),
+        }
+    }
+
     fn set(&self, s: Stage) {
         self.stage.set(s);
         for w in self.wakers.borrow_mut().drain(..) {
@@ -610,7 +616,12 @@ impl Future for PendingWait<'_> {
         let sp = self.0;
         let mut st = sp.st.borrow_mut();
         if st.pending.count > 0 {
-            let next = Pending::with_capacity(st.next_seq, st.pending.payload.len().min(1 << 20));
+            // Sized like this batch: the next one is usually alike.
+            let next = Pending::with_capacity(
+                st.next_seq,
+                st.pending.payload.len().min(1 << 20),
+                (st.pending.count as usize).min(1024),
+            );
             st.writing = true;
             return Poll::Ready(Some(std::mem::replace(&mut st.pending, next)));
         }
