@@ -213,7 +213,7 @@ pub fn write_acked(
                 (n, true) => writeln!(
                     body,
                     "{{\"count\":{n},\"first_id\":\"{e}-{s}\",\"last_id\":\"{e}-{}\"}}",
-                    s + n as u64 - 1
+                    s + (n as u64 - 1)
                 ),
             };
             let len = body.position() as usize;
