@@ -10,6 +10,7 @@ use common::http::{ack_p50, post, Client};
 use common::{read_topic, start_broker, wait_until, Ingestd, Rec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -384,6 +385,11 @@ fn a_quiet_segment_is_closed_before_the_next_request_comes() {
         before.iter().any(|&base| base <= first),
         "{first} in none of {before:?}"
     );
+    let ino = |p: PathBuf| std::fs::metadata(p).map(|m| m.ino()).ok();
+    let old = ino(dir.join(format!(
+        "executor-0/{:020}.seg",
+        before.iter().max().unwrap()
+    )));
     // No request meanwhile: the writer closes the segment by itself.
     wait_until(
         "a new segment after a quiet second, the old one trimmed once Kafka has its record",
@@ -394,6 +400,13 @@ fn a_quiet_segment_is_closed_before_the_next_request_comes() {
         },
     );
     let after = segments(&dir);
+    // The closed segment's file is the next spare: recycled, not deleted and replaced by
+    // a zero fill of another 16 MiB (the roll trimmed before it took the spare).
+    wait_until(
+        "the old segment recycled as the spare",
+        Duration::from_secs(10),
+        || ino(dir.join("executor-0/spare")) == old,
+    );
     // Closed once, not again and again: the new segment has no write yet, so no age.
     let cpu0 = ing.cpu_time();
     std::thread::sleep(Duration::from_secs(2));

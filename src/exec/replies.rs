@@ -201,7 +201,7 @@ pub fn write_acked(
                 (202, "Accepted")
             };
             // On the stack: a heap body here cost a malloc and a free per spooled request.
-            // The longest (two u64 ids and a count) is under 100 bytes.
+            // The longest (an executor, two u64 ids and a usize count) is 106 bytes.
             let mut buf = [0u8; 128];
             let mut body = std::io::Cursor::new(&mut buf[..]);
             let (e, s) = id;

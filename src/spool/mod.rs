@@ -65,7 +65,8 @@ struct Segment {
     acked: u64,
     /// Corrupt in the middle: set aside (renamed) instead of reused once trimmed.
     corrupt: bool,
-    /// Unix ms of its first record (for the oldest-unacknowledged-age gauge).
+    /// Unix ms of its first record (for the oldest-unacknowledged-age gauge, and the age
+    /// at which the writer closes it: `writer::age_roll_in`); 0 while it has none.
     since_ms: u64,
 }
 
@@ -75,6 +76,9 @@ enum Spare {
     None,
     Preparing,
     Ready,
+    /// Taken by a roll, being renamed to the new segment (on the blocking thread): still
+    /// on disk under its name, so a trim must not recycle another segment onto it.
+    Installing,
 }
 
 struct State {
@@ -98,7 +102,8 @@ struct State {
     writes: u64,
     /// fdatasyncs in flight, all segments.
     syncs: usize,
-    /// A batch taken from `pending` is being written (or its segment rolled).
+    /// A batch taken from `pending` is being written (or its segment rolled), or the
+    /// writer closes a quiet segment (`writer::on_quiet`).
     writing: bool,
     /// Written batches with 201s waiting, for the next sync to start.
     to_sync: Vec<Rc<writer::Commit>>,
@@ -123,7 +128,8 @@ impl Spool {
     /// Whether the spool has work in flight: syncs, a segment roll, a spare being
     /// prepared, the reader at work. The poller then sleeps in the ring, not in a
     /// direct epoll wait (`poller::Poller::run`), which neither an fdatasync's
-    /// completion nor the spool's short timers (a free sync handle, a spare) end.
+    /// completion, nor the spool's short timers (a free sync handle, a spare), nor the
+    /// blocking thread's end of a roll's rename and directory fsync end.
     pub fn ring_busy(&self) -> bool {
         let st = self.st.borrow();
         st.syncs > 0

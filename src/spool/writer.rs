@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// Age after which the only segment is closed for trimming (see `commit`).
+/// Age after which the only segment is closed for trimming (see `age_roll_in`).
 const ROLL_AFTER_MS: u64 = 1000;
 
 /// Records appended since the last commit started.
@@ -37,7 +37,8 @@ impl Pending {
     }
 
     /// `bytes`: the last batch's payload, about what the next one takes (one allocation
-    /// instead of one per doubling as the records arrive).
+    /// instead of one per doubling as the records arrive); `waiters`: the requests that
+    /// waited on it, the same for its waker list.
     fn with_capacity(first_seq: u64, bytes: usize, waiters: usize) -> Pending {
         Pending {
             payload: Vec::with_capacity(bytes),
@@ -193,7 +194,9 @@ impl Spool {
     async fn on_quiet(self: &Rc<Self>) {
         let roll = {
             let mut st = self.st.borrow_mut();
-            let due = age_roll_in(&st) == Some(0) && st.pending.count == 0 && !st.stopping;
+            // A few ms of slack: the age is wall-clock time, the timer's is monotonic.
+            let aged = age_roll_in(&st).is_some_and(|ms| ms <= 5);
+            let due = aged && st.pending.count == 0 && !st.stopping;
             // Held like a commit: the poller sleeps in the ring, where the blocking
             // thread's completion arrives (`Spool::ring_busy`).
             st.writing |= due;
@@ -425,16 +428,22 @@ impl Spool {
         if let Some((f, batch)) = old {
             self.sync_sealed(f, batch);
         }
-        self.trim();
         // A spare being prepared (zero-filled, or a trimmed segment being renamed).
         while self.st.borrow().spare == Spare::Preparing {
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
         let path = self.dir.join(seg_name(base));
         let spare = self.st.borrow().spare == Spare::Ready;
+        if !spare {
+            // Room for a new file. With a spare, the trim comes after it is taken, so
+            // that a segment trimmed now is recycled as the next spare, not deleted.
+            self.trim();
+        }
         let r = if spare {
+            self.st.borrow_mut().spare = Spare::Installing;
+            let r = install(self.dir.join(SPARE), path.clone(), self.dir.clone()).await;
             self.st.borrow_mut().spare = Spare::None;
-            install(self.dir.join(SPARE), path.clone(), self.dir.clone()).await
+            r
         } else if self.files() < self.max_segments {
             match prepare(&self.dir.join(SPARE_NEW), self.seg_bytes, self.direct).await {
                 Ok(()) => install(self.dir.join(SPARE_NEW), path.clone(), self.dir.clone()).await,
@@ -456,6 +465,7 @@ impl Spool {
                 return Err(HttpError::SpoolFailed);
             }
         };
+        self.trim();
         {
             let mut st = self.st.borrow_mut();
             let tag = st.take_tag();
@@ -658,11 +668,12 @@ impl Future for PendingWait<'_> {
         let sp = self.0;
         let mut st = sp.st.borrow_mut();
         if st.pending.count > 0 {
-            // Sized like this batch: the next one is usually alike.
+            // Sized like this batch (bytes, and the requests waiting on it: one waker
+            // each, not one per record): the next one is usually alike.
             let next = Pending::with_capacity(
                 st.next_seq,
                 st.pending.payload.len().min(1 << 20),
-                (st.pending.count as usize).min(1024),
+                st.pending.commit.wakers.borrow().len().min(1024),
             );
             st.writing = true;
             return Poll::Ready(Some(std::mem::replace(&mut st.pending, next)));
