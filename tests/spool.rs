@@ -536,6 +536,109 @@ fn quota_full_answers_507_then_recovers_when_kafka_drains() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A tmpfs of `mib` MiB mounted on `dir` (this suite runs as root, as `.ci/run` does),
+/// unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, mib: u32) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount(8)");
+        assert!(st.success(), "mount -t tmpfs on {dir:?} (needs root)");
+        Tmpfs(dir.to_path_buf())
+    }
+
+    fn free_bytes(&self) -> u64 {
+        let c = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
+        let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut v) }, 0);
+        v.f_bavail as u64 * v.f_frsize as u64
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_full_disk_answers_507_then_recovers_when_space_frees_without_kafka() {
+    // The disk fills up (ENOSPC, far below the quota) while Kafka is away: 507 with
+    // Retry-After. Then space frees on the disk, not by a trim (the broker is still
+    // stopped): 2xx again by itself. Every 201 arrives once the broker is back.
+    let b = start_broker();
+    b.create_topic("enospc", 1);
+    let dir = spool_dir("enospc");
+    let fs = Tmpfs::mount(&dir, 16);
+    let env = [
+        ("INGESTD_SPOOL_SEGMENT_BYTES", "1048576"),
+        ("INGESTD_SPOOL_MAX_BYTES", "67108864"),
+        ("INGESTD_MAX_BODY_BYTES", "65536"),
+    ];
+    let ing = start(&b.addr, "enospc", &dir, &["--executors", "1"], &env);
+    // Leave about 4 MiB to the spool (it holds a segment and a spare already).
+    let filler = dir.join("filler");
+    let keep = 4 << 20;
+    let fill = fs.free_bytes().saturating_sub(keep) as usize;
+    std::fs::write(&filler, vec![1u8; fill]).unwrap();
+    b.signal(libc::SIGSTOP);
+    let mut c = Client::connect(ing.addr).unwrap();
+    let mut seen = Seen::new();
+    let mut first_507 = None;
+    for i in 0..2000 {
+        let v = format!("e{i:05}-{}", "x".repeat(8000));
+        let r = c
+            .request(&post("/", v.as_bytes(), &[("Kafka-Ack", "durable")]))
+            .unwrap();
+        seen.insert(v, (r.status, None));
+        if r.status == 507 {
+            assert!(r.header("retry-after").is_some(), "507 without Retry-After");
+            assert!(r.text().contains("disk full"), "{}", r.text());
+            first_507 = Some(i);
+            break;
+        }
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let at = first_507.expect("507 once the disk is full");
+    // 8 KiB records, one batch each here (12 KiB with its header and padding), about 85
+    // a segment: the 4 MiB left hold a few segments' worth.
+    assert!((100..=1000).contains(&at), "first 507 after {at} records");
+    std::fs::remove_file(&filler).unwrap();
+    let mut n = 0;
+    wait_until(
+        "2xx again once the disk has room, the broker still stopped",
+        Duration::from_secs(20),
+        || {
+            n += 1;
+            let v = format!("room-{n}-{}", "y".repeat(8000));
+            let r = c
+                .request(&post("/", v.as_bytes(), &[("Kafka-Ack", "durable")]))
+                .unwrap();
+            assert!(matches!(r.status, 201 | 507), "{} {}", r.status, r.text());
+            seen.insert(v, (r.status, None));
+            r.status == 201
+        },
+    );
+    b.signal(libc::SIGCONT);
+    wait_drained(&ing, Duration::from_secs(60));
+    let ok = seen.values().filter(|(s, _)| *s == 201).count();
+    let recs = read_topic(&b.addr, "enospc", 1, ok, Duration::from_secs(3));
+    check_answered(&seen, &[201], &recs);
+    eprintln!("tmpfs 16 MiB: {at} records of 8 KiB answered 201, then 507; 201 again {n} tries after space freed");
+    drop(ing);
+    b.signal(libc::SIGTERM);
+    drop(fs);
+}
+
 #[test]
 fn sigterm_leaves_undelivered_records_in_the_spool_for_the_next_start() {
     let b = start_broker();

@@ -14,6 +14,7 @@ pub mod format;
 mod reader;
 mod writer;
 
+use crate::error::HttpError;
 use crate::kafka::lane::RecordBatch;
 use crate::metrics::{Metrics, SpoolStats};
 use file::SegFile;
@@ -92,8 +93,12 @@ struct State {
     /// A batch the window refused, and the offset after it.
     held: Option<(RecordBatch, u64)>,
     next_tag: u16,
-    /// A segment could not be allocated (quota or disk): 507 until one is trimmed.
+    /// A segment could not be allocated (quota or disk): 507 until one is trimmed, or
+    /// `writer::FULL_RETRY` after `full_at`.
     full: bool,
+    full_at: Instant,
+    /// What a request gets meanwhile: over the quota, or out of disk.
+    full_err: HttpError,
     stopping: bool,
     last_sync: Instant,
     /// Written data no sync has covered yet (a sync covers the writes before its start).
@@ -205,6 +210,8 @@ impl Spool {
             held: None,
             next_tag: 1,
             full: false,
+            full_at: Instant::now(),
+            full_err: HttpError::SpoolFull,
             stopping: false,
             last_sync: Instant::now(),
             unsynced: false,
@@ -352,6 +359,15 @@ impl Segment {
 }
 
 impl State {
+    /// Marks the spool full (`err`, a 507, for `writer::FULL_RETRY`), or not (None).
+    fn set_full(&mut self, err: Option<HttpError>) {
+        self.full = err.is_some();
+        if let Some(e) = err {
+            self.full_at = Instant::now();
+            self.full_err = e;
+        }
+    }
+
     fn take_tag(&mut self) -> u16 {
         let t = self.next_tag;
         self.next_tag = if t >= crate::kafka::lane::Opaque::SPOOL_MASK {

@@ -18,6 +18,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+/// How long a full spool answers 507 before a request tries a new segment again.
+const FULL_RETRY: Duration = Duration::from_secs(1);
+
 /// Age after which the only segment is closed for trimming (see `age_roll_in`).
 const ROLL_AFTER_MS: u64 = 1000;
 
@@ -136,12 +139,19 @@ impl Spool {
     /// Starts appending a request of about `bytes` payload bytes: 507 while the spool is
     /// full, 503 while the pending batch is (the disk is behind).
     pub fn begin(&self, bytes: usize) -> Result<Append<'_>, HttpError> {
-        let st = self.st.borrow();
+        let mut st = self.st.borrow_mut();
         if st.stopping {
             return Err(HttpError::ShuttingDown);
         }
         if st.full {
-            return Err(HttpError::SpoolFull);
+            // A trim clears `full`; a disk that filled up (ENOSPC) may free space
+            // without one, so a request now and then tries a new segment again: the
+            // spool recovers by itself once space frees. Until then it gets its 507
+            // from the failed roll (its batch is refused whole, nothing half-written).
+            if st.full_at.elapsed() < FULL_RETRY {
+                return Err(st.full_err);
+            }
+            st.full = false;
         }
         if st.pending.count > 0 && st.pending.payload.len() + bytes > self.pending_max {
             return Err(HttpError::QueueFull);
@@ -450,7 +460,7 @@ impl Spool {
                 Err(e) => Err(e),
             }
         } else {
-            self.st.borrow_mut().full = true;
+            self.st.borrow_mut().set_full(Some(HttpError::SpoolFull));
             return Err(HttpError::SpoolFull);
         };
         let opened = match r {
@@ -461,7 +471,10 @@ impl Spool {
             Ok(f) => f,
             Err(e) => {
                 io_failed(self, "new segment", &e);
-                self.st.borrow_mut().full = e.raw_os_error() == Some(libc::ENOSPC);
+                let disk = e.raw_os_error() == Some(libc::ENOSPC);
+                self.st
+                    .borrow_mut()
+                    .set_full(disk.then_some(HttpError::SpoolFailed));
                 return Err(HttpError::SpoolFailed);
             }
         };
