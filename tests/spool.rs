@@ -475,6 +475,26 @@ fn an_outage_longer_than_the_memory_queue_is_held_on_disk() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Sends 8 KiB ack=durable records (values `{tag}{i:05}-xxx...`) until the first 507,
+/// which must carry `Retry-After: 1` and `reason`; every answer before it is a 201.
+/// Returns how many were accepted.
+fn durable_until_507(c: &mut Client, seen: &mut Seen, tag: &str, reason: &str) -> usize {
+    for i in 0..2000 {
+        let v = format!("{tag}{i:05}-{}", "x".repeat(8000));
+        let r = c
+            .request(&post("/", v.as_bytes(), &[("Kafka-Ack", "durable")]))
+            .unwrap();
+        seen.insert(v, (r.status, None));
+        if r.status == 507 {
+            assert_eq!(r.header("retry-after"), Some("1"));
+            assert!(r.text().contains(reason), "{}", r.text());
+            return i;
+        }
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    panic!("no 507 after 2000 records of 8 KiB");
+}
+
 #[test]
 fn quota_full_answers_507_then_recovers_when_kafka_drains() {
     let b = start_broker();
@@ -490,22 +510,7 @@ fn quota_full_answers_507_then_recovers_when_kafka_drains() {
     b.signal(libc::SIGSTOP);
     let mut c = Client::connect(ing.addr).unwrap();
     let mut seen = Seen::new();
-    let mut first_507 = None;
-    for i in 0..2000 {
-        let v = format!("q{i:05}-{}", "x".repeat(8000));
-        let r = c
-            .request(&post("/", v.as_bytes(), &[("Kafka-Ack", "durable")]))
-            .unwrap();
-        seen.insert(v, (r.status, None));
-        if r.status == 507 {
-            assert_eq!(r.header("retry-after"), Some("1"));
-            assert!(r.text().contains("spool full"), "{}", r.text());
-            first_507 = Some(i);
-            break;
-        }
-        assert_eq!(r.status, 201, "{}", r.text());
-    }
-    let at = first_507.expect("507 once the quota is full");
+    let at = durable_until_507(&mut c, &mut seen, "q", "spool full");
     // 4 MiB of quota, 8 KiB records (a block of padding each at most): between 3 and 4
     // segments' worth were accepted.
     assert!((300..=520).contains(&at), "first 507 after {at} records");
@@ -593,22 +598,7 @@ fn a_full_disk_answers_507_then_recovers_when_space_frees_without_kafka() {
     b.signal(libc::SIGSTOP);
     let mut c = Client::connect(ing.addr).unwrap();
     let mut seen = Seen::new();
-    let mut first_507 = None;
-    for i in 0..2000 {
-        let v = format!("e{i:05}-{}", "x".repeat(8000));
-        let r = c
-            .request(&post("/", v.as_bytes(), &[("Kafka-Ack", "durable")]))
-            .unwrap();
-        seen.insert(v, (r.status, None));
-        if r.status == 507 {
-            assert!(r.header("retry-after").is_some(), "507 without Retry-After");
-            assert!(r.text().contains("disk full"), "{}", r.text());
-            first_507 = Some(i);
-            break;
-        }
-        assert_eq!(r.status, 201, "{}", r.text());
-    }
-    let at = first_507.expect("507 once the disk is full");
+    let at = durable_until_507(&mut c, &mut seen, "e", "disk full");
     // 8 KiB records, one batch each here (12 KiB with its header and padding), about 85
     // a segment: the 4 MiB left hold a few segments' worth.
     assert!((100..=1000).contains(&at), "first 507 after {at} records");
