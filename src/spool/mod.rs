@@ -93,12 +93,9 @@ struct State {
     /// A batch the window refused, and the offset after it.
     held: Option<(RecordBatch, u64)>,
     next_tag: u16,
-    /// A segment could not be allocated (quota or disk): 507 until one is trimmed, or
-    /// `writer::FULL_RETRY` after `full_at`.
-    full: bool,
-    full_at: Instant,
-    /// What a request gets meanwhile: over the quota, or out of disk.
-    full_err: HttpError,
+    /// A segment could not be allocated (quota or disk): since when, and the 507 a
+    /// request gets until one is trimmed or `writer::FULL_RETRY` has passed.
+    full: Option<(Instant, HttpError)>,
     stopping: bool,
     last_sync: Instant,
     /// Written data no sync has covered yet (a sync covers the writes before its start).
@@ -209,9 +206,7 @@ impl Spool {
             cold: found.first().map(|&b| (b, 0)),
             held: None,
             next_tag: 1,
-            full: false,
-            full_at: Instant::now(),
-            full_err: HttpError::SpoolFull,
+            full: None,
             stopping: false,
             last_sync: Instant::now(),
             unsynced: false,
@@ -359,15 +354,6 @@ impl Segment {
 }
 
 impl State {
-    /// Marks the spool full (`err`, a 507, for `writer::FULL_RETRY`), or not (None).
-    fn set_full(&mut self, err: Option<HttpError>) {
-        self.full = err.is_some();
-        if let Some(e) = err {
-            self.full_at = Instant::now();
-            self.full_err = e;
-        }
-    }
-
     fn take_tag(&mut self) -> u16 {
         let t = self.next_tag;
         self.next_tag = if t >= crate::kafka::lane::Opaque::SPOOL_MASK {

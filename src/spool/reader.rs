@@ -257,7 +257,7 @@ impl Spool {
                 break;
             };
             let g = st.segs.remove(i).unwrap();
-            st.full = false;
+            st.full = None;
             let recycle = !g.corrupt && st.spare == Spare::None && g.file.is_some();
             if recycle {
                 st.spare = Spare::Ready;

@@ -143,15 +143,15 @@ impl Spool {
         if st.stopping {
             return Err(HttpError::ShuttingDown);
         }
-        if st.full {
+        if let Some((at, e)) = st.full {
             // A trim clears `full`; a disk that filled up (ENOSPC) may free space
             // without one, so a request now and then tries a new segment again: the
             // spool recovers by itself once space frees. Until then it gets its 507
             // from the failed roll (its batch is refused whole, nothing half-written).
-            if st.full_at.elapsed() < FULL_RETRY {
-                return Err(st.full_err);
+            if at.elapsed() < FULL_RETRY {
+                return Err(e);
             }
-            st.full = false;
+            st.full = None;
         }
         if st.pending.count > 0 && st.pending.payload.len() + bytes > self.pending_max {
             return Err(HttpError::QueueFull);
@@ -172,11 +172,11 @@ impl Spool {
                 let st = self.st.borrow();
                 (st.unsynced, age_roll_in(&st))
             };
-            let quiet = match (unsynced, roll) {
-                (true, Some(ms)) => Some(Duration::from_millis(ms).min(Duration::from_secs(1))),
-                (true, None) => Some(Duration::from_secs(1)),
-                (false, ms) => ms.map(Duration::from_millis),
-            };
+            let quiet = roll
+                .into_iter()
+                .chain(unsynced.then_some(1000))
+                .min()
+                .map(Duration::from_millis);
             let next = match quiet {
                 Some(d) => {
                     let tick = async {
@@ -451,16 +451,16 @@ impl Spool {
         }
         let r = if spare {
             self.st.borrow_mut().spare = Spare::Installing;
-            let r = install(self.dir.join(SPARE), path.clone(), self.dir.clone()).await;
+            let r = install(self.dir.join(SPARE), path.clone()).await;
             self.st.borrow_mut().spare = Spare::None;
             r
         } else if self.files() < self.max_segments {
             match prepare(&self.dir.join(SPARE_NEW), self.seg_bytes, self.direct).await {
-                Ok(()) => install(self.dir.join(SPARE_NEW), path.clone(), self.dir.clone()).await,
+                Ok(()) => install(self.dir.join(SPARE_NEW), path.clone()).await,
                 Err(e) => Err(e),
             }
         } else {
-            self.st.borrow_mut().set_full(Some(HttpError::SpoolFull));
+            self.st.borrow_mut().full = Some((Instant::now(), HttpError::SpoolFull));
             return Err(HttpError::SpoolFull);
         };
         let opened = match r {
@@ -472,9 +472,7 @@ impl Spool {
             Err(e) => {
                 io_failed(self, "new segment", &e);
                 let disk = e.raw_os_error() == Some(libc::ENOSPC);
-                self.st
-                    .borrow_mut()
-                    .set_full(disk.then_some(HttpError::SpoolFailed));
+                self.st.borrow_mut().full = disk.then(|| (Instant::now(), HttpError::SpoolFailed));
                 return Err(HttpError::SpoolFailed);
             }
         };
@@ -587,20 +585,16 @@ async fn prepare(path: &std::path::Path, bytes: u64, direct: bool) -> std::io::R
     Ok(())
 }
 
-/// Renames `from` to `to` and fsyncs their directory (so a crash cannot take the new
-/// name back), on glommio's blocking thread: the directory fsync commits the filesystem
+/// Renames `from` to `to` in the same directory and fsyncs it (so a crash cannot take the
+/// new name back), on glommio's blocking thread: the directory fsync commits the filesystem
 /// journal, 0.4-1.6 ms measured under load once per roll, which in place would stall
 /// every connection of this executor. The write loop waits (its batch needs the file);
 /// requests go on being parsed and appended to the next batch.
-async fn install(
-    from: std::path::PathBuf,
-    to: std::path::PathBuf,
-    dir: std::path::PathBuf,
-) -> std::io::Result<()> {
+async fn install(from: std::path::PathBuf, to: std::path::PathBuf) -> std::io::Result<()> {
     glommio::executor()
         .spawn_blocking(move || {
             std::fs::rename(&from, &to)?;
-            std::fs::File::open(&dir)?.sync_all()
+            std::fs::File::open(to.parent().expect("a segment path has a directory"))?.sync_all()
         })
         .await
 }
