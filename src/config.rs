@@ -113,11 +113,10 @@ pub struct Config {
     /// for, ack=kafka, still go at once): the longest a 202 record waits before
     /// librdkafka has it.
     pub handoff_ms: u64,
-    /// When an executor runs out of ready sockets it blocks in epoll_wait for up to
-    /// this many ms before it sleeps in its io_uring (0: always the ring). One syscall
-    /// per wait instead of the ring's several, at the price of Glommio timers running
-    /// up to this late meanwhile. Off while a spool is configured (its I/O completes in
-    /// the ring).
+    /// When an executor runs out of ready sockets it blocks in epoll_wait until its next
+    /// timer is due, for at most this many ms, before it sleeps in its io_uring (0:
+    /// always the ring). One syscall per wait instead of the ring's several. Not while
+    /// the spool has I/O in flight (it completes in the ring).
     pub direct_wait_ms: u64,
     /// Seconds sent in `Retry-After` with 503.
     pub retry_after_secs: u32,
@@ -214,7 +213,7 @@ impl Default for Config {
             memory_max_bytes: 128 << 20,
             ack_timeout_ms: 10_000,
             handoff_ms: 5,
-            direct_wait_ms: 1,
+            direct_wait_ms: 100,
             retry_after_secs: 1,
             shutdown_timeout_ms: 10_000,
             drain_ms: 0,
@@ -530,7 +529,8 @@ impl Config {
         if self.handoff_ms > 1000 {
             return Err("handoff_ms: at most 1000".into());
         }
-        // Beyond the ticker's period, idle deadlines and the Date header would run late.
+        // A wait also ends when the executor's next timer is due, and its ticker's is
+        // never more than 100 ms away: a larger bound would change nothing.
         if self.direct_wait_ms > 100 {
             return Err("direct_wait_ms: at most 100".into());
         }
@@ -935,7 +935,7 @@ mod tests {
             let env = [("INGESTD_DIRECT_WAIT_MS".to_string(), v.to_string())];
             Config::load(&cli(&["--executors", "1"]), env.into_iter())
         };
-        assert_eq!(Config::default().direct_wait_ms, 1);
+        assert_eq!(Config::default().direct_wait_ms, 100);
         assert_eq!(load("0").unwrap().direct_wait_ms, 0);
         assert_eq!(load("100").unwrap().direct_wait_ms, 100);
         assert!(load("101")

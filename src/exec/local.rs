@@ -4,6 +4,7 @@
 
 use crate::config::Config;
 use crate::error::{FailReason, HttpError};
+use crate::exec::timer;
 use crate::http::response::DateLine;
 use crate::kafka::lane::{ExecutorLane, HeaderMeta, Opaque, RecordBatch};
 use crate::metrics::{bump, ExecStats, Metrics};
@@ -181,12 +182,6 @@ impl Exec {
         self.publish_queue();
     }
 
-    /// Some request waits for delivery reports (ack=kafka), so the Kafka thread will
-    /// wake this executor.
-    pub fn awaits_kafka(&self) -> bool {
-        !self.waiters.borrow().is_empty()
-    }
-
     /// A waiter for `n` records' delivery reports, answered by `deadline`: (slot, gen).
     pub fn add_waiter(&self, n: usize, deadline: Instant) -> (u32, u16) {
         let gen = self.next_gen.get().wrapping_add(1);
@@ -285,7 +280,7 @@ impl Exec {
             self.flush();
             if !self.overflow.borrow().is_empty() {
                 // The lane is full: the Kafka thread is behind. Try again shortly.
-                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                timer::sleep(std::time::Duration::from_millis(1)).await;
                 self.flush_scheduled.set(true);
             }
         }
@@ -380,7 +375,7 @@ impl Exec {
                 }
                 return;
             }
-            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            timer::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
 }
@@ -390,7 +385,7 @@ impl Exec {
     /// handed over, so the acknowledged segments can be trimmed before exit.
     pub async fn settle_in_flight(&self, deadline: Instant) {
         while self.queue_records.get() > 0 && Instant::now() < deadline {
-            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+            timer::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 }

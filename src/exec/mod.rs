@@ -1,6 +1,6 @@
 //! The per-core world: one Glommio executor per core with its own listener (`server`),
 //! socket readiness (`poller`), connections (`conn`: its `readbuf`, its ordered `replies`,
-//! deadlines in `watch`), what each request gets (`route`, then `handler`), and the
+//! deadlines in `watch`, timers in `timer`), what each request gets (`route`, then `handler`), and the
 //! bounded record queue with memory budget and ack waiters (`local`). Nothing here is
 //! shared across cores.
 
@@ -14,4 +14,5 @@ pub mod replies;
 pub mod restv2;
 pub mod route;
 pub mod server;
+pub mod timer;
 pub mod watch;

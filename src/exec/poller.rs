@@ -8,21 +8,24 @@
 //! connections of a whole loop iteration with one epoll_wait. The executor still sleeps in
 //! its io_uring: when nothing is ready, `run` waits on a ring poll of the epoll fd.
 //!
-//! Before sleeping in the ring, `run` blocks in epoll_wait itself for up to
-//! `direct_wait_ms` once every other task of the executor is idle (`quiescent`): a ring
-//! sleep costs several io_uring_enter calls, a dup, a poll and a close, which at one
-//! connection (a sleep per request) made the executor cost twice nginx's whole request.
-//! Only the Kafka thread wakes an executor from outside; during a direct wait its wake
-//! also signals an eventfd in this epoll set (`ExecWake`). Glommio timers wait meanwhile
-//! (by at most the bound), and so may ring completions (`direct_wait`), so there is no
-//! direct wait while the spool has work in flight (`Spool::ring_busy`: every ack=durable
-//! wait, and about a sync and a roll a second under ack=queued).
+//! Before sleeping in the ring, `run` blocks in epoll_wait itself once every other task
+//! of the executor is idle (`quiescent`), until the executor's next timer is due
+//! (`timer::next_deadline`; every executor timer is made through `exec::timer`) and at
+//! most `direct_wait_ms`: a ring sleep costs several io_uring_enter calls, a membarrier,
+//! a dup, a poll and a close, which at one connection (a sleep per request) made the
+//! executor cost twice nginx's whole request. Only the Kafka thread wakes an executor from
+//! outside; during a direct wait its wake also signals an eventfd in this epoll set
+//! (`ExecWake`), so an ack=kafka answer needs no ring sleep either. Ring completions may
+//! wait (`direct_wait`), so there is no direct wait while the spool has work in flight
+//! (`Spool::ring_busy`: every ack=durable wait, and about a sync and a roll a second under
+//! ack=queued).
 //!
 //! Writes always try the syscall first and wait only after WouldBlock; reads do too,
 //! unless the previous read already drained the socket (`Slot::readable`). With edge
 //! triggering, data that arrives after that point raises a new event, so no wakeup is
 //! lost; an event for a socket nobody waits on only marks it readable.
 
+use crate::exec::timer;
 use crate::kafka::lane::ExecWake;
 use crate::sys;
 use slab::Slab;
@@ -75,8 +78,8 @@ impl<F: std::future::Future> std::future::Future for Counted<F> {
 struct Direct {
     wake: Arc<ExecWake>,
     ms: i32,
-    /// True while the executor waits for the Kafka thread (an ack=kafka answer): that
-    /// gap lasts a linger and a broker round trip, so it goes to the ring at once.
+    /// True while some I/O of the executor will complete in its ring (the spool's), which
+    /// a direct wait would not see.
     held: Box<dyn Fn() -> bool>,
 }
 
@@ -217,25 +220,35 @@ impl Poller {
         let mut last_pass = Instant::now();
         let mut backoff = Duration::ZERO;
         // Whether the next idle gap looks short enough for a direct wait: the last one
-        // was. A wait that timed out costs its wake-up and the ring sleep after it, so
-        // gaps longer than the bound (ack=kafka at one connection: a linger and a
-        // broker round trip) go to the ring at once.
+        // was. A wait that ran to the bound costs its wake-up and the ring sleep after
+        // it, so after one the next idle gap goes to the ring at once.
         let mut gap_short = true;
         loop {
             let mut ready = sys::epoll_poll(self.ep.as_raw_fd(), &mut events);
             if ready.is_empty() && gap_short {
                 // `held` again after the idle check: the tasks that ran during its yields
-                // may have started a sync or sent an ack=kafka record (a stale answer let
-                // 201s wait for the next wake from outside: the Kafka thread's hand-off).
+                // may have started a sync (a stale answer let 201s wait for the next wake
+                // from outside: the Kafka thread's hand-off).
                 match self.direct_ms().filter(|_| !self.held()) {
                     Some(ms) if quiescent().await && !self.held() => {
-                        match self.direct_wait(&mut events, ms) {
-                            Some((r, timed_out)) => {
-                                gap_short = !timed_out;
-                                ready = r;
+                        // Until the earliest timer is due (none is: straight to the ring,
+                        // where Glommio fires it), and at most the bound.
+                        if let Some(w) = until_next_timer(Instant::now()).map(|t| t.min(ms)) {
+                            match self.direct_wait(&mut events, w) {
+                                Some((r, timed_out)) => {
+                                    // Ending at a timer says nothing about the gap's length.
+                                    gap_short = !(timed_out && w == ms);
+                                    ready = r;
+                                    // The executor was idle, and its ring holds nothing to
+                                    // reap (`held`; a timer due ends the wait): this counts
+                                    // as a pass. Else every burst of a paced load that
+                                    // follows a wait longer than RING_PASS took a ring
+                                    // pass: ~8 io_uring_enter, a dup and a close.
+                                    last_pass = Instant::now();
+                                }
+                                // A Kafka wake was pending: its task runs before the next look.
+                                None => continue,
                             }
-                            // A Kafka wake was pending: its task runs before the next look.
-                            None => continue,
                         }
                     }
                     _ => {}
@@ -310,7 +323,7 @@ impl Poller {
             }
             Err(_) => {
                 *backoff = (*backoff * 2).clamp(Duration::from_millis(1), MAX_BACKOFF);
-                glommio::timer::sleep(*backoff).await;
+                timer::sleep(*backoff).await;
             }
         }
     }
@@ -469,6 +482,19 @@ impl Listener {
         let fd = self.fd();
         let s = &self.sock;
         poll_fn(|cx| s.poller.poll_op(s.key, READ, cx, || sys::accept(fd))).await
+    }
+}
+
+/// Milliseconds until this executor's earliest timer is due (rounded up, so a wait that
+/// long finds it due), `i32::MAX` if it has none, None if one is due already.
+fn until_next_timer(now: Instant) -> Option<i32> {
+    match timer::next_deadline() {
+        None => Some(i32::MAX),
+        Some(t) if t <= now => None,
+        Some(t) => {
+            let us = (t - now).as_micros();
+            Some(us.div_ceil(1000).min(i32::MAX as u128) as i32)
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use crate::exec::conn::Conn;
 use crate::exec::link::{Link, Refused, Tls};
 use crate::exec::local::Exec;
 use crate::exec::poller::{counted, Listener, Poller, Sock};
+use crate::exec::timer;
 use crate::exec::watch::Watch;
 use crate::http::response::{self, Conn as Keep};
 use crate::kafka::lane::{make_lane, ExecutorLane, KafkaWake};
@@ -289,13 +290,12 @@ async fn run_executor(
     let wake = lane.wake.clone();
     let exec = Exec::new(lane, cfg.clone(), metrics, retry_after, spool.clone());
     if cfg.direct_wait_ms > 0 {
-        let e = Rc::downgrade(&exec);
+        // Only the spool's I/O completes where a direct wait does not see it. An ack=kafka
+        // wait needs no ring: the Kafka thread's wake ends a direct wait too.
         let sp = spool.as_ref().map(Rc::downgrade);
         let held = Box::new(move || {
-            e.upgrade().is_some_and(|e| e.awaits_kafka())
-                || sp
-                    .as_ref()
-                    .is_some_and(|s| s.upgrade().is_some_and(|s| s.ring_busy()))
+            sp.as_ref()
+                .is_some_and(|s| s.upgrade().is_some_and(|s| s.ring_busy()))
         });
         if let Err(e) = poller.enable_direct(wake, cfg.direct_wait_ms, held) {
             // Only the cheaper wait is lost: the ring sleep still works.
@@ -346,7 +346,7 @@ async fn run_executor(
         // Finish writing what was appended; the reader stops handing records over.
         sp.stop();
         while !sp.written() && Instant::now() < deadline {
-            glommio::timer::sleep(Duration::from_millis(1)).await;
+            timer::sleep(Duration::from_millis(1)).await;
         }
     }
     // Records answered 202 may still sit in this executor's batch or overflow.
@@ -423,7 +423,7 @@ async fn accept_loop(listener: Listener, tls: Option<Arc<Certs>>, a: Rc<Acceptin
                 } else {
                     // Other threads took every spare with clients still waiting (no edge
                     // will come for them): look again shortly rather than spin.
-                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                    timer::sleep(Duration::from_millis(50)).await;
                 }
                 continue;
             }
@@ -515,7 +515,7 @@ async fn handshake(exec: &Exec, sock: Sock, certs: &Certs, watch: &Watch) -> Opt
 async fn until_empty(conns: &Registry, within: Duration) {
     let deadline = Instant::now() + within;
     while !conns.borrow().is_empty() && Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(10)).await;
+        timer::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -524,7 +524,7 @@ async fn until_empty(conns: &Registry, within: Duration) {
 async fn ticker(exec: Rc<Exec>, shutdown: Arc<AtomicBool>, conns: Registry, stop: Rc<Cell<bool>>) {
     let mut n = 0u64;
     loop {
-        glommio::timer::sleep(Duration::from_millis(100)).await;
+        timer::sleep(Duration::from_millis(100)).await;
         n += 1;
         if n.is_multiple_of(10) {
             exec.date.borrow_mut().refresh();

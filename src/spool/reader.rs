@@ -7,6 +7,7 @@
 
 use super::format::{self, Damage, HEADER};
 use super::{register, Feed, Spare, Spool, CORRUPT_EXT, SPARE};
+use crate::exec::timer;
 use crate::metrics::bump;
 use std::future::Future;
 use std::pin::Pin;
@@ -78,7 +79,7 @@ impl Spool {
                     // A failing read is tried again (the data is still there, or the disk
                     // is gone and writes fail too); it is not the end of the segment.
                     super::io_failed(self, "read", &e);
-                    glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+                    timer::sleep(std::time::Duration::from_millis(100)).await;
                     return true;
                 }
             };

@@ -9,6 +9,7 @@ use super::format::{self, HEADER};
 use super::{file::SegFile, SPARE, SPARE_NEW};
 use super::{io_failed, register, seg_name, unix_ms, wake, Feed, Segment, Spare, Spool, Wait};
 use crate::error::HttpError;
+use crate::exec::timer;
 use crate::kafka::lane::Opaque;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -180,7 +181,7 @@ impl Spool {
             let next = match quiet {
                 Some(d) => {
                     let tick = async {
-                        glommio::timer::sleep(d).await;
+                        timer::sleep(d).await;
                         None
                     };
                     futures_lite::future::or(async { Some(PendingWait(&self).await) }, tick).await
@@ -299,7 +300,7 @@ impl Spool {
             let h = loop {
                 match file.take_handle() {
                     Some(h) => break h,
-                    None => glommio::timer::sleep(Duration::from_micros(100)).await,
+                    None => timer::sleep(Duration::from_micros(100)).await,
                 }
             };
             sp.st.borrow_mut().syncs -= 1;
@@ -440,7 +441,7 @@ impl Spool {
         }
         // A spare being prepared (zero-filled, or a trimmed segment being renamed).
         while self.st.borrow().spare == Spare::Preparing {
-            glommio::timer::sleep(Duration::from_millis(1)).await;
+            timer::sleep(Duration::from_millis(1)).await;
         }
         let path = self.dir.join(seg_name(base));
         let spare = self.st.borrow().spare == Spare::Ready;
