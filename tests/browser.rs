@@ -279,10 +279,8 @@ fn chromium_fetch_and_beacon_from_another_origin_arrive_and_unlisted_origin_is_r
             &format!("code=\"{code}\""),
         )
     };
-    // The preflight answer is the only 204 here. ingestd's metrics have no 204 label yet
-    // (CODES in src/metrics.rs), so it is counted as "other"; both are summed so the check
-    // holds once 204 is added.
-    let preflights = |text: &str| count(text, "204") + count(text, "other");
+    // The preflight answer is the only 204 here.
+    let preflights = |text: &str| count(text, "204");
     assert_eq!(count(&m, "202"), sent, "{m}");
     // One preflight per fetch (Access-Control-Max-Age: 0 forbids reuse) and none for the
     // beacons: text/plain makes them simple requests.

@@ -129,6 +129,23 @@ fn rest_v2_bodies_arrive_with_exact_keys_values_headers_and_partitions() {
     );
     assert_eq!(r.status, 400);
 
+    // A record Kafka refuses (the topic has 3 partitions) under ack=kafka: an error in
+    // the REST format, never an offset; nothing is produced.
+    let r = send(
+        &mut c,
+        &format!("{path}/partitions/99"),
+        br#"{"records":[{"value":"nowhere"}]}"#,
+        &[("Content-Type", JSON), ("Kafka-Ack", "kafka")],
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let e: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(e["error_code"].as_u64().unwrap() / 100, 400, "{e}");
+    assert!(
+        e.get("offsets").is_none(),
+        "no offset for a refused record: {e}"
+    );
+    assert!(e["message"].as_str().unwrap().contains("partition"), "{e}");
+
     let recs = by_offset(read_topic(&b.addr, &topic, 3, 8, SETTLE));
     assert_eq!(recs.len(), 8, "exactly the accepted records: {recs:?}");
     let r = find(&recs, br#"{"foo":"bar"}"#);
@@ -380,8 +397,8 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     d
 }
 
-/// CORS for pages on other origins, spoken as a browser speaks it (the headless-browser
-/// test is still to come): a preflight, then the POST; sendBeacon's text/plain body is a
+/// CORS for pages on other origins, spoken as a browser speaks it (tests/browser.rs has a
+/// real headless browser do the same): a preflight, then the POST; sendBeacon's text/plain body is a
 /// simple request and arrives as a raw record.
 #[test]
 fn cors_preflight_and_allow_headers_for_listed_origins_only() {

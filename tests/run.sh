@@ -5,8 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 tests/tansu.sh install
-# tests/clients.rs posts with Python's requests, as users' scripts do.
-python3 -c 'import requests' 2>/dev/null || python3 -m pip install -q requests
+# tests/clients.rs posts with Python's requests, as users' scripts do: Debian's package
+# where we may install it (Debian's python3 refuses system-wide pip installs), else pip.
+if ! python3 -c 'import requests' 2>/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-requests
+    else
+        python3 -m pip install -q --user requests
+    fi
+fi
 # Glommio's io_uring rings need locked memory; root may raise the limit.
 ulimit -l unlimited 2>/dev/null || ulimit -l 65536 2>/dev/null || true
 
