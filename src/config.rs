@@ -705,26 +705,24 @@ impl Config {
 
     /// librdkafka properties as strings, ingestd's defaults first so `[kafka]` wins.
     pub fn kafka_properties(&self) -> Vec<(String, String)> {
-        // The batching profile follows the default contract (BENCHMARKS.md, "ack=kafka
-        // without the linger"). ack=queued/durable: librdkafka waits 1 ms for a batch
-        // (it waits in whole milliseconds: 0.5 behaves like 1), with 5 requests in flight;
-        // 1 rather than 2 measured +49% ack=kafka req/s at 64 connections, ack=queued
-        // unchanged. ack=kafka: every request waits for the broker, so no linger; one
-        // produce request in flight per broker makes the batch instead (what arrives
-        // during a round trip goes in the next request): 1 connection 749 -> 4,386 req/s
-        // at 141 -> 109 us of CPU per request, 64 connections 29.9k -> 44.6k req/s. It
-        // costs a co-located broker more, smaller requests: ack=queued at 64 connections
-        // lost 12% of its req/s that way, so it keeps the linger.
-        let (linger, in_flight) = match self.ack {
-            AckMode::Kafka => ("0", "1"),
-            AckMode::Queued | AckMode::Durable => ("1", "5"),
-        };
+        // The batching profile follows the configured contract (BENCHMARKS.md, "ack=kafka
+        // without the linger").
+        // - queued/durable: librdkafka waits 1 ms for a batch (in whole milliseconds: 0.5
+        //   behaves like 1); 1 rather than 2 measured +49% ack=kafka req/s at 64
+        //   connections, ack=queued unchanged. The in-flight limit stays librdkafka's (5
+        //   with idempotence).
+        // - kafka: every request waits for the broker, so no linger, and one produce
+        //   request in flight makes the batch instead (what arrives during a round trip
+        //   goes in the next request): 1 connection 749 -> 4,386 req/s, 64 connections
+        //   29.9k -> 44.6k. ack=queued keeps the linger: with this profile a co-located
+        //   broker got more, smaller requests and it lost 12% of its req/s.
+        let kafka_profile = self.ack == AckMode::Kafka;
+        let linger = if kafka_profile { "0" } else { "1" };
         let mut props: BTreeMap<String, String> = [
             ("acks", "all"),
             ("enable.idempotence", "true"),
             ("compression.codec", "lz4"),
             ("linger.ms", linger),
-            ("max.in.flight.requests.per.connection", in_flight),
             ("batch.num.messages", "10000"),
             ("queue.buffering.max.messages", "2000000"),
             ("queue.buffering.max.kbytes", "4194304"),
@@ -742,6 +740,7 @@ impl Config {
             ("log.connection.close", "false"),
         ]
         .into_iter()
+        .chain(kafka_profile.then_some(("max.in.flight.requests.per.connection", "1")))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         for (k, v) in &self.kafka {
@@ -1102,26 +1101,27 @@ mod tests {
     fn the_batching_profile_follows_the_default_ack_and_the_kafka_table_wins() {
         let props =
             |cfg: &Config| -> BTreeMap<_, _> { cfg.kafka_properties().into_iter().collect() };
+        // (linger.ms, max.in.flight.requests.per.connection), None: librdkafka's default.
         let linger = |p: &BTreeMap<String, String>| {
             (
                 p["linger.ms"].clone(),
-                p["max.in.flight.requests.per.connection"].clone(),
+                p.get("max.in.flight.requests.per.connection").cloned(),
             )
         };
         let mut cfg = Config::default();
-        assert_eq!(linger(&props(&cfg)), ("1".into(), "5".into()));
+        assert_eq!(linger(&props(&cfg)), ("1".into(), None));
         cfg.ack = AckMode::Durable;
-        assert_eq!(linger(&props(&cfg)), ("1".into(), "5".into()));
+        assert_eq!(linger(&props(&cfg)), ("1".into(), None));
         cfg.ack = AckMode::Kafka;
-        assert_eq!(linger(&props(&cfg)), ("0".into(), "1".into()));
+        assert_eq!(linger(&props(&cfg)), ("0".into(), Some("1".into())));
         cfg.kafka.insert("linger.ms".into(), "2".into());
         cfg.kafka.insert(
             "max.in.flight.requests.per.connection".into(),
             toml::Value::Integer(3),
         );
-        assert_eq!(linger(&props(&cfg)), ("2".into(), "3".into()));
+        assert_eq!(linger(&props(&cfg)), ("2".into(), Some("3".into())));
         // From the command line, as an operator starts it.
         let cfg = Config::load(&cli(&["--ack", "kafka"]), std::iter::empty()).unwrap();
-        assert_eq!(linger(&props(&cfg)), ("0".into(), "1".into()));
+        assert_eq!(linger(&props(&cfg)), ("0".into(), Some("1".into())));
     }
 }

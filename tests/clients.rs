@@ -398,8 +398,8 @@ fn tempdir(name: &str) -> std::path::PathBuf {
 }
 
 /// CORS for pages on other origins, spoken as a browser speaks it (tests/browser.rs has a
-/// real headless browser do the same): a preflight, then the POST; sendBeacon's text/plain body is a
-/// simple request and arrives as a raw record.
+/// real headless browser do the same): a preflight, then the POST; sendBeacon's
+/// text/plain body is a simple request and arrives as a raw record.
 #[test]
 fn cors_preflight_and_allow_headers_for_listed_origins_only() {
     let b = broker();
