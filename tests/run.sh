@@ -9,9 +9,14 @@ tests/tansu.sh install
 # where we may install it (Debian's python3 refuses system-wide pip installs), else pip.
 if ! python3 -c 'import requests' 2>/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        # A fresh machine may have no package lists yet.
+        apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-requests
     else
-        python3 -m pip install -q --user requests
+        # Debian's python3 refuses even --user installs without the override (PEP 668);
+        # a --user install leaves the system's packages alone.
+        python3 -m pip install -q --user requests 2>/dev/null ||
+            python3 -m pip install -q --user --break-system-packages requests
     fi
 fi
 # Glommio's io_uring rings need locked memory; root may raise the limit.
