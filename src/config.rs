@@ -137,6 +137,11 @@ pub struct Config {
     /// Size of one spool segment file (preallocated; trimmed once Kafka acknowledged
     /// all of its records). A multiple of 4096.
     pub spool_segment_bytes: u64,
+    /// A sync that 201s wait on runs on the executor's own thread (cheaper than
+    /// io_uring's workers) while such syncs take at most this many us; when 4 of the last
+    /// 16 took longer, syncs go through io_uring for a back-off (`spool::inline`). 0:
+    /// always io_uring.
+    pub spool_inline_sync_us: u64,
 
     /// Bearer tokens accepted in `Authorization`; empty (and no file) = auth off.
     pub auth_tokens: Vec<String>,
@@ -222,6 +227,7 @@ impl Default for Config {
             spool_dir: None,
             spool_max_bytes: 4 << 30,
             spool_segment_bytes: 16 << 20,
+            spool_inline_sync_us: 2000,
             auth_tokens: vec![],
             auth_token_file: None,
             log_format: LogFormat::Text,
@@ -630,6 +636,11 @@ impl Config {
         if self.spool_dir.as_deref() == Some(std::path::Path::new("")) {
             self.spool_dir = None;
         }
+        // An inline sync stalls its executor's connections while it runs: past a second
+        // that is an outage, not a latency.
+        if self.spool_inline_sync_us > 1_000_000 {
+            return Err("spool_inline_sync_us: at most 1000000 (1 s)".into());
+        }
         if self.spool_dir.is_none() {
             if self.ack == AckMode::Durable {
                 return Err(
@@ -923,6 +934,13 @@ mod tests {
             .contains("at least 4 segments"));
         assert_eq!(quota("67108864").unwrap().spool_segments(), 4);
         assert!(quota("1099511627776").unwrap_err().contains("at most"));
+        let inline = |v| load(&[dir, ("INGESTD_SPOOL_INLINE_SYNC_US", v)]);
+        assert_eq!(Config::default().spool_inline_sync_us, 2000);
+        assert_eq!(inline("0").unwrap().spool_inline_sync_us, 0);
+        assert_eq!(inline("1000000").unwrap().spool_inline_sync_us, 1_000_000);
+        assert!(inline("1000001")
+            .unwrap_err()
+            .contains("spool_inline_sync_us: at most 1000000"));
     }
 
     #[test]

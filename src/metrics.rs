@@ -42,6 +42,10 @@ pub struct SpoolStats {
     pub preparing_first: AtomicU64,
     pub quarantined: AtomicU64,
     pub write_errors: AtomicU64,
+    /// fdatasyncs run on the executor's thread (`spool::inline`), and the times slow ones
+    /// sent the next syncs to io_uring for a back-off.
+    pub inline_syncs: AtomicU64,
+    pub inline_backoffs: AtomicU64,
     pub fsync: [AtomicU64; FSYNC_US.len() + 1],
     pub fsync_sum_us: AtomicU64,
 }
@@ -285,6 +289,20 @@ impl Scrape {
             "Spool writes or syncs that failed (answered 507)",
             c,
             |e| e.spool.write_errors.load(Relaxed),
+        )?;
+        self.per_exec(
+            enc,
+            "ingestd_spool_inline_syncs",
+            "fdatasyncs for 201s run on the executor's own thread (the others go through io_uring)",
+            c,
+            |e| e.spool.inline_syncs.load(Relaxed),
+        )?;
+        self.per_exec(
+            enc,
+            "ingestd_spool_inline_sync_backoffs",
+            "Times inline fdatasyncs were slow (4 of the last 16 over spool_inline_sync_us, or a slow probe after a back-off), so syncs went through io_uring for a back-off (1 s, doubling to 64 s)",
+            c,
+            |e| e.spool.inline_backoffs.load(Relaxed),
         )?;
         let mut d = enc.encode_descriptor(
             "ingestd_spool_fsync_duration_seconds",

@@ -776,3 +776,59 @@ fn a_record_kafka_rejects_for_good_goes_to_the_dead_letter_file() {
     b.signal(libc::SIGTERM);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn syncs_run_inline_on_a_fast_disk_and_go_through_io_uring_on_a_slow_one() {
+    // `spool_inline_sync_us`: the default runs the syncs of 201s on the executor's own
+    // thread; 1 us makes every inline sync "slow", so after 4 of them syncs go through
+    // io_uring for the back-off (1 s, then 2 s: one probe in this test's few seconds);
+    // 0 never syncs inline. Each way every 201 is in Kafka.
+    let b = common::broker();
+    for (limit, tag) in [(None, "inline"), (Some("1"), "slow"), (Some("0"), "ring")] {
+        let topic = b.topic(&format!("spool-sync-{tag}"), 1);
+        let dir = spool_dir(tag);
+        let env: Vec<(&str, &str)> = limit
+            .map(|v| ("INGESTD_SPOOL_INLINE_SYNC_US", v))
+            .into_iter()
+            .collect();
+        let ing = start(&b.addr, &topic, &dir, &["--executors", "1"], &env);
+        let stop = Arc::new(AtomicBool::new(false));
+        let h = load(ing.addr, tag.into(), 8, &["durable"], stop.clone());
+        wait_until("1000 answers 201", Duration::from_secs(30), || {
+            ing.metric("ingestd_http_requests_total", "code=\"201\"") >= 1000.0
+        });
+        stop.store(true, Ordering::Relaxed);
+        let seen = h.join().unwrap();
+        let m = ing.metrics_text();
+        let inline = common::metric_sum(&m, "ingestd_spool_inline_syncs_total", "");
+        let backoffs = common::metric_sum(&m, "ingestd_spool_inline_sync_backoffs_total", "");
+        let syncs = common::metric_sum(&m, "ingestd_spool_fsync_duration_seconds_count", "");
+        let n201 = seen.values().filter(|(s, _)| *s == 201).count();
+        eprintln!(
+            "{tag}: {n201} answered 201; {syncs} syncs, {inline} inline, {backoffs} back-offs"
+        );
+        assert!(n201 >= 1000);
+        match limit {
+            // This machine's disk syncs well under 2 ms; however slow a CI disk, the
+            // first syncs run inline before any back-off.
+            None => assert!(inline >= 4.0, "{inline} inline syncs"),
+            Some("1") => {
+                // Every inline sync is slow: 4, then one probe per back-off.
+                assert!((1.0..=4.0).contains(&backoffs), "{backoffs} back-offs");
+                assert_eq!(inline, 3.0 + backoffs, "inline syncs");
+                assert!(syncs > inline + 10.0, "{syncs} syncs, {inline} inline");
+                assert!(
+                    ing.log_text()
+                        .contains("syncs go through io_uring for the back-off"),
+                    "{}",
+                    ing.log_text()
+                );
+            }
+            _ => assert_eq!((inline, backoffs), (0.0, 0.0)),
+        }
+        let recs = read_topic(&b.addr, &topic, 1, n201, Duration::from_secs(3));
+        check_answered(&seen, &[201], &recs);
+        drop(ing);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

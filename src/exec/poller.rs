@@ -17,8 +17,8 @@
 //! outside; during a direct wait its wake also signals an eventfd in this epoll set
 //! (`ExecWake`), so an ack=kafka answer needs no ring sleep either. Ring completions may
 //! wait (`direct_wait`), so there is no direct wait while the spool has work in flight
-//! (`Spool::ring_busy`: every ack=durable wait, and about a sync and a roll a second under
-//! ack=queued).
+//! (`Spool::ring_busy`: an ack=durable sync through io_uring, a sync that is about to run
+//! inline (`spool::inline`), and about a sync and a roll a second under ack=queued).
 //!
 //! Writes always try the syscall first and wait only after WouldBlock; reads do too,
 //! unless the previous read already drained the socket (`Slot::readable`). With edge
@@ -502,10 +502,19 @@ fn until_next_timer(now: Instant) -> Option<i32> {
 /// waiting (tasks queued before the yield ran before it returned). False if they kept
 /// running for `QUIET_SPINS` yields.
 async fn quiescent() -> bool {
+    quiet_after(0).await
+}
+
+/// `quiescent` for a counted task (its own poll after each yield is not the others').
+pub async fn others_quiescent() -> bool {
+    quiet_after(1).await
+}
+
+async fn quiet_after(own_polls: u64) -> bool {
     for _ in 0..QUIET_SPINS {
         let before = ACTIVITY.with(Cell::get);
         futures_lite::future::yield_now().await;
-        if ACTIVITY.with(Cell::get) == before {
+        if ACTIVITY.with(Cell::get) - before <= own_polls {
             return true;
         }
     }

@@ -275,6 +275,7 @@ async fn run_executor(
                 cfg.spool_segment_bytes,
                 cfg.spool_segments(),
                 pending_max,
+                std::time::Duration::from_micros(cfg.spool_inline_sync_us),
                 metrics.clone(),
             );
             match opened {

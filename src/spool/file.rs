@@ -198,6 +198,28 @@ impl SegFile {
         .map_err(io_error)
     }
 
+    /// fdatasync through handle `h` as a blocking syscall on this thread (`inline`): the
+    /// same open file as `fdatasync_on(h)`, so each handle still has one sync at a time.
+    pub fn fdatasync_blocking(&self, h: usize) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let fd = match (&self.io, h) {
+            (Io::Dma { w: f, .. }, 0) => f.as_raw_fd(),
+            (Io::Dma { r: f, .. }, _) => f.as_raw_fd(),
+            (Io::Buffered { f, .. }, 0) => f.as_raw_fd(),
+            (Io::Buffered { f2, .. }, _) => f2.as_raw_fd(),
+        };
+        loop {
+            // SAFETY: `fd` is open for as long as `self` is.
+            if unsafe { libc::fdatasync(fd) } == 0 {
+                return Ok(());
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
     pub async fn close(self) {
         let _ = match self.io {
             Io::Dma { w, r } => {

@@ -11,6 +11,7 @@
 
 pub mod file;
 pub mod format;
+mod inline;
 mod reader;
 mod writer;
 
@@ -124,6 +125,8 @@ pub struct Spool {
     reader: RefCell<Option<Waker>>,
     /// O_DIRECT writes (`file::direct_io_ok`), else buffered.
     direct: bool,
+    /// Whether a 201's sync runs on this thread (`inline`).
+    inline: inline::InlineSync,
 }
 
 impl Spool {
@@ -168,6 +171,7 @@ impl Spool {
         seg_bytes: u64,
         max_segments: usize,
         pending_max: usize,
+        inline_limit: std::time::Duration,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Rc<Spool>> {
         let dir = root.join(format!("executor-{index}"));
@@ -258,6 +262,7 @@ impl Spool {
         }
         let sp = Rc::new(Spool {
             direct,
+            inline: inline::InlineSync::new(inline_limit),
             index,
             dir,
             seg_bytes,

@@ -68,6 +68,9 @@ enum Stage {
 pub struct Commit {
     stage: Cell<Stage>,
     wakers: RefCell<Vec<Waker>>,
+    /// 201s wait for its sync (else it is synced for 202s after a second, or at a roll):
+    /// only such a sync may run inline (`inline`).
+    durable: Cell<bool>,
 }
 
 impl Default for Commit {
@@ -83,6 +86,7 @@ impl Commit {
         Commit {
             stage: Cell::new(Stage::Open),
             wakers: RefCell::new(Vec::with_capacity(n)),
+            durable: Cell::new(false),
         }
     }
 
@@ -247,6 +251,11 @@ impl Spool {
         if self.st.borrow().to_sync.is_empty() {
             return;
         }
+        // Inline syncs never overlap (each blocks the thread): the one under way takes
+        // what is written meanwhile, or starts the next sync when it ends.
+        if self.st.borrow().syncs > 0 && self.inline.allowed(Instant::now()) {
+            return;
+        }
         let Some(h) = file.take_handle() else {
             return;
         };
@@ -260,9 +269,16 @@ impl Spool {
         self.st.borrow_mut().syncs += 1;
         let sp = self.clone();
         glommio::spawn_local(crate::exec::poller::counted(async move {
-            let ok = sp.sync(&file, h).await;
-            file.release(h);
             let mut batch = batch;
+            let inline = batch.iter().any(|c| c.durable.get()) && sp.inline.allowed(Instant::now());
+            if inline {
+                // The executor blocks in this sync: first let every ready connection add
+                // its records and the writer write them, so that this sync covers them.
+                crate::exec::poller::others_quiescent().await;
+                batch.append(&mut sp.st.borrow_mut().to_sync);
+            }
+            let ok = sp.sync(&file, h, inline).await;
+            file.release(h);
             {
                 let mut st = sp.st.borrow_mut();
                 st.syncs -= 1;
@@ -309,12 +325,18 @@ impl Spool {
         .detach();
     }
 
-    /// fdatasync of `file` through sync handle `h`, timed and counted; whether it worked
-    /// (failures are logged).
-    async fn sync(&self, file: &SegFile, h: usize) -> bool {
+    /// fdatasync of `file` through sync handle `h`, on this thread if `inline` (see
+    /// `inline`), timed and counted; whether it worked (failures are logged).
+    async fn sync(&self, file: &SegFile, h: usize, inline: bool) -> bool {
         let t0 = Instant::now();
         let writes = self.st.borrow().writes;
-        let r = file.fdatasync_on(h).await;
+        let r = if inline {
+            let r = file.fdatasync_blocking(h);
+            self.inline_took(t0.elapsed());
+            r
+        } else {
+            file.fdatasync_on(h).await
+        };
         self.stats().fsync_took(t0.elapsed().as_micros() as u64);
         let mut st = self.st.borrow_mut();
         // `unsynced` and `last_sync` are the current segment's: a closed segment's last
@@ -336,6 +358,22 @@ impl Spool {
             io_failed(self, "fdatasync", e);
         }
         r.is_ok()
+    }
+
+    /// Counts an inline sync; when slow ones make the next syncs go to io_uring for a
+    /// back-off, logs it (the disk is slower than `spool_inline_sync_us` expects).
+    fn inline_took(&self, took: Duration) {
+        let stats = self.stats();
+        crate::metrics::bump(&stats.inline_syncs, 1);
+        if let Some(off) = self.inline.took(Instant::now(), took) {
+            crate::metrics::bump(&stats.inline_backoffs, 1);
+            tracing::warn!(
+                executor = self.index,
+                took_us = took.as_micros() as u64,
+                backoff_s = off.as_secs(),
+                "spool: fdatasyncs on the executor's thread are slower than spool_inline_sync_us; syncs go through io_uring for the back-off"
+            );
+        }
     }
 
     async fn commit(self: &Rc<Self>, p: Pending, feed: &dyn Feed) {
@@ -416,6 +454,7 @@ impl Spool {
         let due = self.st.borrow().last_sync.elapsed() >= Duration::from_secs(1);
         if durable || due {
             // The write loop goes on with the next batch while this one is synced.
+            commit.durable.set(durable);
             self.st.borrow_mut().to_sync.push(commit);
             self.start_sync(file);
         }
