@@ -275,7 +275,14 @@ impl Spool {
                 // The executor blocks in this sync: first let every ready connection add
                 // its records and the writer write them, so that this sync covers them.
                 crate::exec::poller::others_quiescent().await;
-                batch.append(&mut sp.st.borrow_mut().to_sync);
+                // Only batches written to this file: after a roll meanwhile, `to_sync`
+                // holds the new segment's, which this sync does not cover (they get the
+                // new segment's sync when this one ends).
+                let mut st = sp.st.borrow_mut();
+                let current = st.segs.back().and_then(|g| g.file.as_ref());
+                if current.is_some_and(|f| Rc::ptr_eq(f, &file)) {
+                    batch.append(&mut st.to_sync);
+                }
             }
             let ok = sp.sync(&file, h, inline).await;
             file.release(h);
