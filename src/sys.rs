@@ -1,5 +1,5 @@
-//! The few raw socket and process calls Glommio does not expose (accept, recv/send,
-//! epoll, shutdown, CPU affinity), each `unsafe` with its SAFETY note. The other `unsafe`
+//! The few raw socket, file and process calls Glommio does not expose (accept,
+//! recv/send, epoll, shutdown, a blocking fdatasync, CPU affinity), each `unsafe` with its SAFETY note. The other `unsafe`
 //! of the crate sits where it is needed: `kafka/wake.rs` (librdkafka's queue callback)
 //! and `exec/poller.rs` (the ring wait).
 
@@ -177,6 +177,20 @@ pub fn dup(fd: RawFd) -> io::Result<OwnedFd> {
     }
     // SAFETY: `dup` is a fresh fd owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(dup) })
+}
+
+/// fdatasync(2) on this thread, retried after EINTR.
+pub fn fdatasync(fd: RawFd) -> io::Result<()> {
+    loop {
+        // SAFETY: fdatasync only reads the fd number; a stale one fails with EBADF.
+        if unsafe { libc::fdatasync(fd) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 /// Shuts both directions: a pending write fails at once (write deadline passed).

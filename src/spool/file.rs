@@ -33,6 +33,11 @@ enum Io {
     },
 }
 
+enum Handle<'a> {
+    Dma(&'a DmaFile),
+    Buffered(&'a BufferedFile),
+}
+
 /// How many `fdatasync`s of one segment may be in flight, each on its own open file: the
 /// kernel reports a writeback error once per open file, so two syncs on one handle at
 /// once could each leave the error to the other. A sync that fails also fails the batches
@@ -189,11 +194,9 @@ impl SegFile {
     /// fdatasync through handle `h` (< `SYNC_HANDLES`); it covers every write that
     /// completed before it started, whichever handle wrote it.
     pub async fn fdatasync_on(&self, h: usize) -> std::io::Result<()> {
-        match (&self.io, h) {
-            (Io::Dma { w: f, .. }, 0) => f.fdatasync().await,
-            (Io::Dma { r: f, .. }, _) => f.fdatasync().await,
-            (Io::Buffered { f, .. }, 0) => f.fdatasync().await,
-            (Io::Buffered { f2, .. }, _) => f2.fdatasync().await,
+        match self.handle(h) {
+            Handle::Dma(f) => f.fdatasync().await,
+            Handle::Buffered(f) => f.fdatasync().await,
         }
         .map_err(io_error)
     }
@@ -202,21 +205,20 @@ impl SegFile {
     /// same open file as `fdatasync_on(h)`, so each handle still has one sync at a time.
     pub fn fdatasync_blocking(&self, h: usize) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
-        let fd = match (&self.io, h) {
-            (Io::Dma { w: f, .. }, 0) => f.as_raw_fd(),
-            (Io::Dma { r: f, .. }, _) => f.as_raw_fd(),
-            (Io::Buffered { f, .. }, 0) => f.as_raw_fd(),
-            (Io::Buffered { f2, .. }, _) => f2.as_raw_fd(),
-        };
-        loop {
-            // SAFETY: `fd` is open for as long as `self` is.
-            if unsafe { libc::fdatasync(fd) } == 0 {
-                return Ok(());
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
-            }
+        crate::sys::fdatasync(match self.handle(h) {
+            Handle::Dma(f) => f.as_raw_fd(),
+            Handle::Buffered(f) => f.as_raw_fd(),
+        })
+    }
+
+    /// The open file sync handle `h` syncs through: one per handle, for the writeback
+    /// error rule at `SYNC_HANDLES`.
+    fn handle(&self, h: usize) -> Handle<'_> {
+        match (&self.io, h) {
+            (Io::Dma { w, .. }, 0) => Handle::Dma(w),
+            (Io::Dma { r, .. }, _) => Handle::Buffered(r),
+            (Io::Buffered { f, .. }, 0) => Handle::Buffered(f),
+            (Io::Buffered { f2, .. }, _) => Handle::Buffered(f2),
         }
     }
 

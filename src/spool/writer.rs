@@ -273,7 +273,8 @@ impl Spool {
             let inline = batch.iter().any(|c| c.durable.get()) && sp.inline.allowed(Instant::now());
             if inline {
                 // The executor blocks in this sync: first let every ready connection add
-                // its records and the writer write them, so that this sync covers them.
+                // its records and the writer write them, so that this sync covers them
+                // (or give up after a few yields: a steady stream never goes quiet).
                 crate::exec::poller::others_quiescent().await;
                 // Only batches written to this file: after a roll meanwhile, `to_sync`
                 // holds the new segment's, which this sync does not cover (they get the
@@ -338,13 +339,15 @@ impl Spool {
         let t0 = Instant::now();
         let writes = self.st.borrow().writes;
         let r = if inline {
-            let r = file.fdatasync_blocking(h);
-            self.inline_took(t0.elapsed());
-            r
+            file.fdatasync_blocking(h)
         } else {
             file.fdatasync_on(h).await
         };
-        self.stats().fsync_took(t0.elapsed().as_micros() as u64);
+        let took = t0.elapsed();
+        if inline {
+            self.inline_took(took);
+        }
+        self.stats().fsync_took(took.as_micros() as u64);
         let mut st = self.st.borrow_mut();
         // `unsynced` and `last_sync` are the current segment's: a closed segment's last
         // sync says nothing of the new one. Writes that completed after this sync
