@@ -37,6 +37,7 @@ check "ingestd.service in /usr/lib/systemd/system" has '-rw-r--r--' usr/lib/syst
 check "ingestd@.service in /usr/lib/systemd/system" has '-rw-r--r--' 'usr/lib/systemd/system/ingestd@\.service'
 check "config at /etc/ingestd/ingestd.toml" has '-rw-r--r--' etc/ingestd/ingestd.toml
 check "OPERATING.md in /usr/share/doc/ingestd" has '-rw-r--r--' usr/share/doc/ingestd/OPERATING.md
+check "Prometheus alert rules in /usr/share/ingestd/prometheus" has '-rw-r--r--' usr/share/ingestd/prometheus/ingestd-alerts\.yml
 check "/etc/ingestd/ingestd.toml is a conffile" grep -qx /etc/ingestd/ingestd.toml "$work/DEBIAN/conffiles"
 check "Package: ingestd" grep -qx 'Package: ingestd' "$work/control"
 check "Depends on adduser" grep -Eq '^Depends: .*\badduser\b' "$work/control"
@@ -59,6 +60,8 @@ check "postrm is valid sh" sh -n "$work/DEBIAN/postrm"
 check "shipped ingestd.service = systemd/ingestd.service" cmp systemd/ingestd.service "$work/root/usr/lib/systemd/system/ingestd.service"
 check "shipped ingestd@.service = systemd/ingestd@.service" cmp systemd/ingestd@.service "$work/root/usr/lib/systemd/system/ingestd@.service"
 check "shipped config = packaging/ingestd.toml" cmp packaging/ingestd.toml "$work/root/etc/ingestd/ingestd.toml"
+check "shipped alert rules = packaging/prometheus/ingestd-alerts.yml (tested by tests/prometheus.rs)" cmp packaging/prometheus/ingestd-alerts.yml "$work/root/usr/share/ingestd/prometheus/ingestd-alerts.yml"
+check "the alert rules are not a conffile (/usr/share: copy them to change them)" bash -c "! grep -q ingestd-alerts '$work/DEBIAN/conffiles'"
 check "shipped binary is stripped (debug info is in ingestd-dbgsym)" bash -c "! readelf -S '$work/root/usr/bin/ingestd' | grep -q debug_info"
 check "shipped binary runs: --version" "$work/root/usr/bin/ingestd" --version
 check "shipped binary accepts the shipped config" env -u INGESTD_CONFIG "$work/root/usr/bin/ingestd" --check-config --config "$work/root/etc/ingestd/ingestd.toml"

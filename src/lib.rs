@@ -13,6 +13,7 @@
 pub mod config;
 pub mod error;
 pub mod exec;
+pub mod faults;
 pub mod http;
 pub mod kafka;
 pub mod metrics;

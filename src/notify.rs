@@ -1,8 +1,13 @@
 //! systemd's notify protocol for `Type=notify` units, spoken from a thread of its own so it
 //! keeps talking while `Server::shutdown` blocks:
 //!
-//! - `READY=1` once every executor has bound its listener, broker metadata is known and the
-//!   producer can acknowledge (`Metrics::ready`, the same check as `GET /readyz`);
+//! - `READY=1` when `Metrics::ready` (the same check as `GET /readyz`) first holds. READY=1,
+//!   and with it the return of `systemctl start`, comes once every executor listens and,
+//!   with a spool (`spool_dir`, set in the packaged config), each executor's first spool
+//!   segment is ready: it does not wait for the broker, because the spool takes records
+//!   (201/202) while the broker is away. Without a spool it also waits for the broker's
+//!   metadata and the producer's idempotent producer id; a broker that stays unreachable
+//!   then fails the start after `TimeoutStartSec=`.
 //! - `STATUS=` one line every few seconds: req/s, queued records, broker up/down;
 //! - `WATCHDOG=1` at half of `WatchdogSec=`, and only if every executor's ticker and the
 //!   Kafka thread advanced their heartbeats since the previous check, so a stuck thread

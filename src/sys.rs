@@ -193,6 +193,34 @@ pub fn fdatasync(fd: RawFd) -> io::Result<()> {
     }
 }
 
+/// fsync(2) of a directory: makes the entries created, renamed or removed in it so far
+/// survive a power cut (a file's own sync does not cover its name).
+pub fn sync_dir(dir: &std::path::Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// `create_dir_all`, with every directory it creates made durable: each new directory's
+/// parent is synced after it (else a power cut can take the directory back, and with it
+/// every synced file inside).
+pub fn create_dir_synced(dir: &std::path::Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut d = Some(dir);
+    while let Some(p) = d.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        missing.push(p);
+        d = p.parent();
+    }
+    std::fs::create_dir_all(dir)?;
+    // Outermost first: each new directory is durable before what it holds matters.
+    for p in missing.iter().rev() {
+        sync_dir(
+            p.parent()
+                .filter(|q| !q.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new(".")),
+        )?;
+    }
+    Ok(())
+}
+
 /// Shuts both directions: a pending write fails at once (write deadline passed).
 pub fn shutdown_both(fd: RawFd) {
     // SAFETY: as in `shutdown_read`.

@@ -515,6 +515,7 @@ fn fd_exhaustion_neither_spins_nor_stalls() {
 #[test]
 fn a_panicking_kafka_thread_ends_the_process() {
     use std::os::unix::process::ExitStatusExt;
+    common::require_fault_injection();
     let b = broker();
     let topic = b.topic("panic", 1);
     let mut ing = Ingestd::start_env(

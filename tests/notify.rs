@@ -260,6 +260,7 @@ fn ready_status_watchdog_then_stopping() {
 
 #[test]
 fn watchdog_pings_stop_when_the_kafka_thread_freezes() {
+    common::require_fault_injection();
     const FREEZE_MS: u64 = 4000;
     let topic = broker().topic("notify-freeze", 1);
     let mut m = Manager::bind();

@@ -1,24 +1,17 @@
 #!/usr/bin/env bash
-# The whole test suite: unit tests, integration tests against a real tansu broker,
-# fault tests. Installs tansu into ~/.cache on first use (several minutes), then reuses it.
+# The whole test suite: unit tests, integration tests against a real tansu broker, fault
+# tests (injected I/O errors, power loss under FUSE, systemd booted in namespaces).
+# First installs what the suite needs (tests/deps.sh: as root with apt-get; otherwise it
+# stops and names what is missing) and builds tansu into ~/.cache once (several minutes).
+#
+# The binary under test is built with the `fault-injection` feature: the hooks that fail
+# the Nth spool write or sync with an errno, freeze or panic a thread, exist only in that
+# build (the Debian package and `cargo build` have none of them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+tests/deps.sh
 tests/tansu.sh install
-# tests/clients.rs posts with Python's requests, as users' scripts do: Debian's package
-# where we may install it (Debian's python3 refuses system-wide pip installs), else pip.
-if ! python3 -c 'import requests' 2>/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        # A fresh machine may have no package lists yet.
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-requests
-    else
-        # Debian's python3 refuses even --user installs without the override (PEP 668);
-        # a --user install leaves the system's packages alone.
-        python3 -m pip install -q --user requests 2>/dev/null ||
-            python3 -m pip install -q --user --break-system-packages requests
-    fi
-fi
 # Glommio's io_uring rings need locked memory; root may raise the limit.
 ulimit -l unlimited 2>/dev/null || ulimit -l 65536 2>/dev/null || true
 
@@ -27,4 +20,4 @@ trap 'tests/tansu.sh stop "$pid"' EXIT
 export INGESTD_TEST_BROKER=$addr
 echo "tansu broker on $addr (pid $pid)"
 
-cargo test --all-targets "$@"
+cargo test --all-targets --features fault-injection "$@"

@@ -1,6 +1,8 @@
 //! The systemd units and the packaged config: linted by `systemd-analyze verify` and
 //! `systemd-analyze security --offline`, checked for the settings production depends on,
-//! and the config checked by the real binary. Needs `systemd-analyze` (Debian package
+//! and the config checked by the real binary; and the docs and unit comments checked for
+//! what tests/systemd_boot.rs sees under the real systemd (what READY=1 waits for, reload,
+//! CPUAffinity= drop-ins). Needs `systemd-analyze` (Debian package
 //! `systemd`, on the machine image; `.ci/run` installs it where missing): without it these
 //! tests fail rather than pass silently.
 
@@ -369,5 +371,141 @@ fn packaged_config_passes_check_config_and_lists_every_key_with_its_default() {
     assert!(
         missing.is_empty(),
         "packaging/ingestd.toml lacks {missing:?}"
+    );
+}
+
+/// What READY=1 waits for, said the same way in every place that says it: both units'
+/// comments, README.md, docs/OPERATING.md and src/notify.rs (compared without comment
+/// markers, backticks and line breaks). tests/systemd_boot.rs checks it under systemd.
+const READY_STATEMENT: &str = "READY=1, and with it the return of systemctl start, \
+    comes once every executor listens and, with a spool (spool_dir, set in the packaged \
+    config), each executor's first spool segment is ready: it does not wait for the \
+    broker, because the spool takes records (201/202) while the broker is away. Without a \
+    spool it also waits for the broker's metadata and the producer's idempotent producer \
+    id; a broker that stays unreachable then fails the start after TimeoutStartSec=.";
+
+/// Text as read: comment markers at line starts, backticks and runs of whitespace removed.
+fn prose(text: &str) -> String {
+    let words: Vec<&str> = text
+        .lines()
+        .map(|l| {
+            let l = l.trim_start();
+            ["//!", "///", "//", "#"]
+                .iter()
+                .find_map(|m| l.strip_prefix(m))
+                .unwrap_or(l)
+        })
+        .flat_map(str::split_whitespace)
+        .collect();
+    words.join(" ").replace('`', "")
+}
+
+#[test]
+fn docs_and_unit_comments_say_what_ready_waits_for_in_one_statement() {
+    let statement = prose(READY_STATEMENT);
+    let mut missing = Vec::new();
+    for file in [
+        "systemd/ingestd.service",
+        "systemd/ingestd@.service",
+        "README.md",
+        "docs/OPERATING.md",
+        "src/notify.rs",
+    ] {
+        let text = std::fs::read_to_string(repo().join(file)).unwrap();
+        if !prose(&text).contains(&statement) {
+            missing.push(file);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{missing:?} do not say what READY=1 waits for as the others do:\n{READY_STATEMENT}"
+    );
+    // And nothing says the old, spool-less story unconditionally.
+    for unit in UNITS {
+        let text = prose(&unit_text(unit));
+        assert!(
+            !text.contains("READY=1 waits for it")
+                && !text.contains("READY=1 is sent once every executor listens and the broker's metadata is known"),
+            "{unit}: a comment says READY=1 always waits for the broker"
+        );
+    }
+}
+
+/// Offsets of `CPUAffinity=` assignments in `text` that reset the set (empty value).
+fn resets(text: &str) -> usize {
+    text.match_indices("CPUAffinity=")
+        .filter(|(i, m)| {
+            text[i + m.len()..]
+                .chars()
+                .next()
+                .is_none_or(|c| c.is_whitespace())
+        })
+        .count()
+}
+
+/// Every example that narrows CPUAffinity= (in the units' comments and docs/OPERATING.md)
+/// resets it first: systemd merges CPUAffinity= lines, so a drop-in with only
+/// `CPUAffinity=2-3` adds to the unit's 0-1023 and narrows nothing.
+#[test]
+fn cpu_affinity_examples_reset_the_units_set_first() {
+    let mut bad = Vec::new();
+    let mut files: Vec<(String, String, bool)> = UNITS
+        .iter()
+        .map(|u| (format!("systemd/{u}"), unit_text(u), true))
+        .collect();
+    files.push((
+        "docs/OPERATING.md".into(),
+        std::fs::read_to_string(repo().join("docs/OPERATING.md")).unwrap(),
+        false,
+    ));
+    let mut examples = 0;
+    for (name, text, comments_only) in &files {
+        let lines: Vec<&str> = text.lines().collect();
+        for (n, line) in lines.iter().enumerate() {
+            if *comments_only && !line.starts_with('#') {
+                continue;
+            }
+            for (at, m) in line.match_indices("CPUAffinity=") {
+                if !line[at + m.len()..].starts_with(|c: char| c.is_ascii_digit()) {
+                    continue;
+                }
+                examples += 1;
+                let before = format!(
+                    "{}\n{}",
+                    lines[n.saturating_sub(3)..n].join("\n"),
+                    &line[..at]
+                );
+                if resets(&before) == 0 {
+                    bad.push(format!("{name}:{}: {}", n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(examples >= 3, "found only {examples} CPUAffinity= examples");
+    assert!(
+        bad.is_empty(),
+        "CPUAffinity= examples without an empty `CPUAffinity=` line before them (systemd \
+         merges the lines, so these narrow nothing):\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn operating_md_says_reload_loads_the_tls_files() {
+    let text = std::fs::read_to_string(repo().join("docs/OPERATING.md")).unwrap();
+    for wrong in [
+        "no config reload",
+        "no `ExecReload=`",
+        "`systemctl reload`\nfails",
+    ] {
+        assert!(
+            !text.contains(wrong),
+            "docs/OPERATING.md says {wrong:?}, but both units have ExecReload= (SIGHUP \
+             loads the TLS files again) and tests/systemd_boot.rs reloads"
+        );
+    }
+    assert!(
+        text.contains("systemctl reload ingestd"),
+        "docs/OPERATING.md does not say what `systemctl reload ingestd` does"
     );
 }

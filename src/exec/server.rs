@@ -272,6 +272,7 @@ async fn run_executor(
             let opened = Spool::open(
                 dir,
                 lane.index,
+                cfg.executors,
                 cfg.spool_segment_bytes,
                 cfg.spool_segments(),
                 pending_max,

@@ -12,6 +12,8 @@ pub const FILE_NAME: &str = "dead-letters.ndjson";
 pub struct DeadLetters {
     path: PathBuf,
     file: Option<File>,
+    /// The spool directory was synced after the file was opened (created) here.
+    dir_synced: bool,
 }
 
 /// One rejected record.
@@ -29,6 +31,7 @@ impl DeadLetters {
         DeadLetters {
             path: spool_dir.join(FILE_NAME),
             file: None,
+            dir_synced: false,
         }
     }
 
@@ -70,6 +73,12 @@ impl DeadLetters {
                         .append(true)
                         .open(&self.path)?,
                 );
+                if !self.dir_synced {
+                    // The file's name must survive a power cut too, not only its lines
+                    // (once per process: the file may have been created by this open).
+                    crate::sys::sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+                    self.dir_synced = true;
+                }
             }
             let f = self.file.as_mut().unwrap();
             f.write_all(&line)?;

@@ -410,13 +410,13 @@ impl KafkaThread {
                 .map(crate::kafka::deadletter::DeadLetters::new);
         });
         info!("kafka thread started");
-        // TEST HOOK (tests/notify.rs, watchdog test): INGESTD_TEST_FREEZE_KAFKA_AFTER_MS=N
-        // makes this thread stop making progress N ms after it started, so the systemd
-        // watchdog pings must stop. Read once; costs one branch per loop when unset.
-        // INGESTD_TEST_PANIC_KAFKA_AFTER_MS=N (tests/faults.rs) panics it instead.
+        // TEST HOOK (tests/notify.rs, watchdog test; `fault-injection` builds only):
+        // INGESTD_TEST_FREEZE_KAFKA_AFTER_MS=N makes this thread stop making progress N ms
+        // after it started, so the systemd watchdog pings must stop. Read once; costs one
+        // branch per loop when unset. INGESTD_TEST_PANIC_KAFKA_AFTER_MS=N
+        // (tests/faults.rs) panics it instead.
         let test_at = |var| {
-            std::env::var(var)
-                .ok()
+            crate::faults::env(var)
                 .and_then(|v| v.parse().ok())
                 .map(|ms| Instant::now() + Duration::from_millis(ms))
         };

@@ -63,8 +63,9 @@ fn refuses_direct(e: &glommio::GlommioError<()>) -> bool {
 /// same durability at a fraction of the CPU.
 pub fn direct_io_ok(dir: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    // TEST HOOK (tests/spool.rs): exercise the DMA path on a machine without polled queues.
-    if std::env::var_os("INGESTD_TEST_SPOOL_DIRECT").is_some() {
+    // TEST HOOK (tests/spool.rs; `fault-injection` builds only): exercise the DMA path on
+    // a machine without polled queues.
+    if crate::faults::env("INGESTD_TEST_SPOOL_DIRECT").is_some() {
         return true;
     }
     let Ok(m) = std::fs::metadata(dir) else {

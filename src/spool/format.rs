@@ -129,8 +129,11 @@ pub fn payload<'a>(b: &'a [u8], h: &BatchHead) -> Option<&'a [u8]> {
 pub struct Scan {
     /// Offsets and headers of the intact batches, in order.
     pub batches: Vec<(usize, BatchHead)>,
-    /// Where the intact batches end.
+    /// Where the last intact batch ends.
     pub end: usize,
+    /// Damaged ranges with intact batches after them, `(from, to)`: replay steps over
+    /// them (a damaged batch loses its own records, never the ones after it).
+    pub holes: Vec<(usize, usize)>,
     pub damage: Damage,
 }
 
@@ -142,71 +145,74 @@ pub enum Damage {
     /// the crash interrupted. Everything before it is kept.
     TornTail,
     /// A damaged batch with an intact batch of this segment after it: the file was
-    /// corrupted in place. Everything before the damage is kept; the segment is
-    /// quarantined.
+    /// corrupted in place (or a power cut kept a later unsynced write and lost an earlier
+    /// one). Every intact batch is kept, before and after the damage (`holes`); the
+    /// segment is quarantined once replayed.
     Corrupt,
 }
 
-/// Finds the intact batches of segment `base` in `b` (the whole file).
+/// Finds the intact batches of segment `base` in `b` (the whole file). A batch is intact
+/// when its header and payload checksums hold, its records parse, and its sequence does
+/// not go back; one that is not is stepped over to the next intact batch at a block
+/// boundary, if there is one.
 pub fn scan(b: &[u8], base: u64) -> Scan {
     let mut batches = Vec::new();
+    let mut holes = Vec::new();
     let mut off = 0;
     let mut last_seq = None;
     loop {
-        let Some(h) = b.get(off..).and_then(|r| read_header(r, base)) else {
-            // No batch of this segment here. Zeros or stale bytes end the log, unless a
-            // damaged header hides intact batches behind it.
-            let damage = if later_batch(b, off + BLOCK, base, last_seq) {
-                Damage::Corrupt
-            } else if b.get(off..off + 4) == Some(&MAGIC)
-                && b.get(off + 8..off + 16) == Some(&base.to_le_bytes())
-            {
-                Damage::TornTail
-            } else {
-                Damage::None
-            };
-            return Scan {
-                batches,
-                end: off,
-                damage,
-            };
-        };
-        let intact = b
-            .get(off..)
-            .and_then(|r| payload(r, &h))
-            .is_some_and(|p| parses(p, h.count));
-        let in_order = last_seq.is_none_or(|s| h.first_seq == s);
-        if !intact || !in_order {
-            let damage = if later_batch(b, off + BLOCK, base, last_seq) {
-                Damage::Corrupt
-            } else {
-                Damage::TornTail
-            };
-            return Scan {
-                batches,
-                end: off,
-                damage,
-            };
+        if let Some(h) = intact_at(b, off, base, last_seq) {
+            last_seq = Some(h.first_seq + h.count as u64);
+            batches.push((off, h));
+            off += h.span();
+            continue;
         }
-        last_seq = Some(h.first_seq + h.count as u64);
-        batches.push((off, h));
-        off += h.span();
+        match later_batch(b, off + BLOCK, base, last_seq) {
+            Some(next) => {
+                holes.push((off, next));
+                off = next;
+            }
+            None => {
+                let torn = b.get(off..off + 4) == Some(&MAGIC)
+                    && b.get(off + 8..off + 16) == Some(&base.to_le_bytes());
+                let damage = if !holes.is_empty() {
+                    Damage::Corrupt
+                } else if torn {
+                    Damage::TornTail
+                } else {
+                    Damage::None
+                };
+                return Scan {
+                    batches,
+                    end: off,
+                    holes,
+                    damage,
+                };
+            }
+        }
     }
 }
 
-/// Whether an intact header of segment `base` (later than `after`) starts at a block
-/// boundary from `from` on.
-fn later_batch(b: &[u8], from: usize, base: u64, after: Option<u64>) -> bool {
+/// The batch at `off` if it is intact, of segment `base`, and not before `after`.
+fn intact_at(b: &[u8], off: usize, base: u64, after: Option<u64>) -> Option<BatchHead> {
+    let r = b.get(off..)?;
+    let h = read_header(r, base)?;
+    let ok = after.is_none_or(|s| h.first_seq >= s)
+        && payload(r, &h).is_some_and(|p| parses(p, h.count));
+    ok.then_some(h)
+}
+
+/// The offset of the first intact batch of segment `base` (not before `after`) at a
+/// block boundary from `from` on.
+fn later_batch(b: &[u8], from: usize, base: u64, after: Option<u64>) -> Option<usize> {
     let mut off = from.div_ceil(BLOCK) * BLOCK;
     while off + HEADER <= b.len() {
-        if let Some(h) = read_header(&b[off..], base) {
-            if after.is_none_or(|s| h.first_seq >= s) {
-                return true;
-            }
+        if intact_at(b, off, base, after).is_some() {
+            return Some(off);
         }
         off += BLOCK;
     }
-    false
+    None
 }
 
 /// Whether `p` holds exactly `count` well-formed records.
@@ -420,10 +426,11 @@ mod tests {
     }
 
     /// The model test: cut the file at every block boundary and at odd bytes, flip bits
-    /// anywhere. Recovery keeps exactly the intact batches before the damage, says whether
-    /// the damage is a torn tail or corruption in the middle, and never panics.
+    /// anywhere. Recovery keeps exactly the intact batches, before and after the damage,
+    /// says whether the damage is a torn tail or corruption in the middle, and never
+    /// panics.
     #[test]
-    fn truncation_and_bit_flips_keep_every_complete_record_before_the_damage() {
+    fn truncation_and_bit_flips_keep_every_intact_batch() {
         let (file, values) = segment(12, 0);
         let full = scan(&file, BASE);
         assert_eq!(full.damage, Damage::None);
@@ -448,6 +455,7 @@ mod tests {
                 .take_while(|(o, h)| o + HEADER + h.payload_len as usize <= cut)
                 .count();
             assert_eq!(s.batches.len(), whole, "cut at {cut}");
+            assert!(s.holes.is_empty(), "cut at {cut}");
             let kept = if whole == 0 { 0 } else { counts[whole - 1] };
             assert_eq!(values_of(&file, &s), values[..kept], "cut at {cut}");
             let at_boundary = whole == 0 && cut == 0 || whole > 0 && ends[whole - 1] >= cut;
@@ -456,6 +464,8 @@ mod tests {
             }
         }
         for (i, &(off, h)) in full.batches.iter().enumerate() {
+            let before = if i == 0 { 0 } else { counts[i - 1] };
+            let last = i == full.batches.len() - 1;
             for at in [
                 off,
                 off + 20,
@@ -465,20 +475,47 @@ mod tests {
                 let mut bad = file.clone();
                 bad[at] ^= 0x10;
                 let s = scan(&bad, BASE);
-                assert_eq!(s.batches.len(), i, "flip at {at}");
-                let kept = if i == 0 { 0 } else { counts[i - 1] };
-                assert_eq!(values_of(&bad, &s), values[..kept]);
-                let last = i == full.batches.len() - 1;
-                let want = if last {
-                    Damage::TornTail
+                // Every batch but the damaged one, in order.
+                let mut want = values[..before].to_vec();
+                if !last {
+                    want.extend_from_slice(&values[counts[i]..]);
+                    assert_eq!(s.holes, vec![(off, ends[i])], "flip at {at}");
+                    assert_eq!(s.damage, Damage::Corrupt, "flip at {at} of batch {i}");
+                    assert_eq!(s.end, *ends.last().unwrap());
                 } else {
-                    Damage::Corrupt
-                };
-                if !(last && at < off + 16) {
-                    assert_eq!(s.damage, want, "flip at {at} of batch {i}");
+                    assert!(s.holes.is_empty());
+                    assert_eq!(s.end, off);
+                    if at >= off + 16 {
+                        assert_eq!(s.damage, Damage::TornTail, "flip at {at} of batch {i}");
+                    }
                 }
+                assert_eq!(s.batches.len(), full.batches.len() - 1, "flip at {at}");
+                assert_eq!(values_of(&bad, &s), want, "flip at {at}");
             }
         }
+        // Two damaged batches with intact ones between and after: both stepped over.
+        let mut bad = file.clone();
+        bad[full.batches[2].0 + HEADER] ^= 1;
+        bad[full.batches[7].0 + 5] ^= 1;
+        let s = scan(&bad, BASE);
+        assert_eq!(s.holes.len(), 2);
+        assert_eq!(s.batches.len(), full.batches.len() - 2);
+        // A batch whose sequence goes back is not this segment's next: stepped over.
+        let mut bad = file.clone();
+        let (o3, h3) = full.batches[3];
+        let p = bad[o3 + HEADER..o3 + HEADER + h3.payload_len as usize].to_vec();
+        bad[o3..o3 + HEADER].copy_from_slice(&header(BASE, BASE, h3.count, &p));
+        let s = scan(&bad, BASE);
+        assert_eq!(s.holes, vec![(o3, ends[3])]);
+        // A sequence gap (a failed write before the writer sealed segments on errors)
+        // does not end the log.
+        let mut gap = file.clone();
+        for &(o, h) in &full.batches[5..] {
+            let p = gap[o + HEADER..o + HEADER + h.payload_len as usize].to_vec();
+            gap[o..o + HEADER].copy_from_slice(&header(BASE, h.first_seq + 7, h.count, &p));
+        }
+        let s = scan(&gap, BASE);
+        assert_eq!((s.batches.len(), s.damage), (12, Damage::None));
         // Garbage and an empty file: nothing, no panic.
         assert_eq!(scan(&[], BASE).batches.len(), 0);
         let noise: Vec<u8> = (0..50_000u32)

@@ -51,14 +51,25 @@ pub struct Wait {
 
 /// One segment file.
 struct Segment {
+    /// Unique within this process: the reader's cursor and lookups name a segment by it
+    /// (bases are unique only within one executor directory).
+    id: u64,
+    /// The executor directory it lives in: this executor's own, or one of an executor
+    /// that no longer runs (`Spool::open`). Its records' `ingestd-id`s name that executor.
+    origin: u8,
     /// Sequence of its first record; its name, and the tie of every batch to this file.
     base: u64,
+    /// Delivery reports credit the segment through this tag (`Opaque::spool`); 0 while
+    /// it has none (a segment found at start gets one when it is scanned).
     tag: u16,
     path: PathBuf,
     file: Option<Rc<SegFile>>,
     /// Where its intact batches end: written by this process, or found by the scan.
     end: u64,
-    /// No more writes: full, or found at start.
+    /// Damaged ranges the scan found between intact batches: replay steps over them.
+    holes: Vec<(u64, u64)>,
+    /// No more writes: full, found at start, or an I/O error in it (never append past
+    /// a failed write or sync: a restart's scan would have to step over the hole).
     sealed: bool,
     /// Found at start and not scanned yet: `end` and `records` unknown.
     unscanned: bool,
@@ -85,10 +96,15 @@ enum Spare {
 
 struct State {
     next_seq: u64,
+    /// Record ids below this are promised to this run: the bound is on disk (`LEASE`),
+    /// so the next run starts above it whatever its clock says.
+    lease: u64,
+    /// The next segment's `id`.
+    next_id: u64,
     pending: writer::Pending,
     segs: VecDeque<Segment>,
     spare: Spare,
-    /// Records not handed to Kafka yet start here (segment base, offset): new batches go
+    /// Records not handed to Kafka yet start here (segment id, offset): new batches go
     /// to disk only until the reader has caught up. None: hot, batches go straight on.
     cold: Option<(u64, u64)>,
     /// A batch the window refused, and the offset after it.
@@ -114,6 +130,9 @@ struct State {
 
 pub struct Spool {
     pub index: u8,
+    /// `spool_dir`: the executor directories' parent.
+    root: PathBuf,
+    /// This executor's own directory.
     dir: PathBuf,
     seg_bytes: u64,
     max_segments: usize,
@@ -156,58 +175,172 @@ const SEG_EXT: &str = "seg";
 const SPARE: &str = "spare";
 const SPARE_NEW: &str = "spare.new";
 const CORRUPT_EXT: &str = "corrupt";
+/// The record-id lease of an executor directory (`State::lease`), and its temporary.
+const LEASE: &str = "next-id";
+const LEASE_NEW: &str = "next-id.new";
+/// How many record ids one lease covers (at a million records a second, 12 days; it is
+/// renewed at a roll long before it runs out).
+const LEASE_SPAN: u64 = 1 << 40;
 
 fn seg_name(base: u64) -> String {
     format!("{base:020}.{SEG_EXT}")
 }
 
+fn exec_dir(root: &Path, index: usize) -> PathBuf {
+    root.join(format!("executor-{index}"))
+}
+
+/// What an executor directory holds.
+#[derive(Default)]
+struct Listing {
+    /// Segments: base, and when the file was last written (Unix ms; its records are at
+    /// least about that old, for the oldest-unacknowledged-age gauge).
+    segs: Vec<(u64, u64)>,
+    /// Above every record id its segments (and quarantined ones) may hold.
+    id_bound: u64,
+    spare: bool,
+}
+
+/// Lists an executor directory; drops a half-prepared spare (`SPARE_NEW`), which never
+/// holds records.
+fn list(dir: &Path, seg_bytes: u64) -> std::io::Result<Listing> {
+    let mut l = Listing::default();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let base = name.split('.').next().and_then(|b| b.parse::<u64>().ok());
+        // A segment holds fewer records than bytes (of its size then, or now).
+        let bound = |b: u64| {
+            let size = e.metadata().map_or(0, |m| m.len());
+            b.saturating_add(size.max(seg_bytes))
+        };
+        match (base, name.rsplit('.').next()) {
+            (Some(b), Some(SEG_EXT)) => {
+                l.id_bound = l.id_bound.max(bound(b));
+                let written = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or_else(unix_ms, |d| d.as_millis() as u64);
+                l.segs.push((b, written));
+            }
+            (Some(b), Some(CORRUPT_EXT)) => l.id_bound = l.id_bound.max(bound(b)),
+            _ if name == SPARE => l.spare = true,
+            _ if name == SPARE_NEW || name == LEASE_NEW => std::fs::remove_file(e.path())?,
+            _ => {}
+        }
+    }
+    l.segs.sort_unstable();
+    Ok(l)
+}
+
+/// The directories of executors that no longer run whose segments executor `index` of
+/// `executors` replays: `executor-K` for every K >= executors with K % executors ==
+/// index (a host that came back with fewer CPUs, or `executors` lowered).
+fn orphans(root: &Path, index: usize, executors: usize) -> Vec<(u8, PathBuf)> {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u8, PathBuf)> = rd
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let k: usize = name.strip_prefix("executor-")?.parse().ok()?;
+            let mine = k >= executors && k % executors.max(1) == index && k <= u8::MAX as usize;
+            mine.then(|| (k as u8, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Reads a directory's record-id lease (None if there is none or it does not parse: the
+/// other bounds then apply).
+fn read_lease(dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join(LEASE)).ok()?;
+    let v = text.trim().parse().ok();
+    if v.is_none() {
+        tracing::warn!(dir = %dir.display(), "spool: the record-id lease does not parse; ids start from the clock and the segments found");
+    }
+    v
+}
+
+/// Writes the lease durably (temporary, sync, rename); the caller syncs the directory.
+fn write_lease(dir: &Path, upto: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(LEASE_NEW);
+    let mut f = std::fs::File::create(&tmp)?;
+    writeln!(f, "{upto}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(LEASE))
+}
+
 impl Spool {
-    /// Opens executor `index`'s spool under `root`: lists the segments a previous run
-    /// left (they are scanned and replayed by the reader, while new records are served),
-    /// keeps a prepared spare, drops a half-prepared one. Only directory reads here.
+    /// Opens executor `index`'s spool under `root` (`executors` run now): lists the
+    /// segments a previous run left in its directory and in the directories of executors
+    /// that no longer run (`orphans`: they are scanned and replayed by the reader, while
+    /// new records are served, and removed once Kafka has every record), keeps a
+    /// prepared spare, drops a half-prepared one, and renews the record-id lease. Only
+    /// directory reads and a few small synced writes here.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         root: &Path,
         index: u8,
+        executors: usize,
         seg_bytes: u64,
         max_segments: usize,
         pending_max: usize,
         inline_limit: std::time::Duration,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Rc<Spool>> {
-        let dir = root.join(format!("executor-{index}"));
-        std::fs::create_dir_all(&dir)?;
-        let mut found = Vec::new();
-        let mut max_base = 0;
-        let mut spare = Spare::None;
-        for e in std::fs::read_dir(&dir)? {
-            let e = e?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            let base = name.split('.').next().and_then(|b| b.parse::<u64>().ok());
-            match (base, name.rsplit('.').next()) {
-                (Some(b), Some(SEG_EXT)) => {
-                    found.push(b);
-                    max_base = max_base.max(b);
+        let dir = exec_dir(root, index as usize);
+        crate::sys::create_dir_synced(&dir)?;
+        let own = list(&dir, seg_bytes)?;
+        // (origin, path, base, last written)
+        let mut found: Vec<(u8, PathBuf, u64, u64)> = Vec::new();
+        for (k, odir) in orphans(root, index as usize, executors) {
+            match list(&odir, seg_bytes) {
+                Ok(l) if !l.segs.is_empty() => {
+                    tracing::warn!(executor = index, from = %odir.display(), segments = l.segs.len(), "spool: replaying the segments of an executor that no longer runs (fewer executors than the run that wrote them)");
+                    found.extend(
+                        l.segs
+                            .iter()
+                            .map(|&(b, t)| (k, odir.join(seg_name(b)), b, t)),
+                    );
                 }
-                (Some(b), Some(CORRUPT_EXT)) => max_base = max_base.max(b),
-                _ if name == SPARE => spare = Spare::Ready,
-                _ if name == SPARE_NEW => std::fs::remove_file(e.path())?,
-                _ => {}
+                // Nothing to replay: its prepared spare holds no record, only disk.
+                Ok(l) if l.spare => {
+                    let _ = std::fs::remove_file(odir.join(SPARE));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(executor = index, dir = %odir.display(), error = %e, "spool: cannot list the directory of an executor that no longer runs; its records stay there for a later start");
+                }
             }
         }
-        found.sort_unstable();
-        // A fresh sequence above every id a previous run may have given (a segment holds
-        // fewer records than bytes), and above the clock so a wiped spool does not reuse
-        // ids either.
+        found.extend(
+            own.segs
+                .iter()
+                .map(|&(b, t)| (index, dir.join(seg_name(b)), b, t)),
+        );
+        // A fresh sequence above every id a previous run may have given: above its lease,
+        // the segments it left, and the clock (a wiped spool does not reuse ids either).
         let now_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let next_seq = now_ns.max(max_base + seg_bytes);
+            .map_or(0, |d| d.as_nanos() as u64)
+            .saturating_add_signed(crate::faults::clock_shift_ns());
+        let next_seq = now_ns.max(own.id_bound).max(read_lease(&dir).unwrap_or(0));
+        let lease = next_seq.saturating_add(LEASE_SPAN.max(4 * seg_bytes));
+        write_lease(&dir, lease).and_then(|()| crate::sys::sync_dir(&dir))?;
         let mut st = State {
             next_seq,
+            lease,
+            next_id: 0,
             pending: writer::Pending::new(next_seq),
             segs: VecDeque::new(),
-            spare,
-            cold: found.first().map(|&b| (b, 0)),
+            spare: if own.spare { Spare::Ready } else { Spare::None },
+            cold: None,
             held: None,
             next_tag: 1,
             full: None,
@@ -219,25 +352,30 @@ impl Spool {
             writing: false,
             to_sync: Vec::new(),
         };
-        for base in &found {
-            let tag = st.take_tag();
+        for (origin, path, base, written) in found {
+            let id = st.take_id();
             st.segs.push_back(Segment {
-                base: *base,
-                tag,
-                path: dir.join(seg_name(*base)),
+                id,
+                origin,
+                base,
+                tag: 0,
+                path,
                 file: None,
                 end: 0,
+                holes: Vec::new(),
                 sealed: true,
                 unscanned: true,
                 found_at_start: true,
                 records: 0,
                 acked: 0,
                 corrupt: false,
-                since_ms: unix_ms(),
+                // Its first record is older than its last write: the best bound left.
+                since_ms: written,
             });
         }
-        if !found.is_empty() {
-            tracing::info!(executor = index, segments = found.len(), dir = %dir.display(), "spool: replaying segments a previous run left");
+        st.cold = st.segs.front().map(|g| (g.id, 0));
+        if !st.segs.is_empty() {
+            tracing::info!(executor = index, segments = st.segs.len(), dir = %dir.display(), "spool: replaying segments a previous run left");
         }
         // Readiness (/readyz, READY=1) waits for the first segment's file, which the
         // executor starts preparing right after this (`prepare_spare`), so the first
@@ -264,6 +402,7 @@ impl Spool {
             direct,
             inline: inline::InlineSync::new(inline_limit),
             index,
+            root: root.to_path_buf(),
             dir,
             seg_bytes,
             max_segments,
@@ -300,7 +439,7 @@ impl Spool {
     pub fn acked(&self, tag: u16, n: u32) {
         {
             let mut st = self.st.borrow_mut();
-            if let Some(g) = st.segs.iter_mut().find(|g| g.tag == tag) {
+            if let Some(g) = st.segs.iter_mut().find(|g| g.tag == tag && tag != 0) {
                 g.acked += n as u64;
             }
         }
@@ -359,19 +498,34 @@ impl Segment {
 }
 
 impl State {
-    fn take_tag(&mut self) -> u16 {
-        let t = self.next_tag;
-        self.next_tag = if t >= crate::kafka::lane::Opaque::SPOOL_MASK {
-            1
-        } else {
-            t + 1
-        };
-        t
+    /// A tag no live segment holds (acks credit segments by tag: a tag handed out twice
+    /// would credit one segment's records to the other, which could then be trimmed
+    /// before Kafka has them). None when every tag is taken.
+    fn take_tag(&mut self) -> Option<u16> {
+        let t = free_tag(self.segs.iter().map(|g| g.tag), self.next_tag)?;
+        self.next_tag = t % crate::kafka::lane::Opaque::SPOOL_MASK + 1;
+        Some(t)
     }
 
-    fn seg(&mut self, base: u64) -> Option<&mut Segment> {
-        self.segs.iter_mut().find(|g| g.base == base)
+    fn take_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
     }
+
+    fn seg(&mut self, id: u64) -> Option<&mut Segment> {
+        self.segs.iter_mut().find(|g| g.id == id)
+    }
+}
+
+/// The first tag from `from` on (1..=SPOOL_MASK, wrapping; 0 means none) not in `used`.
+fn free_tag(used: impl Iterator<Item = u16>, from: u16) -> Option<u16> {
+    const MAX: u16 = crate::kafka::lane::Opaque::SPOOL_MASK;
+    let mut taken = vec![false; MAX as usize + 1];
+    for t in used {
+        taken[(t & MAX) as usize] = true;
+    }
+    let from = from.clamp(1, MAX);
+    (from..=MAX).chain(1..from).find(|&t| !taken[t as usize])
 }
 
 fn wake(w: &RefCell<Option<Waker>>) {
@@ -403,5 +557,32 @@ fn io_failed(sp: &Spool, what: &str, e: &std::io::Error) {
     });
     if due {
         tracing::error!(executor = sp.index, error = %e, "spool: {what} failed (a failed write or sync is answered 507)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_tag;
+    use crate::kafka::lane::Opaque;
+
+    #[test]
+    fn a_tag_held_by_a_live_segment_is_never_handed_out_again() {
+        const MAX: u16 = Opaque::SPOOL_MASK;
+        // One segment stuck on tag 5 while 8,191 others come and go: the wrap skips it.
+        let mut next = 1;
+        let mut live: Vec<u16> = vec![5];
+        for _ in 0..3 * MAX as usize {
+            let t = free_tag(live.iter().copied(), next).unwrap();
+            assert_ne!(t, 5);
+            assert_ne!(t, 0);
+            next = t % MAX + 1;
+            // The segment before is trimmed, this one goes live.
+            live.truncate(1);
+            live.push(t);
+        }
+        assert_eq!(free_tag([MAX].into_iter(), MAX), Some(1));
+        // Every tag taken: none.
+        assert_eq!(free_tag(1..=MAX, 1), None);
+        assert_eq!(free_tag((1..=MAX).filter(|&t| t != 77), 100), Some(77));
     }
 }

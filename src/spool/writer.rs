@@ -297,6 +297,22 @@ impl Spool {
                     batch.append(&mut st.to_sync);
                 }
             }
+            if !ok {
+                // The kernel may have dropped the pages that failed (marked clean, never
+                // written): later syncs of this file would succeed over a hole. Like
+                // PostgreSQL and etcd, never trust the file again: no more appends to
+                // it (the next batch starts a new segment).
+                let id = sp
+                    .st
+                    .borrow()
+                    .segs
+                    .iter()
+                    .find(|g| g.file.as_ref().is_some_and(|f| Rc::ptr_eq(f, &file)))
+                    .map(|g| g.id);
+                if let Some(id) = id {
+                    sp.seal_after_error(id);
+                }
+            }
             let stage = if ok {
                 Stage::Synced
             } else {
@@ -333,15 +349,28 @@ impl Spool {
         .detach();
     }
 
+    /// Ends segment `id` after a write or sync failed in it: sealed, so the next batch
+    /// rolls to a new segment (and the roll gives this one its last sync). Its intact
+    /// batches are replayed and trimmed as usual.
+    fn seal_after_error(&self, id: u64) {
+        let mut st = self.st.borrow_mut();
+        if let Some(g) = st.seg(id) {
+            if !g.sealed {
+                g.sealed = true;
+                tracing::warn!(executor = self.index, segment = %g.path.display(), "spool: no more writes to a segment after an I/O error in it; the next batch starts a new segment");
+            }
+        }
+    }
+
     /// fdatasync of `file` through sync handle `h`, on this thread if `inline` (see
     /// `inline`), timed and counted; whether it worked (failures are logged).
     async fn sync(&self, file: &SegFile, h: usize, inline: bool) -> bool {
         let t0 = Instant::now();
         let writes = self.st.borrow().writes;
-        let r = if inline {
-            file.fdatasync_blocking(h)
-        } else {
-            file.fdatasync_on(h).await
+        let r = match crate::faults::check(crate::faults::Point::SpoolSync) {
+            Err(e) => Err(e),
+            Ok(()) if inline => file.fdatasync_blocking(h),
+            Ok(()) => file.fdatasync_on(h).await,
         };
         let took = t0.elapsed();
         if inline {
@@ -403,28 +432,36 @@ impl Spool {
                 return;
             }
         }
-        let (file, base, tag, off) = {
+        let (file, id, base, tag, off) = {
             let st = self.st.borrow();
             let g = st.segs.back().expect("a segment after roll");
-            (g.file.clone().expect("open"), g.base, g.tag, g.end)
+            (g.file.clone().expect("open"), g.id, g.base, g.tag, g.end)
         };
         let head = format::header(base, p.first_seq, p.count, &p.payload);
-        let w = file
-            .write_with(span as usize, off, |buf| {
-                buf[..HEADER].copy_from_slice(&head);
-                buf[HEADER..HEADER + p.payload.len()].copy_from_slice(&p.payload);
-                buf[HEADER + p.payload.len()..].fill(0);
-            })
-            .await;
+        let w = match crate::faults::check(crate::faults::Point::SpoolWrite) {
+            Ok(()) => {
+                file.write_with(span as usize, off, |buf| {
+                    buf[..HEADER].copy_from_slice(&head);
+                    buf[HEADER..HEADER + p.payload.len()].copy_from_slice(&p.payload);
+                    buf[HEADER + p.payload.len()..].fill(0);
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = w {
             io_failed(self, "write", &e);
+            // Part of the batch may be on disk, and its sequence numbers are spent: the
+            // segment ends here (the next batch starts a new one), so nothing is ever
+            // written, synced and answered 201 behind a hole.
+            self.seal_after_error(id);
             feed.orphan(&p.waits);
             p.commit.set(Stage::Failed(HttpError::SpoolFailed));
             return;
         }
         let hot = {
             let mut st = self.st.borrow_mut();
-            let g = st.seg(base).expect("the segment written");
+            let g = st.seg(id).expect("the segment written");
             g.end += span;
             g.records += p.count as u64;
             if g.since_ms == 0 {
@@ -456,7 +493,7 @@ impl Spool {
             feed.orphan(&waits);
             let mut st = self.st.borrow_mut();
             if st.cold.is_none() {
-                st.cold = Some((base, off));
+                st.cold = Some((id, off));
             }
             drop(st);
             wake(&self.reader);
@@ -488,6 +525,19 @@ impl Spool {
         if let Some((f, batch)) = old {
             self.sync_sealed(f, batch);
         }
+        // Thousands of segments held by records Kafka has not acknowledged, every tag
+        // taken: full until some are trimmed.
+        let tags = self
+            .st
+            .borrow()
+            .segs
+            .iter()
+            .map(|g| g.tag)
+            .collect::<Vec<_>>();
+        if super::free_tag(tags.into_iter(), 1).is_none() {
+            self.st.borrow_mut().full = Some((Instant::now(), HttpError::SpoolFull));
+            return Err(HttpError::SpoolFull);
+        }
         // A spare being prepared (zero-filled, or a trimmed segment being renamed).
         while self.st.borrow().spare == Spare::Preparing {
             timer::sleep(Duration::from_millis(1)).await;
@@ -499,20 +549,30 @@ impl Spool {
             // that a segment trimmed now is recycled as the next spare, not deleted.
             self.trim();
         }
+        // Every record id this segment can hold must be below the lease on disk before a
+        // batch is written to it: renewed here, in the same directory sync as the rename.
+        let lease = {
+            let st = self.st.borrow();
+            let span = super::LEASE_SPAN.max(4 * self.seg_bytes);
+            (base.saturating_add(2 * self.seg_bytes) > st.lease).then(|| base.saturating_add(span))
+        };
         let r = if spare {
             self.st.borrow_mut().spare = Spare::Installing;
-            let r = install(self.dir.join(SPARE), path.clone()).await;
+            let r = install(self.dir.join(SPARE), path.clone(), lease).await;
             self.st.borrow_mut().spare = Spare::None;
             r
         } else if self.files() < self.max_segments {
             match prepare(&self.dir.join(SPARE_NEW), self.seg_bytes, self.direct).await {
-                Ok(()) => install(self.dir.join(SPARE_NEW), path.clone()).await,
+                Ok(()) => install(self.dir.join(SPARE_NEW), path.clone(), lease).await,
                 Err(e) => Err(e),
             }
         } else {
             self.st.borrow_mut().full = Some((Instant::now(), HttpError::SpoolFull));
             return Err(HttpError::SpoolFull);
         };
+        if let (Ok(()), Some(l)) = (&r, lease) {
+            self.st.borrow_mut().lease = l;
+        }
         let opened = match r {
             Ok(()) => SegFile::open(&path, false, self.direct).await,
             Err(e) => Err(e),
@@ -527,15 +587,28 @@ impl Spool {
             }
         };
         self.trim();
+        let tag = self.st.borrow_mut().take_tag();
+        let Some(tag) = tag else {
+            // The reader took the last free tag while this roll waited (checked at its
+            // start): the file goes (empty; if a crash brings it back, a scan finds
+            // nothing in it) and this batch gets its 507.
+            self.st.borrow_mut().full = Some((Instant::now(), HttpError::SpoolFull));
+            file.close().await;
+            let _ = std::fs::remove_file(&path);
+            return Err(HttpError::SpoolFull);
+        };
         {
             let mut st = self.st.borrow_mut();
-            let tag = st.take_tag();
+            let id = st.take_id();
             st.segs.push_back(Segment {
+                id,
+                origin: self.index,
                 base,
                 tag,
                 path,
                 file: Some(Rc::new(file)),
                 end: 0,
+                holes: Vec::new(),
                 sealed: false,
                 unscanned: false,
                 found_at_start: false,
@@ -550,10 +623,12 @@ impl Spool {
         Ok(())
     }
 
-    /// Segment files counted against the quota: live segments and the spare.
+    /// Segment files counted against the quota: live segments in this executor's own
+    /// directory and the spare (those of an executor that no longer runs only drain).
     fn files(&self) -> usize {
         let st = self.st.borrow();
-        st.segs.len() + (st.spare != Spare::None) as usize
+        let own = st.segs.iter().filter(|g| g.origin == self.index).count();
+        own + (st.spare != Spare::None) as usize
     }
 
     /// Prepares the next segment's file in the background, if the quota allows, so a
@@ -635,16 +710,25 @@ async fn prepare(path: &std::path::Path, bytes: u64, direct: bool) -> std::io::R
     Ok(())
 }
 
-/// Renames `from` to `to` in the same directory and fsyncs it (so a crash cannot take the
-/// new name back), on glommio's blocking thread: the directory fsync commits the filesystem
-/// journal, 0.4-1.6 ms measured under load once per roll, which in place would stall
-/// every connection of this executor. The write loop waits (its batch needs the file);
-/// requests go on being parsed and appended to the next batch.
-async fn install(from: std::path::PathBuf, to: std::path::PathBuf) -> std::io::Result<()> {
+/// Renames `from` to `to` in the same directory (and renews the record-id lease there
+/// to `lease`, if given) and fsyncs it (so a crash cannot take the new name back), on
+/// glommio's blocking thread: the directory fsync commits the filesystem journal, 0.4-1.6
+/// ms measured under load once per roll, which in place would stall every connection of
+/// this executor. The write loop waits (its batch needs the file); requests go on being
+/// parsed and appended to the next batch.
+async fn install(
+    from: std::path::PathBuf,
+    to: std::path::PathBuf,
+    lease: Option<u64>,
+) -> std::io::Result<()> {
     glommio::executor()
         .spawn_blocking(move || {
+            let dir = to.parent().expect("a segment path has a directory");
+            if let Some(l) = lease {
+                super::write_lease(dir, l)?;
+            }
             std::fs::rename(&from, &to)?;
-            std::fs::File::open(to.parent().expect("a segment path has a directory"))?.sync_all()
+            crate::sys::sync_dir(dir)
         })
         .await
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod spool;
 pub mod tls;
 
 use rdkafka::config::ClientConfig;
@@ -118,6 +119,14 @@ pub struct Ingestd {
 
 static LOG_SEQ: AtomicUsize = AtomicUsize::new(0);
 
+/// The binary under test: this build's, or `INGESTD_TEST_BIN` (to run a test against
+/// another build, e.g. the commit before a fix, and see it fail there).
+pub fn bin() -> PathBuf {
+    std::env::var_os("INGESTD_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ingestd")))
+}
+
 impl Ingestd {
     /// Starts the real binary on a free port with `args` and waits for /readyz.
     pub fn start(args: &[&str]) -> Ingestd {
@@ -142,7 +151,7 @@ impl Ingestd {
             std::process::id(),
             LOG_SEQ.fetch_add(1, Ordering::SeqCst)
         ));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ingestd"));
+        let mut cmd = Command::new(bin());
         cmd.args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
@@ -418,5 +427,16 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     while !f() {
         assert!(t0.elapsed() < timeout, "{what}: not within {timeout:?}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Tests that drive the binary's test hooks (`src/faults.rs`) need the build that has
+/// them: without it they fail here, saying so, rather than pass without their fault.
+pub fn require_fault_injection() {
+    if !cfg!(feature = "fault-injection") {
+        panic!(
+            "this test drives the binary's fault-injection hooks, which only the test build \
+             has: run tests/run.sh, or cargo test --features fault-injection"
+        );
     }
 }
