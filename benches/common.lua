@@ -24,6 +24,18 @@ function M.build(args, extra_header)
   if extra_header then
     headers[extra_header[1]] = extra_header[2]
   end
+  -- BENCH_AUTH=<token>: every request carries `Authorization: Bearer <token>` (tenants,
+  -- JWT); a server without authentication ignores it, so both sides get the same bytes.
+  local auth = os.getenv("BENCH_AUTH")
+  if auth then
+    headers["Authorization"] = "Bearer " .. auth
+  end
+  -- BENCH_HEADER="Name: value": one more header (say, one that forward_headers copies).
+  local extra = os.getenv("BENCH_HEADER")
+  if extra then
+    local n, v = extra:match("^([^:]+):%s*(.*)$")
+    headers[n] = v
+  end
   -- wrk.format adds Host and Content-Length.
   return wrk.format("POST", path, headers, body)
 end

@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the per-request CPU work that does not touch a socket:
-//! the head parser, the chunked decoder, and the batched hand-off to the Kafka thread.
+//! the head parser, the chunked decoder, the batched hand-off to the Kafka thread, and
+//! JWT verification.
 //!
 //!   cargo bench --bench micro                 # all
 //!   cargo bench --bench micro -- parse        # a filter
@@ -303,11 +304,58 @@ fn decode(c: &mut Criterion) {
     g.finish();
 }
 
+/// What a JWT bearer token costs per request (issue 33): `Verifier::verify` of a valid
+/// token (header, key lookup, signature, claims) with the test keys of tests/data/jwt:
+/// RSA 2048, P-256, Ed25519.
+fn jwt(c: &mut Criterion) {
+    use ingestd::auth::jwt::Verifier;
+    use ingestd::config::{JwtConfig, JwtIssuer};
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/jwt");
+    let cfg = JwtConfig {
+        jwks_file: Some(format!("{dir}/jwks.json").into()),
+        leeway_secs: 60,
+        issuers: vec![JwtIssuer {
+            issuer: "https://id.example.com/".into(),
+            audiences: vec!["ingestd".into()],
+            topics_claim: Some("topics".into()),
+            ..JwtIssuer::default()
+        }],
+    };
+    let v = Verifier::load(&cfg).unwrap().unwrap();
+    let now = 1_800_000_000u64;
+    let claims = serde_json::json!({
+        "iss": "https://id.example.com/", "aud": "ingestd", "sub": "acme",
+        "iat": now, "exp": now + 3600, "topics": ["logs.*", "orders"],
+    });
+    let mut g = c.benchmark_group("jwt_verify");
+    g.throughput(Throughput::Elements(1));
+    for (name, alg, kid) in [
+        ("rs256", Algorithm::RS256, "rs256-a"),
+        ("es256", Algorithm::ES256, "es256-a"),
+        ("eddsa", Algorithm::EdDSA, "ed25519-a"),
+    ] {
+        let der = std::fs::read(format!("{dir}/{kid}.key.der")).unwrap();
+        let ek = match alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_der(&der),
+            Algorithm::ES256 => EncodingKey::from_ec_der(&der),
+            _ => EncodingKey::from_ed_der(&der),
+        };
+        let mut h = Header::new(alg);
+        h.kid = Some(kid.into());
+        let token = encode(&h, &claims, &ek).unwrap();
+        g.bench_function(name, |b| {
+            b.iter(|| v.verify(black_box(token.as_bytes()), now).unwrap())
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = parse, chunked, lane, decode
+    targets = parse, chunked, lane, decode, jwt
 }
 criterion_main!(benches);

@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# Fuzzes ingestd's HTTP parser (parse_head, ChunkedDecoder) for SECONDS (default 60).
+# Fuzzes ingestd's parsers for SECONDS in all (default 60): two thirds of it the HTTP
+# parser (target `parse`: parse_head, ChunkedDecoder), the rest the PROXY protocol header
+# parser (target `proxy`: http::proxy::parse), one after the other.
 #
 #   fuzz/run.sh [SECONDS]
 #
 # Installs cargo-fuzz once into ~/.cache/ingestd/cargo-fuzz (reused afterwards) and uses
 # the stable toolchain with RUSTC_BOOTSTRAP=1 (cargo-fuzz needs -Z flags; no nightly is
-# needed). The kept corpus fuzz/corpus/parse is read, never written: new inputs go to
-# fuzz/target/corpus-work. A crash leaves its input in fuzz/artifacts/parse/ and makes
-# this script exit non-zero. To keep what a long run found, copy fuzz/target/corpus-work/*
-# into fuzz/corpus/parse and shrink it again (keep it well under 2 MB):
+# needed). The kept corpora fuzz/corpus/<target> are read, never written: new inputs go to
+# fuzz/target/corpus-work (parse) and fuzz/target/corpus-work-proxy. A crash leaves its
+# input in fuzz/artifacts/<target>/ and makes this script exit non-zero (the second
+# target does not run then). To keep what a long run found, copy the work directory into
+# the kept corpus and shrink both again (keep each well under 2 MB):
 #   fuzz/run.sh --cmin
-# The kept corpus was seeded from every case of tests/hostile.rs:
+# The kept `parse` corpus was seeded from every case of tests/hostile.rs:
 #   HOSTILE_SEEDS_DIR=dir cargo test --test hostile -- --ignored seeds
+# The `proxy` corpus from valid v1/v2 headers (with TLVs, a CRC32C, LOCAL, UNKNOWN) with an
+# HTTP request or a ClientHello after them, and both of those bare.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -31,20 +36,39 @@ export CXXFLAGS="${CXXFLAGS:-} -fno-sanitize=address"
 
 fuzz() { "$CARGO_FUZZ" "$@"; }
 
+# -max_len: parse: room for a 4 KiB chunk line or a head at the default limits; proxy:
+# past the longest header (2064 bytes), so the "always decided by then" check runs.
+PARSE_MAX_LEN=8192
+PROXY_MAX_LEN=4096
+
 if [ "${1:-}" = "--cmin" ]; then
-    fuzz cmin parse corpus/parse -- -max_len=8192
+    fuzz cmin parse corpus/parse -- -max_len=$PARSE_MAX_LEN
+    fuzz cmin proxy corpus/proxy -- -max_len=$PROXY_MAX_LEN
     exit
 fi
 
 SECONDS_TO_RUN=${1:-60}
+PARSE_SECONDS=$(( SECONDS_TO_RUN * 2 / 3 ))
+[ "$PARSE_SECONDS" -ge 1 ] || PARSE_SECONDS=1
+PROXY_SECONDS=$(( SECONDS_TO_RUN - PARSE_SECONDS ))
+[ "$PROXY_SECONDS" -ge 1 ] || PROXY_SECONDS=1
 WORK=target/corpus-work
-mkdir -p "$WORK"
+WORK_PROXY=target/corpus-work-proxy
+mkdir -p "$WORK" "$WORK_PROXY"
 fuzz build parse
-# -max_len: room for a 4 KiB chunk line or a head at the default limits.
+fuzz build proxy
+echo "fuzz: parse for ${PARSE_SECONDS} s, proxy for ${PROXY_SECONDS} s" >&2
 fuzz run parse "$WORK" corpus/parse -- \
     -dict=parse.dict \
-    -max_len=8192 \
-    -max_total_time="$SECONDS_TO_RUN" \
+    -max_len=$PARSE_MAX_LEN \
+    -max_total_time="$PARSE_SECONDS" \
+    -timeout=10 \
+    -rss_limit_mb=2048 \
+    -print_final_stats=1
+fuzz run proxy "$WORK_PROXY" corpus/proxy -- \
+    -dict=proxy.dict \
+    -max_len=$PROXY_MAX_LEN \
+    -max_total_time="$PROXY_SECONDS" \
     -timeout=10 \
     -rss_limit_mb=2048 \
     -print_final_stats=1

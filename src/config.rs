@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 mod secrets;
+pub mod tenants;
 use secrets::{credentials, kafka_env_property, Credential};
+pub use tenants::{JwtConfig, JwtIssuer, TenantConfig};
 
 /// When a request is answered: once queued in ingestd (202), once synced to the
 /// executor's spool (201, needs `spool_dir`), or once Kafka acknowledged it (200).
@@ -143,10 +145,44 @@ pub struct Config {
     /// always io_uring.
     pub spool_inline_sync_us: u64,
 
-    /// Bearer tokens accepted in `Authorization`; empty (and no file) = auth off.
+    /// Bearer tokens accepted in `Authorization` (a tenant of their own, `default`, with
+    /// the global topics and no budgets); empty (and no file, no tenants) = auth off.
     pub auth_tokens: Vec<String>,
     /// File with one bearer token per line.
     pub auth_token_file: Option<PathBuf>,
+    /// Tenants: credentials, topic scopes, budgets (`[tenants.NAME]`, `tenants.rs`).
+    /// Reloaded on SIGHUP.
+    pub tenants: BTreeMap<String, TenantConfig>,
+    /// Bearer tokens that are JWTs (`[jwt]`). Reloaded on SIGHUP, with the key set.
+    pub jwt: JwtConfig,
+    /// Record header naming the request's tenant; a client-sent header of that name is
+    /// never forwarded, so consumers can trust it.
+    pub tenant_header: String,
+    /// Record header holding the client's address (`ip:port`, from the PROXY header or
+    /// the socket); unset: none.
+    pub client_address_header: Option<String>,
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` (and nothing else) on this address;
+    /// the public listeners then answer 404 for them. Unset: they are on `listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// Every connection of the public listeners starts with a PROXY protocol header (v1
+    /// or v2) naming the client, sent by the load balancer; one without it is closed.
+    pub proxy_protocol: bool,
+    /// Connections one client address may hold at once (0: no limit); the answer past it
+    /// is 429, then close.
+    pub max_connections_per_address: u32,
+    /// Requests per second one client address may send as the anonymous tenant (0: no
+    /// limit), with `address_burst` at once; 429 past it.
+    pub address_requests_per_sec: f64,
+    pub address_burst: u32,
+    /// Addresses the per-address table tracks at once (memory bound, whatever the number
+    /// of distinct clients: a full table shares slots, which only makes it stricter).
+    pub address_table_entries: usize,
+    /// After this long (jittered down by up to 10%), a connection's next answer carries
+    /// `Connection: close`, so load balancers can spread long-lived clients (0: never).
+    pub max_connection_age_ms: u64,
+    /// After this many requests the answer carries `Connection: close` (0: no limit).
+    pub max_requests_per_connection: u64,
 
     pub log_format: LogFormat,
     /// tracing filter, e.g. `info` or `ingestd=debug`.
@@ -230,6 +266,18 @@ impl Default for Config {
             spool_inline_sync_us: 2000,
             auth_tokens: vec![],
             auth_token_file: None,
+            tenants: BTreeMap::new(),
+            jwt: JwtConfig::default(),
+            tenant_header: "ingestd-tenant".into(),
+            client_address_header: None,
+            admin_listen: None,
+            proxy_protocol: false,
+            max_connections_per_address: 0,
+            address_requests_per_sec: 0.0,
+            address_burst: 20,
+            address_table_entries: 65_536,
+            max_connection_age_ms: 0,
+            max_requests_per_connection: 0,
             log_format: LogFormat::Text,
             log_level: "info".into(),
             kafka: BTreeMap::new(),
@@ -561,6 +609,7 @@ impl Config {
             self.auth_tokens
                 .extend(token_file_lines(&text).map(String::from));
         }
+        self.validate_edge()?;
         for (k, v) in &self.kafka {
             if v.is_table() || v.is_array() {
                 return Err(format!("kafka.{k}: must be a string, number or boolean"));
@@ -602,6 +651,18 @@ impl Config {
             let v = match (k.as_str(), v) {
                 ("auth_tokens", toml::Value::Array(a)) => {
                     format!("[{}]", vec![REDACTED; a.len()].join(", "))
+                }
+                ("tenants", toml::Value::Table(t)) => {
+                    // Tokens stay secret, even as sha256: (a short token's hash is a
+                    // dictionary lookup away).
+                    let mut t = t.clone();
+                    for (_, tenant) in t.iter_mut() {
+                        if let Some(toml::Value::Array(a)) = tenant.get_mut("tokens") {
+                            a.iter_mut()
+                                .for_each(|x| *x = toml::Value::String("<redacted>".into()));
+                        }
+                    }
+                    toml::Value::Table(t).to_string()
                 }
                 _ => v.to_string(),
             };
@@ -671,6 +732,42 @@ impl Config {
                 "spool_max_bytes: at most {} segments per executor; raise spool_segment_bytes",
                 crate::kafka::lane::Opaque::SPOOL_MASK / 2 - 1
             ));
+        }
+        Ok(())
+    }
+
+    /// Tenants, credentials, addresses and connection limits (issue 33's settings).
+    fn validate_edge(&mut self) -> Result<(), String> {
+        tenants::validate(&self.tenants, &self.jwt, self.max_body_bytes)?;
+        for (k, h) in [
+            ("tenant_header", Some(&mut self.tenant_header)),
+            ("client_address_header", self.client_address_header.as_mut()),
+        ] {
+            let Some(h) = h else { continue };
+            if h.is_empty() || !h.bytes().all(is_token_byte) {
+                return Err(format!("{k}: invalid header name {h:?}"));
+            }
+            h.make_ascii_lowercase();
+        }
+        if self.forward_headers.contains(&self.tenant_header) {
+            return Err(format!(
+                "forward_headers: {:?} is the tenant_header: ingestd sets it, a client's is dropped",
+                self.tenant_header
+            ));
+        }
+        if !(self.address_requests_per_sec.is_finite() && self.address_requests_per_sec >= 0.0) {
+            return Err("address_requests_per_sec: 0 (no limit) or more".into());
+        }
+        if self.address_burst == 0 {
+            return Err("address_burst: at least 1".into());
+        }
+        if !(64..=1 << 24).contains(&self.address_table_entries) {
+            return Err("address_table_entries: from 64 to 16777216".into());
+        }
+        if let Some(a) = self.admin_listen {
+            if Some(a) == self.tls_listen || (a == self.listen && a.port() != 0) {
+                return Err("admin_listen: an address of its own, not listen or tls_listen".into());
+            }
         }
         Ok(())
     }

@@ -110,7 +110,21 @@ pub enum HttpError {
     MethodNotAllowed {
         allow: &'static str,
     },
-    Unauthorized,
+    /// No valid credential (401): the reason, safe to tell the client.
+    Unauthorized(&'static str),
+    /// The tenant may not do this (403): write this topic, ask for this contract. The
+    /// answer's JSON names the tenant and the topic (`response::error_detail`).
+    Forbidden(&'static str),
+    /// Over a budget (429; the connection stays): which one, and the real wait until it
+    /// allows the request (`Retry-After`, rounded up to seconds; `retry_after_ms` in the
+    /// body).
+    TooManyRequests {
+        what: &'static str,
+        retry_ms: u32,
+    },
+    /// This client address holds `max_connections_per_address` connections already
+    /// (429, then close).
+    TooManyConnections,
     RequestTimeout,
     LengthRequired,
     PayloadTooLarge,
@@ -158,7 +172,9 @@ impl HttpError {
         use HttpError::*;
         match self {
             BadRequest(_) | BadFraming(_) | PlainHttpOnTls => (400, "Bad Request"),
-            Unauthorized => (401, "Unauthorized"),
+            Unauthorized(_) => (401, "Unauthorized"),
+            Forbidden(_) => (403, "Forbidden"),
+            TooManyRequests { .. } | TooManyConnections => (429, "Too Many Requests"),
             NotFound(_) => (404, "Not Found"),
             MethodNotAllowed { .. } => (405, "Method Not Allowed"),
             RequestTimeout => (408, "Request Timeout"),
@@ -192,9 +208,12 @@ impl HttpError {
             | NotFound(m)
             | NotImplemented(m)
             | UnsupportedMediaType(m)
-            | Unprocessable(m) => m,
+            | Unprocessable(m)
+            | Unauthorized(m)
+            | Forbidden(m) => m,
+            TooManyRequests { what, .. } => what,
+            TooManyConnections => "too many connections from this address (max_connections_per_address)",
             MethodNotAllowed { .. } => "method not allowed",
-            Unauthorized => "missing or invalid bearer token",
             RequestTimeout => "request not received in time",
             LengthRequired => "Content-Length or chunked Transfer-Encoding required",
             PayloadTooLarge => "request body too large",
@@ -237,6 +256,7 @@ impl HttpError {
                 | ExpectationFailed
                 | ShuttingDown
                 | PlainHttpOnTls
+                | TooManyConnections
         )
     }
 
@@ -250,7 +270,8 @@ impl HttpError {
             | HttpError::SpoolFailed
             | HttpError::Delivery(FailReason::Broker) => retry_after,
             HttpError::MethodNotAllowed { allow } => allow,
-            HttpError::Unauthorized => "www-authenticate: Bearer\r\n",
+            HttpError::Unauthorized(_) => "www-authenticate: Bearer\r\n",
+            HttpError::TooManyConnections => retry_after,
             _ => "",
         }
     }

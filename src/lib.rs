@@ -10,6 +10,7 @@
 // Every unsafe block says why it is sound.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod exec;

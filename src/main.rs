@@ -51,15 +51,19 @@ fn main() -> ExitCode {
     if let Some(a) = server.tls_addr {
         line += &format!(" tls {a}");
     }
+    if let Some(a) = server.admin_addr {
+        line += &format!(" admin {a}");
+    }
     println!("{line}");
     // systemd: READY=1 once ready, STATUS=, WATCHDOG=1 (no-op without NOTIFY_SOCKET).
     let drain = Duration::from_millis(server.cfg.drain_ms);
     let stop_bound = drain + 2 * Duration::from_millis(server.cfg.shutdown_timeout_ms);
     let notifier = Notifier::start(server.metrics.clone(), stop_bound);
-    // SIGHUP loads the TLS files again (systemd's ExecReload); the others stop.
+    // SIGHUP reads the configuration again for its tenants, tokens and JWT keys, and
+    // loads the TLS files again (systemd's ExecReload); the others stop.
     let first = signals.forever().find(|&s| {
         if s == SIGHUP {
-            server.reload();
+            server.reload(Config::load(&cli, std::env::vars()));
         }
         s != SIGHUP
     });

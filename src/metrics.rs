@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// Status codes ingestd answers with; anything else is counted as "other".
-pub const CODES: [u16; 24] = [
-    100, 200, 201, 202, 204, 400, 401, 404, 405, 408, 411, 413, 414, 415, 417, 422, 431, 500, 501,
-    503, 504, 505, 507, 0,
+pub const CODES: [u16; 26] = [
+    100, 200, 201, 202, 204, 400, 401, 403, 404, 405, 408, 411, 413, 414, 415, 417, 422, 429, 431,
+    500, 501, 503, 504, 505, 507, 0,
 ];
 
 /// fdatasync latency bucket bounds in microseconds.
@@ -154,6 +154,8 @@ pub struct Metrics {
     /// (the certificate in use stays). Written by the reloading threads.
     pub tls_reloads: AtomicU64,
     pub tls_reload_failures: AtomicU64,
+    /// Tenants, 401s and the address table (`edge_metrics`), once the edge is built.
+    pub edge: std::sync::OnceLock<Arc<crate::auth::Edge>>,
 }
 
 impl Metrics {
@@ -170,6 +172,7 @@ impl Metrics {
             spooled: AtomicBool::new(false),
             tls_reloads: AtomicU64::new(0),
             tls_reload_failures: AtomicU64::new(0),
+            edge: std::sync::OnceLock::new(),
         })
     }
 
@@ -479,6 +482,9 @@ impl Collector for Scrape {
         }
         if m.spooled.load(Relaxed) {
             self.spool(&mut enc)?;
+        }
+        if let Some(edge) = m.edge.get() {
+            crate::auth::metrics::encode(edge, &mut enc)?;
         }
         let k = &m.kafka;
         ConstCounter::new(k.delivered.load(Relaxed)).encode(enc.encode_descriptor(

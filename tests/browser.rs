@@ -21,15 +21,16 @@ const CHROMIUM: &str = "chromium";
 /// Chromium's start-up plus the page's requests; a few seconds on a 2-core machine.
 const PAGE_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Answers GET / with `page` and hands every body POSTed to /done to the receiver. One
-/// thread per connection: Chromium opens speculative connections that may never send a
-/// request, and those must not block the page's own.
-fn serve_page(listener: TcpListener, page: String) -> mpsc::Receiver<String> {
+/// Answers GET / with `page` (and GET /token with `token`, as a login endpoint would)
+/// and hands every body POSTed to /done to the receiver. One thread per connection:
+/// Chromium opens speculative connections that may never send a request, and those must
+/// not block the page's own.
+fn serve_page(listener: TcpListener, page: String, token: String) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for s in listener.incoming().flatten() {
-            let (page, tx) = (page.clone(), tx.clone());
-            std::thread::spawn(move || answer(s, &page, &tx));
+            let (page, token, tx) = (page.clone(), token.clone(), tx.clone());
+            std::thread::spawn(move || answer(s, &page, &token, &tx));
         }
     });
     rx
@@ -37,7 +38,7 @@ fn serve_page(listener: TcpListener, page: String) -> mpsc::Receiver<String> {
 
 /// One request per connection (answered with `connection: close`), so no keep-alive
 /// bookkeeping is needed.
-fn answer(mut s: TcpStream, page: &str, done: &mpsc::Sender<String>) {
+fn answer(mut s: TcpStream, page: &str, token: &str, done: &mpsc::Sender<String>) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -68,6 +69,7 @@ fn answer(mut s: TcpStream, page: &str, done: &mpsc::Sender<String>) {
     };
     let (status, ctype, out) = match (method.as_str(), path.as_str()) {
         ("GET", "/") => ("200 OK", "text/html; charset=utf-8", page),
+        ("GET", "/token") => ("200 OK", "text/plain", token),
         ("POST", "/done") => {
             let _ = done.send(body);
             ("200 OK", "text/plain", "thanks")
@@ -91,7 +93,12 @@ struct Browser {
 
 impl Browser {
     fn open(url: &str, ports: &[u16]) -> Browser {
-        let dir = std::env::temp_dir().join(format!("ingestd-browser-{}", std::process::id()));
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ingestd-browser-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let log = std::fs::File::create(dir.join("chromium.log")).unwrap();
@@ -241,7 +248,11 @@ fn chromium_fetch_and_beacon_from_another_origin_arrive_and_unlisted_origin_is_r
         ("user-1", r#"{"event":"scroll","n":3,"depth":[0.25,0.5]}"#),
     ];
     let beacons = ["page-hidden n=4", "bye ✓ n=5"];
-    let reports = serve_page(listener, page(&url(&ing), &url(&other), &fetches, &beacons));
+    let reports = serve_page(
+        listener,
+        page(&url(&ing), &url(&other), &fetches, &beacons),
+        String::new(),
+    );
 
     let t0 = Instant::now();
     let mut browser = Browser::open(
@@ -330,4 +341,95 @@ fn chromium_fetch_and_beacon_from_another_origin_arrive_and_unlisted_origin_is_r
     want.sort();
     // Exactly these: nothing lost, nothing twice, nothing from the refused fetch.
     assert_eq!(got, want);
+}
+
+/// A page that must not hold a shared secret: it gets a short-lived JWT from its own
+/// origin (a login endpoint) and posts with it, CORS preflight and all. Without the token
+/// the browser shows the page a 401 (the CORS headers are on error answers too).
+#[test]
+fn chromium_page_posts_with_a_jwt_it_fetched_and_is_401_without() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let b = broker();
+    let topic = b.topic("browser-jwt", 1);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let page_port = listener.local_addr().unwrap().port();
+    let origin = format!("http://127.0.0.1:{page_port}");
+    let jwks = common::repo().join("tests/data/jwt/jwks.json");
+    let cfg = std::env::temp_dir().join(format!("ingestd-browser-jwt-{}.toml", std::process::id()));
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+            cors_origins = ["{origin}"]
+            [tenants.web]
+            topics = ["{topic}"]
+            [jwt]
+            jwks_file = "{}"
+            [[jwt.issuers]]
+            issuer = "https://login.test"
+            audiences = ["ingestd"]
+            tenant = "web"
+            "#,
+            jwks.display()
+        ),
+    )
+    .unwrap();
+    let ing = Ingestd::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--brokers",
+        &b.addr,
+        "--executors",
+        "1",
+    ]);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    let der = std::fs::read(common::repo().join("tests/data/jwt/es256-a.key.der")).unwrap();
+    let mut h = Header::new(Algorithm::ES256);
+    h.kid = Some("es256-a".into());
+    let claims = serde_json::json!({"iss": "https://login.test", "aud": "ingestd", "exp": exp});
+    let token = encode(&h, &claims, &EncodingKey::from_ec_der(&der)).unwrap();
+    let url = format!("http://{}/topics/{topic}", ing.addr);
+    let page = format!(
+        r#"<!doctype html><meta charset="utf-8"><title>ingestd jwt</title>
+<script>
+const url = {url};
+async function run() {{
+  const token = await (await fetch("/token")).text();
+  const send = (auth, body) => fetch(url, {{method: "POST", body,
+    headers: Object.assign({{"Content-Type": "application/json"}}, auth ? {{"Authorization": "Bearer " + auth}} : {{}})}});
+  const r = {{}};
+  const a = await send(token, '{{"event":"with-jwt"}}');
+  r.with = {{status: a.status, type: a.type}};
+  const b = await send(null, '{{"event":"without"}}');
+  r.without = {{status: b.status, type: b.type, body: await b.text()}};
+  return r;
+}}
+const report = r => fetch("/done", {{method: "POST", body: JSON.stringify(r)}});
+run().then(report, e => report({{crash: String(e)}}));
+</script>"#,
+        url = js(&url),
+    );
+    let reports = serve_page(listener, page, token);
+    let mut browser = Browser::open(&format!("{origin}/"), &[page_port, ing.addr.port()]);
+    let report = browser.wait_report(&reports);
+    drop(browser);
+    assert_eq!(
+        report["with"],
+        serde_json::json!({"status": 202, "type": "cors"}),
+        "{report}"
+    );
+    assert_eq!(report["without"]["status"], 401, "{report}");
+    assert_eq!(report["without"]["type"], "cors", "{report}");
+    let recs = read_topic(&b.addr, &topic, 1, 1, Duration::from_secs(2));
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(recs[0].value, br#"{"event":"with-jwt"}"#);
+    assert!(recs[0]
+        .headers
+        .iter()
+        .any(|(k, v)| k == "ingestd-tenant" && v == b"web"));
+    let _ = std::fs::remove_file(&cfg);
 }

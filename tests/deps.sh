@@ -38,6 +38,7 @@ need fuse3 "tests/powerloss.rs mounts a power-loss file system (FUSE)" have_cmd 
 need systemd "tests/systemd*.rs: systemd-analyze, and systemd booted in namespaces" have_cmd systemd-analyze
 need prometheus "tests/prometheus.rs: promtool and a real Prometheus scrape" have_cmd promtool
 need util-linux "tests/systemd_boot.rs: unshare, nsenter" have_cmd nsenter
+need haproxy "tests/proxy.rs: a real load balancer sending the PROXY protocol" have_cmd haproxy
 
 if [ ${#missing[@]} -gt 0 ]; then
     if ! $check_only && [ "$(id -u)" = 0 ] && have_cmd apt-get; then

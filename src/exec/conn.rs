@@ -4,13 +4,14 @@
 //! this file is the loop that reads and writes.
 
 use crate::error::HttpError;
+use crate::exec::admit::{Admitted, ConnAuth};
 use crate::exec::handler::{self, Answer, Request};
 use crate::exec::link::Link;
 use crate::exec::local::{Exec, Ticket};
 use crate::exec::readbuf::Budget;
 use crate::exec::readbuf::ReadBuf;
 use crate::exec::replies::{write_now, write_rest_queued, Replies};
-use crate::exec::route::{authorized, route, Produce, Route};
+use crate::exec::route::{route, Listener, Produce, Route};
 use crate::exec::watch::Watch;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::encoding::{self, Coding};
@@ -34,6 +35,17 @@ pub struct Conn {
     chunked: ChunkedDecoder,
     /// The decoded body of a request with a Content-Encoding.
     inflated: Vec<u8>,
+    listener: Listener,
+    /// Its client and the verdict on its credential (`admit`).
+    pub auth: ConnAuth,
+    /// The current request's admission (its tenant).
+    admitted: Admitted,
+    /// Answered first, then the connection closes (over `max_connections_per_address`).
+    refuse: Option<HttpError>,
+    /// Requests answered so far, and when the connection's age limit (jittered) is up:
+    /// from then on answers carry `Connection: close`.
+    served: u64,
+    age_limit: Option<Instant>,
 }
 
 /// Why the loop stops reading.
@@ -42,8 +54,15 @@ enum Stop {
 }
 
 impl Conn {
-    pub fn new(exec: Rc<Exec>, watch: Rc<Watch>) -> Conn {
+    pub fn new(exec: Rc<Exec>, watch: Rc<Watch>, listener: Listener, auth: ConnAuth) -> Conn {
         let cfg = &exec.cfg;
+        // Up to 10% earlier than the configured age, different per connection, so that a
+        // fleet of clients connected at once does not reconnect at once.
+        let age_limit = (cfg.max_connection_age_ms > 0).then(|| {
+            let ms = cfg.max_connection_age_ms;
+            let jitter = jitter(watch.as_ref() as *const Watch as u64) % (ms / 10 + 1);
+            Instant::now() + Duration::from_millis(ms - jitter)
+        });
         let lim = Limits {
             max_header_bytes: cfg.max_header_bytes,
             max_headers: cfg.max_headers,
@@ -61,7 +80,18 @@ impl Conn {
             produce: Produce::default(),
             chunked: ChunkedDecoder::default(),
             inflated: Vec::new(),
+            listener,
+            auth,
+            admitted: Admitted::default(),
+            refuse: None,
+            served: 0,
+            age_limit,
         }
+    }
+
+    /// Answers the first request with `e`, then closes (a connection over a limit).
+    pub fn refuse_with(&mut self, e: HttpError) {
+        self.refuse = Some(e);
     }
 
     /// Serves requests until the client closes, an error breaks framing, or shutdown.
@@ -120,17 +150,41 @@ impl Conn {
         if self.exec.shutting_down.get() {
             keep = Keep::Close;
         }
-
-        // 2. Route before reading the body, so a doomed 100-continue upload is not read.
-        let bytes = self.rb.unread();
+        if let Some(e) = self.refuse.take() {
+            return self.fail(e, started);
+        }
+        // Past the connection's age or request count: this answer is its last.
+        self.served += 1;
         let cfg = &self.exec.cfg;
-        let routed = route(bytes, &self.head, cfg, &mut self.produce).and_then(|r| {
-            if r == Route::Produce && !authorized(bytes, &self.head, &cfg.auth_tokens) {
-                Err(HttpError::Unauthorized)
-            } else {
+        let max_requests = cfg.max_requests_per_connection;
+        if (max_requests > 0 && self.served >= max_requests)
+            || self.age_limit.is_some_and(|t| started >= t)
+        {
+            keep = Keep::Close;
+        }
+
+        // 2. Route and admit before reading the body, so a doomed upload is not read.
+        let bytes = self.rb.unread();
+        self.admitted = Admitted::default();
+        let exec = &self.exec;
+        let routed =
+            route(bytes, &self.head, cfg, &mut self.produce, self.listener).and_then(|r| {
+                if r == Route::Produce {
+                    // The arrival time serves the budgets too: no second clock read.
+                    let now = crate::auth::budget::ns_at(started);
+                    let a = &mut self.admitted;
+                    exec.guard.admit(
+                        &mut self.auth,
+                        bytes,
+                        &self.head,
+                        &self.produce,
+                        cfg,
+                        now,
+                        a,
+                    )?;
+                }
                 Ok(r)
-            }
-        });
+            });
         if let Some(o) = &self.produce.origin {
             self.replies.set_origin(Some(&bytes[o.clone()]));
         }
@@ -151,6 +205,14 @@ impl Conn {
             None => &self.rb.decoded[..],
         };
         let mut charged = 0;
+        // A chunked body's size is known now: its tenant's byte budget decides.
+        let routed = match routed {
+            Ok(Route::Produce) if body.inline.is_none() => exec
+                .guard
+                .admit_body(self.admitted, body_bytes.len())
+                .map(|()| Route::Produce),
+            r => r,
+        };
         let routed = match routed {
             Ok(Route::Produce) if self.produce.coding != Coding::Identity => {
                 let max = self.lim.max_body_bytes;
@@ -175,6 +237,8 @@ impl Conn {
             body: body_bytes,
             started,
             buffered: self.rb.moving(),
+            tenant: self.admitted.tenant,
+            client: &self.auth.addr_text,
         };
         let handled = routed.and_then(|r| handler::handle(&exec, r, &req));
         if charged > 0 {
@@ -356,13 +420,21 @@ impl Conn {
         let retry = self.exec.retry_after;
         let head_only = self.head_only;
         let date = self.exec.date.borrow();
-        let write = if self.produce.rest.is_some() {
-            response::rest_error
+        if self.produce.rest.is_some() {
+            self.replies
+                .now(|out| response::rest_error(out, &e, &date, keep, retry, head_only));
         } else {
-            response::error
-        };
-        self.replies
-            .now(|out| write(out, &e, &date, keep, retry, head_only));
+            // A tenant's refusal names the tenant (and the topic it may not write).
+            let policy = self.exec.guard.policy();
+            let tenant = self.admitted.tenant.map(|i| policy.tenant(i));
+            let bytes = self.rb.unread();
+            let topic =
+                crate::exec::admit::topic_name(bytes, &self.produce, tenant, &self.exec.cfg);
+            let name = tenant.map(|t| &*t.name);
+            self.replies.now(|out| {
+                response::error_detail(out, &e, &date, keep, retry, head_only, name, Some(topic))
+            });
+        }
         drop(date);
         self.exec
             .stats()
@@ -451,4 +523,16 @@ struct Body {
     inline: Option<Range<usize>>,
     /// Bytes after the head that belong to this request.
     consumed: usize,
+}
+
+/// A cheap per-connection pseudo-random number (splitmix64 of `seed` and the clock): only
+/// to spread connection lifetimes, not for anything secret.
+fn jitter(seed: u64) -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let mut x = seed ^ t.rotate_left(32);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
+    x ^ (x >> 31)
 }

@@ -6,7 +6,7 @@ use crate::config::AckMode;
 use crate::error::HttpError;
 use crate::exec::local::{Exec, Ticket};
 use crate::exec::restv2::{self, Record};
-use crate::exec::route::{ndjson_lines, Produce, Route, Topic};
+use crate::exec::route::{ndjson_lines, Produce, Route};
 use crate::http::parse::{Framing, Head};
 use crate::kafka::lane::record_cost;
 use std::time::{Duration, Instant};
@@ -23,6 +23,10 @@ pub struct Request<'a> {
     /// Budget bytes of the connection's buffers that hold the body and are given back
     /// right after (see `Exec::reserve`).
     pub buffered: usize,
+    /// The tenant admission found (`admit`), if authentication is on.
+    pub tenant: Option<u16>,
+    /// The client's address as text, for `client_address_header` (empty: none).
+    pub client: &'a [u8],
 }
 
 /// The answer.
@@ -125,10 +129,12 @@ impl Records<'_> {
 /// once Kafka acknowledged them (ack=kafka).
 fn produce<'a>(exec: &'a Exec, req: &Request<'a>) -> Result<Answer<'a>, HttpError> {
     let (p, bytes, body) = (req.produce, req.bytes, req.body);
-    let topic: &'a [u8] = match &p.topic {
-        Topic::Default => exec.cfg.default_topic.as_deref().unwrap_or("").as_bytes(),
-        Topic::Path(r) => &bytes[r.clone()],
-    };
+    let policy = exec.guard.policy();
+    let tenant = req.tenant.map(|i| policy.tenant(i));
+    let topic: &[u8] = crate::exec::admit::topic_name(bytes, p, tenant, &exec.cfg);
+    if topic.is_empty() {
+        return Err(HttpError::NotFound("no default topic configured"));
+    }
     if !exec.topics.may_exist(&exec.metrics.topics, topic) {
         return Err(HttpError::NotFound("topic does not exist in kafka"));
     }
@@ -142,12 +148,27 @@ fn produce<'a>(exec: &'a Exec, req: &Request<'a>) -> Result<Answer<'a>, HttpErro
         None => Records::One,
     };
     let key = p.key.clone().map(|r| &bytes[r]);
-    let names = &exec.cfg.forward_headers;
+    let cfg = &exec.cfg;
+    let names = &cfg.forward_headers;
+    // The headers ingestd sets itself: the tenant's name (consumers trust it: a client's
+    // header of that name is never forwarded) and the client's address.
+    let own = tenant
+        .map(|t| (cfg.tenant_header.as_bytes(), t.name.as_bytes()))
+        .into_iter()
+        .chain(
+            cfg.client_address_header
+                .as_deref()
+                .filter(|_| !req.client.is_empty())
+                .map(|h| (h.as_bytes(), req.client)),
+        );
     let forwarded = || {
-        p.forward.iter().map(|&(i, f)| {
-            let (_, v) = &req.head.headers[i as usize];
-            (names[f as usize].as_bytes(), &bytes[v.clone()])
-        })
+        p.forward
+            .iter()
+            .map(|&(i, f)| {
+                let (_, v) = &req.head.headers[i as usize];
+                (names[f as usize].as_bytes(), &bytes[v.clone()])
+            })
+            .chain(own.clone())
     };
     let fbytes: usize = forwarded().map(|(n, v)| n.len() + v.len()).sum();
     let (mut n, mut cost) = (0, 0);
@@ -179,8 +200,7 @@ fn produce<'a>(exec: &'a Exec, req: &Request<'a>) -> Result<Answer<'a>, HttpErro
         // With a spool the records go to disk first; the writer hands them to Kafka.
         let mut a = sp.begin(cost)?;
         records.each(body, key, p.partition, |k, v, part, h| {
-            let h = h.iter().map(|(n, v)| (&n[..], &v[..]));
-            a.push(topic, k, v, part, h.chain(forwarded()))
+            a.push(topic, k, v, part, client_headers(h, cfg).chain(forwarded()))
         });
         let durable = p.ack == AckMode::Durable;
         let ticket = if each {
@@ -200,7 +220,7 @@ fn produce<'a>(exec: &'a Exec, req: &Request<'a>) -> Result<Answer<'a>, HttpErro
     }
     let mut q = exec.reserve(n, cost, one_waiter, req.buffered)?;
     records.each(body, key, p.partition, |k, v, part, h| {
-        let h = h.iter().map(|(n, v)| (&n[..], &v[..]));
+        let h = client_headers(h, cfg);
         if each {
             let w = exec.add_waiter(1, deadline);
             waiters.push(w);
@@ -228,6 +248,16 @@ fn produce<'a>(exec: &'a Exec, req: &Request<'a>) -> Result<Answer<'a>, HttpErro
         (None, None) if p.ndjson => Answer::Queued(n),
         (None, None) => Answer::Accepted,
     })
+}
+
+/// A REST v2 record's own headers, without one that claims to be `tenant_header`.
+fn client_headers<'v>(
+    h: &'v [(Vec<u8>, Vec<u8>)],
+    cfg: &'v crate::config::Config,
+) -> impl Iterator<Item = (&'v [u8], &'v [u8])> + Clone {
+    h.iter()
+        .filter(|(n, _)| !n.eq_ignore_ascii_case(cfg.tenant_header.as_bytes()))
+        .map(|(n, v)| (&n[..], &v[..]))
 }
 
 #[cfg(test)]
@@ -263,7 +293,7 @@ mod tests {
         let mut head = Head::default();
         assert!(parse_head(wire, &lim, &mut head).unwrap());
         let mut produce = Produce::default();
-        let r = route(wire, &head, &exec.cfg, &mut produce)?;
+        let r = route(wire, &head, &exec.cfg, &mut produce, Default::default())?;
         let req = Request {
             bytes: wire,
             head: &head,
@@ -271,6 +301,8 @@ mod tests {
             body: &wire[head.len..],
             started: Instant::now(),
             buffered: 0,
+            tenant: None,
+            client: b"",
         };
         Ok(match handle(exec, r, &req)? {
             Answer::Text(code, _, body) => format!("{code} {}", String::from_utf8_lossy(body)),
@@ -356,10 +388,10 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
         let mut head = Head::default();
         assert!(parse_head(wire, &lim, &mut head).unwrap());
-        let refused = Err(HttpError::Unauthorized);
+        let refused = Err(HttpError::Unauthorized("x"));
         assert_eq!(
             refuse_before_body(&head, &refused),
-            Some(HttpError::Unauthorized)
+            Some(HttpError::Unauthorized("x"))
         );
         assert_eq!(refuse_before_body(&head, &Ok(Route::Produce)), None);
         assert!(send_continue(&head, false, 0));

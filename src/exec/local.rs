@@ -85,6 +85,8 @@ pub struct Exec {
     next_gen: Cell<u16>,
     /// The executor's durable spool, when `spool_dir` is set: records go there first.
     pub spool: Option<Rc<Spool>>,
+    /// Admission at the edge: tenants, credentials, budgets (`admit`).
+    pub guard: crate::exec::admit::Guard,
 }
 
 /// Records after which a push wakes the Kafka thread even from a nap: by then it has a
@@ -101,6 +103,7 @@ pub struct Enqueue<'a> {
 }
 
 impl Exec {
+    /// An executor with an edge of its own (tests: no other executor shares it).
     pub fn new(
         lane: ExecutorLane,
         cfg: Arc<Config>,
@@ -108,7 +111,21 @@ impl Exec {
         retry_after: &'static str,
         spool: Option<Rc<Spool>>,
     ) -> Rc<Exec> {
+        let edge = crate::auth::Edge::new(&cfg).expect("a validated configuration");
+        Exec::with_edge(lane, cfg, metrics, retry_after, spool, edge)
+    }
+
+    /// An executor sharing `edge` (the policy and the address table) with the others.
+    pub fn with_edge(
+        lane: ExecutorLane,
+        cfg: Arc<Config>,
+        metrics: Arc<Metrics>,
+        retry_after: &'static str,
+        spool: Option<Rc<Spool>>,
+        edge: Arc<crate::auth::Edge>,
+    ) -> Rc<Exec> {
         Rc::new(Exec {
+            guard: crate::exec::admit::Guard::new(edge, lane.index as usize),
             index: lane.index,
             cfg,
             metrics,

@@ -4,11 +4,13 @@
 //! bounded record queue with memory budget and ack waiters (`local`). Nothing here is
 //! shared across cores.
 
+pub mod admit;
 pub mod conn;
 pub mod handler;
 pub mod link;
 pub mod local;
 pub mod poller;
+pub mod proxy;
 pub mod readbuf;
 pub mod replies;
 pub mod restv2;

@@ -386,6 +386,11 @@ impl Sock {
         self.stream.as_raw_fd()
     }
 
+    /// The client's address as the socket sees it (a load balancer's, behind one).
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.stream.peer_addr().ok()
+    }
+
     pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         let (fd, len, p) = (self.fd(), buf.len(), &self.poller);
         poll_fn(|cx| {
@@ -406,6 +411,43 @@ impl Sock {
                 }
             });
             p.poll_op(self.key, READ, cx, || r)
+        })
+        .await
+    }
+
+    /// Copies the bytes queued on the socket into `buf` without consuming them, once at
+    /// least `min` of them are queued (`min` is taken as 1 if smaller, as `buf.len()` if
+    /// larger): the count copied. Fewer than `min` only when the peer has closed or the
+    /// read side was shut down (no more will come); 0 then when nothing at all is queued.
+    ///
+    /// Waits for readability as `read` does, and while too few bytes are queued, for the
+    /// socket's next event: data that arrives after a peek raises a new edge. Unlike
+    /// `read`, a peek that finds too few bytes does not mark the socket drained (they are
+    /// still queued), so a `read` right after it gets them without waiting. Bytes held
+    /// back by TCP urgent data never reach `min`: the wait then lasts until the read side
+    /// is shut down (the connection's deadline).
+    pub async fn peek(&self, buf: &mut [u8], min: usize) -> io::Result<usize> {
+        let (fd, p) = (self.fd(), &self.poller);
+        let min = min.clamp(1, buf.len().max(1));
+        poll_fn(|cx| {
+            if !p.slot(self.key, |s| s.readable) {
+                p.park(self.key, READ, cx);
+                return Poll::Pending;
+            }
+            match sys::peek(fd, &mut *buf) {
+                Ok(n) if n >= min || n == 0 || p.slot(self.key, |s| s.hup) => Poll::Ready(Ok(n)),
+                Ok(_) => {
+                    // Too few: wait for the next event, with the slot still readable.
+                    p.park(self.key, READ, cx);
+                    Poll::Pending
+                }
+                Err(e) => {
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        p.slot(self.key, |s| s.readable = s.hup);
+                    }
+                    p.poll_op(self.key, READ, cx, || Err(e))
+                }
+            }
         })
         .await
     }

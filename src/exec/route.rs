@@ -53,6 +53,17 @@ pub enum Route {
 const ALLOW_GET: &str = "allow: GET, HEAD\r\n";
 const ALLOW_POST: &str = "allow: POST\r\n";
 
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Listener {
+    /// `listen`/`tls_listen`: produce, and the health and metrics pages unless an
+    /// `admin_listen` has them.
+    #[default]
+    Public,
+    /// `admin_listen`: the health and metrics pages only.
+    Admin,
+}
+
 /// Decides the route. For `Route::Produce` the details are written into `into`, which
 /// the connection reuses between requests to avoid allocating.
 pub fn route(
@@ -60,8 +71,23 @@ pub fn route(
     head: &Head,
     cfg: &Config,
     into: &mut Produce,
+    listener: Listener,
 ) -> Result<Route, HttpError> {
     let path = &buf[head.path.clone()];
+    let pages = matches!(path, b"/healthz" | b"/readyz" | b"/metrics");
+    match listener {
+        // With an admin listener the pages are private: the public port does not have
+        // them (404, as any unknown path).
+        Listener::Public if pages && cfg.admin_listen.is_some() => {
+            return Err(HttpError::NotFound("no such path"))
+        }
+        Listener::Admin if !pages => {
+            return Err(HttpError::NotFound(
+                "the admin listener serves /metrics, /healthz and /readyz only",
+            ))
+        }
+        _ => {}
+    }
     // Errors before the headers are read are answered as plain text.
     into.rest = None;
     into.origin = None;
@@ -80,7 +106,10 @@ pub fn route(
         b"/readyz" => return get_only(Route::Ready),
         b"/metrics" => return get_only(Route::Metrics),
         b"/" => {
-            if cfg.default_topic.is_none() {
+            // A tenant may have a default topic of its own (checked at admission).
+            if cfg.default_topic.is_none()
+                && !cfg.tenants.values().any(|t| t.default_topic.is_some())
+            {
                 return Err(HttpError::NotFound("no default topic configured"));
             }
             Topic::Default
@@ -210,39 +239,12 @@ fn is_ndjson(v: &[u8]) -> bool {
         || mime.eq_ignore_ascii_case(b"application/jsonl")
 }
 
-/// Checks `Authorization: Bearer <token>` against the configured tokens in constant time
-/// per candidate (every token is compared, whatever matches).
-pub fn authorized(buf: &[u8], head: &Head, tokens: &[String]) -> bool {
-    if tokens.is_empty() {
-        return true;
-    }
-    let Some(v) = find_header(buf, head, b"authorization") else {
-        return false;
-    };
-    let v = trim(&buf[v]);
-    if v.len() < 7 || !v[..7].eq_ignore_ascii_case(b"bearer ") {
-        return false;
-    }
-    let given = trim(&v[7..]);
-    tokens
-        .iter()
-        .fold(false, |ok, t| ct_eq(given, t.as_bytes()) | ok)
-}
-
 /// The value range of the first header named `name` (ASCII case-insensitive).
-fn find_header(buf: &[u8], head: &Head, name: &[u8]) -> Option<Range<usize>> {
+pub fn find_header(buf: &[u8], head: &Head, name: &[u8]) -> Option<Range<usize>> {
     head.headers
         .iter()
         .find(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(name))
         .map(|(_, v)| v.clone())
-}
-
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
 }
 
 /// Splits an NDJSON body into its non-empty lines (a trailing CR is dropped).
@@ -272,7 +274,7 @@ mod tests {
         let mut head = Head::default();
         assert!(parse_head(req, &LIM, &mut head).unwrap());
         let mut p = Produce::default();
-        route(req, &head, cfg, &mut p).map(|r| (r, p))
+        route(req, &head, cfg, &mut p, Listener::Public).map(|r| (r, p))
     }
 
     fn run(req: &[u8], cfg: &Config) -> Result<Route, HttpError> {
@@ -429,29 +431,6 @@ mod tests {
             assert_eq!(e.status().0, 400, "{h}");
             assert!(!e.closes());
         }
-    }
-
-    #[test]
-    fn bearer_tokens() {
-        let tokens = vec!["s3cret".to_string(), "other".to_string()];
-        let check = |req: &[u8]| {
-            let mut head = Head::default();
-            parse_head(req, &LIM, &mut head).unwrap();
-            authorized(req, &head, &tokens)
-        };
-        assert!(check(
-            b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer s3cret\r\n\r\n"
-        ));
-        assert!(check(
-            b"GET / HTTP/1.1\r\nHost: a\r\nauthorization: bearer other\r\n\r\n"
-        ));
-        assert!(!check(
-            b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer s3cre\r\n\r\n"
-        ));
-        assert!(!check(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
-        assert!(!check(
-            b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Basic s3cret\r\n\r\n"
-        ));
     }
 
     #[test]

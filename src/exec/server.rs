@@ -2,10 +2,12 @@
 //! core, each with its own SO_REUSEPORT listener. `Server::shutdown` stops them in order.
 
 use crate::config::Config;
+use crate::exec::admit::ConnAuth;
 use crate::exec::conn::Conn;
 use crate::exec::link::{Link, Refused, Tls};
 use crate::exec::local::Exec;
 use crate::exec::poller::{counted, Listener, Poller, Sock};
+use crate::exec::route::Listener as Kind;
 use crate::exec::timer;
 use crate::exec::watch::Watch;
 use crate::http::response::{self, Conn as Keep};
@@ -20,6 +22,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use slab::Slab;
 use std::cell::{Cell, RefCell};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +36,10 @@ pub struct Server {
     /// The plain HTTP and the HTTPS address (each unless turned off).
     pub addr: Option<SocketAddr>,
     pub tls_addr: Option<SocketAddr>,
+    /// The admin listener's address (`admin_listen`), if any.
+    pub admin_addr: Option<SocketAddr>,
+    /// Tenants and per-address limits, shared by the executors; SIGHUP swaps the policy.
+    pub edge: Arc<crate::auth::Edge>,
     /// The TLS configuration in use, which SIGHUP loads again.
     pub certs: Option<Arc<Certs>>,
     pub metrics: Arc<Metrics>,
@@ -50,7 +57,10 @@ pub struct Server {
 impl Server {
     pub fn start(cfg: Config) -> Result<Server, String> {
         let plain = Some(cfg.listen).filter(|_| cfg.plain_http);
-        for a in [plain, cfg.tls_listen].into_iter().flatten() {
+        for a in [plain, cfg.tls_listen, cfg.admin_listen]
+            .into_iter()
+            .flatten()
+        {
             if a.port() != 0 && !cfg.takeover && sys::listened_on(a) {
                 return Err(format!(
                     "another process already listens on {a}: a second ingestd there would silently take part of its traffic (SO_REUSEPORT). Stop it, or start with --takeover (takeover = true) to hand over during a rolling upgrade"
@@ -116,9 +126,13 @@ impl Server {
             }
             None => None,
         };
+        let edge = crate::auth::Edge::new(&cfg)?;
+        let _ = metrics.edge.set(edge.clone());
         let shutdown = Arc::new(AtomicBool::new(false));
         let allowed = sys::allowed_cpus();
-        let mut addrs = [plain, cfg.tls_listen];
+        // Plain, HTTPS, admin: the admin listener is executor 0's alone (health and
+        // metrics need no core of their own).
+        let mut addrs = [plain, cfg.tls_listen, cfg.admin_listen];
         let mut executors = Vec::new();
         for (i, lane) in exec_lanes.into_iter().enumerate() {
             let cpu = cfg
@@ -128,28 +142,38 @@ impl Server {
                 .unwrap_or(allowed[i % allowed.len()]);
             let (tx, rx) = mpsc::channel();
             let (c, m, sd) = (cfg.clone(), metrics.clone(), shutdown.clone());
-            let tls = certs.clone();
+            let (tls, e) = (certs.clone(), edge.clone());
+            let mine = if i == 0 {
+                addrs
+            } else {
+                [addrs[0], addrs[1], None]
+            };
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("ingestd-exec-{i}"))
                 .spawn(move || async move {
-                    let listen = Listen { addrs, tls };
-                    counted(run_executor(lane, c, m, sd, listen, tx, retry_after)).await;
+                    let listen = Listen { addrs: mine, tls };
+                    counted(run_executor(lane, c, m, e, sd, listen, tx, retry_after)).await;
                 })
                 .map_err(|e| {
                     format!("executor {i} on cpu {cpu}: {e} (raise `ulimit -l` / LimitMEMLOCK)")
                 })?;
             executors.push(handle);
             // Executor 0 resolves port 0; the others bind the same concrete ports.
-            addrs = rx.recv().map_err(|_| {
+            let got = rx.recv().map_err(|_| {
                 format!("executor {i} on cpu {cpu} failed to start: io_uring needs locked memory (>= 512 KiB per executor): raise `ulimit -l` / LimitMEMLOCK")
             })??;
+            if i == 0 {
+                addrs = got;
+            }
         }
         metrics.listening.store(true, Ordering::Release);
-        let [addr, tls_addr] = addrs;
-        info!(?addr, ?tls_addr, executors = cfg.executors, brokers = %bootstrap, "listening");
+        let [addr, tls_addr, admin_addr] = addrs;
+        info!(?addr, ?tls_addr, ?admin_addr, executors = cfg.executors, brokers = %bootstrap, "listening");
         Ok(Server {
             addr,
             tls_addr,
+            admin_addr,
+            edge,
             certs,
             metrics,
             cfg,
@@ -164,12 +188,33 @@ impl Server {
     }
 
     /// SIGHUP: loads the TLS files again (new connections get them).
-    pub fn reload(&self) {
-        match &self.certs {
-            Some(c) => {
-                c.reload("SIGHUP");
+    /// SIGHUP: the TLS files again, and `cfg` (the configuration read again, or the
+    /// error that made it invalid): its tenants, tokens and JWT keys take effect for the
+    /// next request on every connection; an invalid one keeps the policy in force.
+    pub fn reload(&self, cfg: Result<Config, String>) {
+        if let Some(c) = &self.certs {
+            c.reload("SIGHUP");
+        }
+        let policies = &self.edge.policies;
+        match cfg.and_then(|c| {
+            let changed = restart_only_changes(&self.cfg, &c);
+            policies.reload(&c).map(|()| changed)
+        }) {
+            Ok(changed) => {
+                let p = policies.current();
+                info!(
+                    generation = p.generation,
+                    tenants = p.tenants.len(),
+                    "SIGHUP: tenants, tokens and JWT keys reloaded"
+                );
+                if !changed.is_empty() {
+                    warn!(keys = ?changed, "SIGHUP: these settings changed in the file but take a restart (they are not reloaded)");
+                }
             }
-            None => info!("SIGHUP: nothing to reload (no tls_listen)"),
+            Err(e) => {
+                policies.reload_failures.fetch_add(1, Ordering::Relaxed);
+                error!(error = %e, "SIGHUP: the configuration is invalid; the tenants, tokens and keys in force stay");
+            }
         }
     }
 
@@ -220,16 +265,34 @@ type Registry = Rc<RefCell<Slab<Rc<Watch>>>>;
 /// The addresses an executor binds (plain HTTP, HTTPS; each `None` when off) and the TLS
 /// configuration its HTTPS listener uses.
 struct Listen {
-    addrs: [Option<SocketAddr>; 2],
+    addrs: [Option<SocketAddr>; 3],
     tls: Option<Arc<Certs>>,
 }
 
-type Ready = mpsc::Sender<Result<[Option<SocketAddr>; 2], String>>;
+type Ready = mpsc::Sender<Result<[Option<SocketAddr>; 3], String>>;
 
+/// The settings a SIGHUP does not apply (all but tenants, tokens, JWT keys and the TLS
+/// files), by name, that differ between `old` and `new`.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let (Ok(a), Ok(b)) = (toml::Table::try_from(old), toml::Table::try_from(new)) else {
+        return Vec::new();
+    };
+    const RELOADED: &[&str] = &["tenants", "jwt", "auth_tokens", "auth_token_file"];
+    a.keys()
+        .chain(b.keys())
+        .filter(|k| !RELOADED.contains(&k.as_str()) && a.get(*k) != b.get(*k))
+        .cloned()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run_executor(
     lane: ExecutorLane,
     cfg: Arc<Config>,
     metrics: Arc<Metrics>,
+    edge: Arc<crate::auth::Edge>,
     shutdown: Arc<AtomicBool>,
     listen: Listen,
     ready: Ready,
@@ -243,7 +306,7 @@ async fn run_executor(
         }
     };
     let mut listeners = Vec::new();
-    let mut local = [None, None];
+    let mut local = [None, None, None];
     for (i, addr) in listen.addrs.iter().enumerate() {
         let Some(addr) = *addr else { continue };
         let bound = sys::listener(addr, cfg.listen_backlog).and_then(|l| {
@@ -253,9 +316,10 @@ async fn run_executor(
         match bound {
             Ok((l, a)) => {
                 local[i] = Some(a);
-                // The second address is the HTTPS one.
+                // The second address is the HTTPS one, the third the admin listener.
                 let tls = if i == 1 { listen.tls.clone() } else { None };
-                listeners.push((l, tls));
+                let kind = if i == 2 { Kind::Admin } else { Kind::Public };
+                listeners.push((l, tls, kind, i));
             }
             Err(e) => {
                 let _ = ready.send(Err(format!("bind {addr}: {e}")));
@@ -290,7 +354,7 @@ async fn run_executor(
     };
     let _ = ready.send(Ok(local));
     let wake = lane.wake.clone();
-    let exec = Exec::new(lane, cfg.clone(), metrics, retry_after, spool.clone());
+    let exec = Exec::with_edge(lane, cfg.clone(), metrics, retry_after, spool.clone(), edge);
     if cfg.direct_wait_ms > 0 {
         // Only the spool's I/O completes where a direct wait does not see it. An ack=kafka
         // wait needs no ring: the Kafka thread's wake ends a direct wait too.
@@ -329,7 +393,9 @@ async fn run_executor(
     });
     let loops: Vec<_> = listeners
         .into_iter()
-        .map(|(l, tls)| glommio::spawn_local(counted(accept_loop(l, tls, shared.clone()))))
+        .map(|(l, tls, kind, slot)| {
+            glommio::spawn_local(counted(accept_loop(l, tls, kind, slot, shared.clone())))
+        })
         .collect();
     for l in loops {
         l.await;
@@ -379,11 +445,15 @@ struct Accepting {
 }
 
 /// Accepts connections on one listener until shutdown and serves each in its own task;
-/// `tls`: the listener speaks HTTPS.
-async fn accept_loop(listener: Listener, tls: Option<Arc<Certs>>, a: Rc<Accepting>) {
+/// `tls`: the listener speaks HTTPS; `slot`: its place in `STOP_WAKERS`.
+async fn accept_loop(
+    listener: Listener,
+    tls: Option<Arc<Certs>>,
+    kind: Kind,
+    slot: usize,
+    a: Rc<Accepting>,
+) {
     let (exec, conns, cfg) = (&a.exec, &a.conns, &a.exec.cfg);
-    // Each listener's loop has its own slot for the waker the ticker wakes at shutdown.
-    let slot = tls.is_some() as usize;
     let stop = || StopWait(a.stop.clone(), slot);
     let listen_fd = listener.fd();
     let mut spare = sys::SpareFds::new();
@@ -447,7 +517,7 @@ async fn accept_loop(listener: Listener, tls: Option<Arc<Certs>>, a: Rc<Acceptin
         bump(&exec.stats().connections, 1);
         let (exec2, conns2, tls) = (exec.clone(), conns.clone(), tls.clone());
         glommio::spawn_local(counted(async move {
-            serve(exec2.clone(), stream, tls, watch).await;
+            serve(exec2.clone(), stream, tls, kind, watch).await;
             conns2.borrow_mut().remove(key);
             let s = &exec2.stats().connections;
             s.store(
@@ -459,24 +529,75 @@ async fn accept_loop(listener: Listener, tls: Option<Arc<Certs>>, a: Rc<Acceptin
     }
 }
 
-/// Serves one accepted connection: the TLS handshake first on the HTTPS listener, then
-/// requests until it ends.
-async fn serve(exec: Rc<Exec>, sock: Sock, tls: Option<Arc<Certs>>, watch: Rc<Watch>) {
+/// Serves one accepted connection: the client's address first (the socket's peer, or
+/// the PROXY header's), counted against its per-address limit; the TLS handshake on the
+/// HTTPS listener; then requests until it ends.
+async fn serve(exec: Rc<Exec>, sock: Sock, tls: Option<Arc<Certs>>, kind: Kind, watch: Rc<Watch>) {
+    let mut auth = ConnAuth::default();
+    auth.addr = sock.peer_addr();
+    // Behind a load balancer the client is the one its PROXY header names; a connection
+    // without a valid header is closed unanswered (it did not come through the balancer,
+    // or is its TCP check). LOCAL (the balancer's own health check) keeps the socket's.
+    if exec.cfg.proxy_protocol && kind == Kind::Public {
+        let ms = exec.cfg.header_timeout_ms;
+        let deadline = Instant::now() + Duration::from_millis(ms);
+        match crate::exec::proxy::read_header(&sock, &watch, deadline).await {
+            Ok(crate::http::proxy::Header::Proxied { src, .. }) => auth.addr = Some(src),
+            Ok(crate::http::proxy::Header::Local) => {}
+            Err(e) => {
+                exec.guard.edge.proxy_refused(e.reason());
+                tracing::debug!(reason = e.reason(), peer = ?auth.addr, "closed: no valid PROXY protocol header");
+                return;
+            }
+        }
+    }
+    let mut over = None;
+    if let (Some(addrs), Some(a), Kind::Public) = (&exec.guard.edge.addrs, auth.addr, kind) {
+        match addrs.connect(&a.ip(), crate::auth::budget::now_ns()) {
+            Ok(s) => auth.slot = Some(s),
+            Err(s) => {
+                auth.slot = Some(s);
+                over = Some(crate::error::HttpError::TooManyConnections);
+            }
+        }
+    }
+    if exec.cfg.client_address_header.is_some() {
+        if let Some(a) = auth.addr {
+            let _ = write!(auth.addr_text, "{a}");
+        }
+    }
+    let slot = auth.slot;
     let mut link = match tls {
         None => Link::Plain(sock),
         Some(certs) => match handshake(&exec, sock, &certs, &watch).await {
             Some(t) => Link::Tls(Box::new(t)),
-            None => return,
+            None => {
+                forget(&exec, slot);
+                return;
+            }
         },
     };
     let ms = exec.cfg.body_timeout_ms;
-    Conn::new(exec, watch.clone()).serve(&mut link).await;
+    let mut conn = Conn::new(exec.clone(), watch.clone(), kind, auth);
+    if let Some(e) = over {
+        conn.refuse_with(e);
+    }
+    conn.serve(&mut link).await;
+    drop(conn);
+    forget(&exec, slot);
     if let Link::Tls(t) = &mut link {
         // close_notify is a write like any answer: a client that stops reading does not
         // hold the connection past the write timeout.
         watch.arm_write(Instant::now() + Duration::from_millis(ms));
         t.close().await;
         watch.disarm();
+    }
+}
+
+/// A connection counted in the per-address table ended.
+fn forget(exec: &Exec, slot: Option<crate::auth::addrs::SlotId>) {
+    if let (Some(a), Some(s)) = (&exec.guard.edge.addrs, slot) {
+        a.disconnect(s);
     }
 }
 
@@ -570,5 +691,5 @@ impl std::future::Future for StopWait {
 thread_local! {
     /// The accept loops' wakers (plain, HTTPS), woken by the ticker at shutdown (one set
     /// per executor thread).
-    static STOP_WAKERS: [Cell<Option<std::task::Waker>>; 2] = const { [Cell::new(None), Cell::new(None)] };
+    static STOP_WAKERS: [Cell<Option<std::task::Waker>>; 3] = const { [Cell::new(None), Cell::new(None), Cell::new(None)] };
 }

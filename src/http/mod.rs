@@ -3,6 +3,7 @@ pub mod chunked;
 pub mod cors;
 pub mod encoding;
 pub mod parse;
+pub mod proxy;
 pub mod response;
 #[cfg(test)]
 mod tests;

@@ -130,6 +130,70 @@ pub fn rest_error(
     );
 }
 
+/// A tenant's refusal (403, 429) as JSON naming the tenant and, for a topic outside its
+/// scope, the topic: `{"error":"forbidden","message":"...","tenant":"acme","topic":"x"}`;
+/// a 429 adds `"retry_after_ms"`, the exact wait (`Retry-After` is in whole seconds).
+/// Other errors get their plain-text answer.
+#[allow(clippy::too_many_arguments)]
+pub fn error_detail(
+    out: &mut Vec<u8>,
+    err: &HttpError,
+    date: &DateLine,
+    conn: Conn,
+    retry_after: &'static str,
+    head_only: bool,
+    tenant: Option<&str>,
+    topic: Option<&[u8]>,
+) {
+    let kind = match err {
+        HttpError::Forbidden(_) => "forbidden",
+        HttpError::TooManyRequests { .. } | HttpError::TooManyConnections => "too many requests",
+        HttpError::Unauthorized(_) => "unauthorized",
+        _ => return error(out, err, date, conn, retry_after, head_only),
+    };
+    let mut body = Vec::with_capacity(160);
+    body.extend_from_slice(b"{\"error\":\"");
+    body.extend_from_slice(kind.as_bytes());
+    body.extend_from_slice(b"\",\"message\":");
+    json_str(&mut body, err.message().as_bytes());
+    if let Some(t) = tenant {
+        body.extend_from_slice(b",\"tenant\":");
+        json_str(&mut body, t.as_bytes());
+    }
+    if let (Some(t), HttpError::Forbidden(_)) = (topic, err) {
+        body.extend_from_slice(b",\"topic\":");
+        json_str(&mut body, t);
+    }
+    if let HttpError::TooManyRequests { retry_ms, .. } = err {
+        let _ = write!(body, ",\"retry_after_ms\":{retry_ms}");
+    }
+    body.extend_from_slice(b"}\n");
+    error_as(
+        out,
+        err,
+        date,
+        conn,
+        retry_after,
+        head_only,
+        ("application/json", &body),
+    );
+}
+
+/// `s` as a JSON string (names and topics are printable ASCII; anything else escaped).
+fn json_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    for &b in s {
+        match b {
+            b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
+            0x20..=0x7e => out.push(b),
+            _ => {
+                let _ = write!(out, "\\u{b:04x}");
+            }
+        }
+    }
+    out.push(b'"');
+}
+
 /// An error's status, headers and connection verdict, with `body` of content type `ct`.
 fn error_as(
     out: &mut Vec<u8>,
@@ -141,7 +205,21 @@ fn error_as(
     (ct, body): (&str, &[u8]),
 ) {
     let conn = if err.closes() { Conn::Close } else { conn };
-    let extra = err.extra_header(retry_after);
+    // A budget's wait is the real one, rounded up to whole seconds (at least 1).
+    let mut wait = String::new();
+    let extra = match err {
+        HttpError::TooManyRequests { retry_ms, .. } => {
+            let _ = std::fmt::Write::write_fmt(
+                &mut wait,
+                format_args!(
+                    "retry-after: {}\r\n",
+                    (*retry_ms as u64).div_ceil(1000).max(1)
+                ),
+            );
+            &wait
+        }
+        _ => err.extra_header(retry_after),
+    };
     write(out, err.status(), date, conn, Some(ct), extra, body);
     if head_only {
         out.truncate(out.len() - body.len());

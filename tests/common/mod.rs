@@ -114,6 +114,9 @@ pub struct Ingestd {
     pub addr: SocketAddr,
     /// The HTTPS listener's address, when `tls_listen` is set.
     pub tls_addr: Option<SocketAddr>,
+    /// The admin listener's address, when `admin_listen` is set (/readyz and /metrics
+    /// are there then).
+    pub admin_addr: Option<SocketAddr>,
     pub log: PathBuf,
 }
 
@@ -180,7 +183,8 @@ impl Ingestd {
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
-        // "ingestd listening on ADDR" or "... on ADDR tls TLS_ADDR".
+        // "ingestd listening on ADDR", then " tls TLS_ADDR" and " admin ADMIN_ADDR" when
+        // those listeners are on.
         let Some(addrs) = line.trim().strip_prefix("ingestd listening on ") else {
             let _ = child.kill();
             panic!(
@@ -190,11 +194,19 @@ impl Ingestd {
         };
         let mut words = addrs.split(' ');
         let addr = words.next().unwrap().parse().unwrap();
-        let tls_addr = words.nth(1).map(|a| a.parse().unwrap());
+        let (mut tls_addr, mut admin_addr) = (None, None);
+        while let (Some(k), Some(a)) = (words.next(), words.next()) {
+            match k {
+                "tls" => tls_addr = Some(a.parse().unwrap()),
+                "admin" => admin_addr = Some(a.parse().unwrap()),
+                _ => panic!("listening line: {line:?}"),
+            }
+        }
         Ingestd {
             child,
             addr,
             tls_addr,
+            admin_addr,
             log,
         }
     }
@@ -202,7 +214,7 @@ impl Ingestd {
     pub fn wait_ready(&self, timeout: Duration) {
         let t0 = Instant::now();
         while t0.elapsed() < timeout {
-            if let Ok(r) = http::get(self.addr, "/readyz") {
+            if let Ok(r) = http::get(self.admin_addr.unwrap_or(self.addr), "/readyz") {
                 if r.status == 200 {
                     return;
                 }
@@ -322,7 +334,7 @@ impl Ingestd {
     }
 
     pub fn metrics_text(&self) -> String {
-        let r = http::get(self.addr, "/metrics").expect("metrics");
+        let r = http::get(self.admin_addr.unwrap_or(self.addr), "/metrics").expect("metrics");
         assert_eq!(r.status, 200);
         String::from_utf8(r.body).unwrap()
     }
