@@ -52,12 +52,18 @@ wrapper() { # wrapper NAME CONFIG: the binary with that configuration (perf/ab.s
 : >"$W/none.toml"
 wrapper none "$W/none.toml"
 wrapper tenants100 "$W/t100.toml"
+{ printf 'tenant_header = ""\n'; tenants; } >"$W/t100-nohdr.toml"
+wrapper tenants100-noheader "$W/t100-nohdr.toml"
 wrapper jwt "$W/jwt.toml"
 
-WHICH=${TENANTS_BENCH:-tenants,jwt}
+WHICH=${TENANTS_BENCH:-tenants,noheader,jwt}
 if [[ $WHICH == *tenants* ]]; then
 echo "=== no authentication against 100 tenants with static tokens and budgets"
 BENCH_AUTH="token-57-$(printf '%032d' 57)" "$REPO/perf/ab.sh" "$W/none" "$W/tenants100" "$@"
+fi
+if [[ $WHICH == *noheader* ]]; then
+echo "=== no authentication against 100 tenants, tenant_header = \"\" (no record header)"
+BENCH_AUTH="token-57-$(printf '%032d' 57)" "$REPO/perf/ab.sh" "$W/none" "$W/tenants100-noheader" "$@"
 fi
 if [[ $WHICH == *jwt* ]]; then
 echo "=== no authentication against a JWT (EdDSA, verified once per connection)"

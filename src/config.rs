@@ -156,7 +156,8 @@ pub struct Config {
     /// Bearer tokens that are JWTs (`[jwt]`). Reloaded on SIGHUP, with the key set.
     pub jwt: JwtConfig,
     /// Record header naming the request's tenant; a client-sent header of that name is
-    /// never forwarded, so consumers can trust it.
+    /// never forwarded, so consumers can trust it. Empty: no such header (it costs
+    /// librdkafka a header allocation per record, about 3% of a request's CPU).
     pub tenant_header: String,
     /// Record header holding the client's address (`ip:port`, from the PROXY header or
     /// the socket); unset: none.
@@ -740,7 +741,10 @@ impl Config {
     fn validate_edge(&mut self) -> Result<(), String> {
         tenants::validate(&self.tenants, &self.jwt, self.max_body_bytes)?;
         for (k, h) in [
-            ("tenant_header", Some(&mut self.tenant_header)),
+            (
+                "tenant_header",
+                Some(&mut self.tenant_header).filter(|h| !h.is_empty()),
+            ),
             ("client_address_header", self.client_address_header.as_mut()),
         ] {
             let Some(h) = h else { continue };
@@ -749,7 +753,7 @@ impl Config {
             }
             h.make_ascii_lowercase();
         }
-        if self.forward_headers.contains(&self.tenant_header) {
+        if !self.tenant_header.is_empty() && self.forward_headers.contains(&self.tenant_header) {
             return Err(format!(
                 "forward_headers: {:?} is the tenant_header: ingestd sets it, a client's is dropped",
                 self.tenant_header

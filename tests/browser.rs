@@ -348,7 +348,6 @@ fn chromium_fetch_and_beacon_from_another_origin_arrive_and_unlisted_origin_is_r
 /// the browser shows the page a 401 (the CORS headers are on error answers too).
 #[test]
 fn chromium_page_posts_with_a_jwt_it_fetched_and_is_401_without() {
-    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
     let b = broker();
     let topic = b.topic("browser-jwt", 1);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -382,16 +381,10 @@ fn chromium_page_posts_with_a_jwt_it_fetched_and_is_401_without() {
         "--executors",
         "1",
     ]);
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 300;
-    let der = std::fs::read(common::repo().join("tests/data/jwt/es256-a.key.der")).unwrap();
-    let mut h = Header::new(Algorithm::ES256);
-    h.kid = Some("es256-a".into());
-    let claims = serde_json::json!({"iss": "https://login.test", "aud": "ingestd", "exp": exp});
-    let token = encode(&h, &claims, &EncodingKey::from_ec_der(&der)).unwrap();
+    let claims = serde_json::json!({
+        "iss": "https://login.test", "aud": "ingestd", "exp": common::jwt::now() + 300,
+    });
+    let token = common::jwt::sign("es256-a", &claims);
     let url = format!("http://{}/topics/{topic}", ing.addr);
     let page = format!(
         r#"<!doctype html><meta charset="utf-8"><title>ingestd jwt</title>

@@ -7,6 +7,7 @@
 mod common;
 
 use common::http::{post, Client};
+use common::jwt::now;
 use common::{broker, read_topic, wait_until, Ingestd};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
@@ -19,22 +20,9 @@ fn data(name: &str) -> PathBuf {
     common::repo().join("tests/data/jwt").join(name)
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 /// A token signed with test key `kid` (`rs256-a`, `es256-a`, `ed25519-a`, `rs256-b`, or
 /// a rogue one), claims merged over valid defaults for the tenant `web`.
 fn token(kid: &str, extra: serde_json::Value) -> String {
-    let der = std::fs::read(data(&format!("{kid}.key.der"))).unwrap();
-    let (alg, key) = match &kid[..2] {
-        "rs" => (Algorithm::RS256, EncodingKey::from_rsa_der(&der)),
-        "es" => (Algorithm::ES256, EncodingKey::from_ec_der(&der)),
-        _ => (Algorithm::EdDSA, EncodingKey::from_ed_der(&der)),
-    };
     let mut claims = json!({
         "iss": ISSUER, "aud": "ingestd", "sub": "web",
         "exp": now() + 600, "topics": ["clicks-*"],
@@ -42,13 +30,7 @@ fn token(kid: &str, extra: serde_json::Value) -> String {
     for (k, v) in extra.as_object().unwrap() {
         claims[k] = v.clone();
     }
-    let mut h = Header::new(alg);
-    // A rogue key (in no set) claims the kid of one that is.
-    h.kid = Some(match kid.strip_suffix("-rogue") {
-        Some(p) => format!("{p}-a"),
-        None => kid.to_string(),
-    });
-    encode(&h, &claims, &key).unwrap()
+    common::jwt::sign(kid, &claims)
 }
 
 /// An unsigned token (`alg: none`) and an HS256 one keyed with the RSA public key (the

@@ -22,16 +22,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn config(name: &str, text: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("ingestd-proxy-{name}-{}.toml", std::process::id()));
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
 fn start(topic: &str, extra: &str) -> (Ingestd, PathBuf) {
     let b = broker();
     // The public port takes PROXY headers only: readiness and metrics on the admin port.
-    let cfg = config(
+    let cfg = common::temp_config(
         topic,
         &format!(
             "proxy_protocol = true\nadmin_listen = \"127.0.0.1:0\"\nclient_address_header = \"ingestd-client\"\n{extra}"

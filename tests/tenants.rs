@@ -7,20 +7,9 @@ mod common;
 
 use common::http::{get, post, Client, Response};
 use common::{broker, read_topic, wait_until, Ingestd};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A config file for this test (removed at the end of the process's temp use).
-fn config_file(name: &str, text: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!(
-        "ingestd-tenants-{name}-{}.toml",
-        std::process::id()
-    ));
-    std::fs::write(&p, text).unwrap();
-    p
-}
 
 fn start(cfg: &std::path::Path, topic: &str, executors: &str, env: &[(&str, &str)]) -> Ingestd {
     let b = broker();
@@ -53,7 +42,7 @@ fn a_tenant_writes_its_topics_and_gets_403_for_others_with_its_name_on_every_rec
     let orders = b.topic("orders", 1);
     let logs = b.topic("logs.app", 1);
     let other = b.topic("other", 1);
-    let cfg = config_file(
+    let cfg = common::temp_config(
         "scope",
         &format!(
             r#"
@@ -255,7 +244,7 @@ fn hammer(
 fn rates_hold(executors: &str) {
     let b = broker();
     let topic = b.topic(&format!("rates{executors}"), 2);
-    let cfg = config_file(
+    let cfg = common::temp_config(
         &format!("rates{executors}"),
         &format!(
             r#"
@@ -317,7 +306,7 @@ fn budgets_hold_within_ten_percent_with_two_executors() {
 fn over_budget_is_429_with_the_real_wait_and_nothing_is_produced() {
     let b = broker();
     let topic = b.topic("wait", 1);
-    let cfg = config_file(
+    let cfg = common::temp_config(
         "wait",
         &format!(
             r#"
@@ -375,7 +364,7 @@ fn sighup_reloads_tenants_and_a_removed_token_is_401_on_an_open_connection() {
             "#
         )
     };
-    let cfg = config_file("reload", &body(r#""old-1""#));
+    let cfg = common::temp_config("reload", &body(r#""old-1""#));
     let ing = start(&cfg, &topic, "2", &[]);
     // Load with the old token on several connections while the tokens rotate.
     let stop = Arc::new(AtomicBool::new(false));
@@ -473,7 +462,7 @@ fn sighup_reloads_tenants_and_a_removed_token_is_401_on_an_open_connection() {
 fn the_admin_listener_has_the_pages_and_the_public_one_does_not() {
     let b = broker();
     let topic = b.topic("admin", 1);
-    let cfg = config_file("admin", "admin_listen = \"127.0.0.1:0\"\n");
+    let cfg = common::temp_config("admin", "admin_listen = \"127.0.0.1:0\"\n");
     let ing = start(&cfg, &topic, "2", &[]);
     let admin = ing.admin_addr.expect("admin address");
     for p in ["/metrics", "/healthz", "/readyz"] {
@@ -494,7 +483,7 @@ fn the_admin_listener_has_the_pages_and_the_public_one_does_not() {
 #[test]
 fn connections_end_after_their_request_count_and_age() {
     let topic = broker().topic("lifetime", 1);
-    let cfg = config_file("lifetime", "max_requests_per_connection = 3\n");
+    let cfg = common::temp_config("lifetime", "max_requests_per_connection = 3\n");
     let ing = start(&cfg, &topic, "1", &[]);
     let mut c = Client::connect(ing.addr).unwrap();
     for i in 1..=3 {
@@ -533,7 +522,7 @@ fn connections_end_after_their_request_count_and_age() {
 #[test]
 fn per_address_limits_answer_429() {
     let topic = broker().topic("addr", 1);
-    let cfg = config_file(
+    let cfg = common::temp_config(
         "addr",
         &format!(
             r#"
@@ -586,5 +575,25 @@ fn per_address_limits_answer_429() {
         common::metric_sum(&m, "ingestd_address_table_entries", "") >= 1.0,
         "{m}"
     );
+    let _ = std::fs::remove_file(&cfg);
+}
+
+#[test]
+fn an_empty_tenant_header_puts_none_in_the_records() {
+    let b = broker();
+    let topic = b.topic("nohdr", 1);
+    let cfg = common::temp_config(
+        "nohdr",
+        &format!(
+            "tenant_header = \"\"\n[tenants.acme]\ntokens = [\"t\"]\ntopics = [\"{topic}\"]\n"
+        ),
+    );
+    let ing = start(&cfg, &topic, "1", &[]);
+    let mut c = Client::connect(ing.addr).unwrap();
+    let r = send(&mut c, "/", b"plain", &[("Authorization", "Bearer t")]);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let recs = read_topic(&b.addr, &topic, 1, 1, Duration::from_secs(2));
+    assert_eq!(recs.len(), 1);
+    assert!(recs[0].headers.is_empty(), "{:?}", recs[0].headers);
     let _ = std::fs::remove_file(&cfg);
 }

@@ -153,6 +153,7 @@ fn produce<'a>(exec: &'a Exec, req: &Request<'a>) -> Result<Answer<'a>, HttpErro
     // The headers ingestd sets itself: the tenant's name (consumers trust it: a client's
     // header of that name is never forwarded) and the client's address.
     let own = tenant
+        .filter(|_| !cfg.tenant_header.is_empty())
         .map(|t| (cfg.tenant_header.as_bytes(), t.name.as_bytes()))
         .into_iter()
         .chain(
@@ -256,7 +257,9 @@ fn client_headers<'v>(
     cfg: &'v crate::config::Config,
 ) -> impl Iterator<Item = (&'v [u8], &'v [u8])> + Clone {
     h.iter()
-        .filter(|(n, _)| !n.eq_ignore_ascii_case(cfg.tenant_header.as_bytes()))
+        .filter(|(n, _)| {
+            cfg.tenant_header.is_empty() || !n.eq_ignore_ascii_case(cfg.tenant_header.as_bytes())
+        })
         .map(|(n, v)| (&n[..], &v[..]))
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod jwt;
 pub mod spool;
 pub mod tls;
 
@@ -451,4 +452,11 @@ pub fn require_fault_injection() {
              has: run tests/run.sh, or cargo test --features fault-injection"
         );
     }
+}
+
+/// A config file for a test, named after it and this process (in the temp directory).
+pub fn temp_config(name: &str, text: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("ingestd-{name}-{}.toml", std::process::id()));
+    std::fs::write(&p, text).unwrap();
+    p
 }
