@@ -739,7 +739,15 @@ impl Config {
 
     /// Tenants, credentials, addresses and connection limits (issue 33's settings).
     fn validate_edge(&mut self) -> Result<(), String> {
-        tenants::validate(&self.tenants, &self.jwt, self.max_body_bytes)?;
+        let topics = &self.topics;
+        let allowed = |t: &str| topics.iter().any(|x| x == "*" || x == t);
+        tenants::validate(
+            &self.tenants,
+            &self.jwt,
+            self.max_body_bytes,
+            &self.auth_tokens,
+            allowed,
+        )?;
         for (k, h) in [
             (
                 "tenant_header",
@@ -753,14 +761,21 @@ impl Config {
             }
             h.make_ascii_lowercase();
         }
-        if !self.tenant_header.is_empty() && self.forward_headers.contains(&self.tenant_header) {
-            return Err(format!(
-                "forward_headers: {:?} is the tenant_header: ingestd sets it, a client's is dropped",
-                self.tenant_header
-            ));
+        // The headers ingestd sets itself are never a client's (consumers trust them).
+        let own = [
+            Some(&self.tenant_header),
+            self.client_address_header.as_ref(),
+        ];
+        for h in own.into_iter().flatten().filter(|h| !h.is_empty()) {
+            if self.forward_headers.contains(h) {
+                return Err(format!(
+                    "forward_headers: {h:?} is a header ingestd sets itself (tenant_header or client_address_header): a client's is dropped"
+                ));
+            }
         }
-        if !(self.address_requests_per_sec.is_finite() && self.address_requests_per_sec >= 0.0) {
-            return Err("address_requests_per_sec: 0 (no limit) or more".into());
+        let r = self.address_requests_per_sec;
+        if !(r.is_finite() && (r == 0.0 || (0.001..=1e9).contains(&r))) {
+            return Err("address_requests_per_sec: 0 (no limit), or from 0.001 to 1e9".into());
         }
         if self.address_burst == 0 {
             return Err("address_burst: at least 1".into());
@@ -769,10 +784,19 @@ impl Config {
             return Err("address_table_entries: from 64 to 16777216".into());
         }
         if let Some(a) = self.admin_listen {
-            if Some(a) == self.tls_listen || (a == self.listen && a.port() != 0) {
+            // Same port, and the same address or either a wildcard: the same socket.
+            let clash = |b: SocketAddr| {
+                a.port() != 0
+                    && a.port() == b.port()
+                    && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+            };
+            if clash(self.listen) || self.tls_listen.is_some_and(clash) {
                 return Err("admin_listen: an address of its own, not listen or tls_listen".into());
             }
         }
+        // The tenants compile (token digests, the JWT key set readable and usable), so
+        // that --check-config catches what a start or a reload would refuse.
+        crate::auth::Policy::build(self, self.executors.max(1), 1, None)?;
         Ok(())
     }
 

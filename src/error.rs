@@ -112,6 +112,9 @@ pub enum HttpError {
     },
     /// No valid credential (401): the reason, safe to tell the client.
     Unauthorized(&'static str),
+    /// A JWT that does not verify (401, then close): each try costs a signature check,
+    /// so a client gets a new connection (and its handshake) per try, not a loop.
+    BadToken(&'static str),
     /// The tenant may not do this (403): write this topic, ask for this contract. The
     /// answer's JSON names the tenant and the topic (`response::error_detail`).
     Forbidden(&'static str),
@@ -125,6 +128,9 @@ pub enum HttpError {
     /// This client address holds `max_connections_per_address` connections already
     /// (429, then close).
     TooManyConnections,
+    /// The tenants were reloaded while this request's body arrived (503, retry: it is
+    /// judged again under the new policy).
+    PolicyReloaded,
     RequestTimeout,
     LengthRequired,
     PayloadTooLarge,
@@ -172,7 +178,7 @@ impl HttpError {
         use HttpError::*;
         match self {
             BadRequest(_) | BadFraming(_) | PlainHttpOnTls => (400, "Bad Request"),
-            Unauthorized(_) => (401, "Unauthorized"),
+            Unauthorized(_) | BadToken(_) => (401, "Unauthorized"),
             Forbidden(_) => (403, "Forbidden"),
             TooManyRequests { .. } | TooManyConnections => (429, "Too Many Requests"),
             NotFound(_) => (404, "Not Found"),
@@ -187,7 +193,7 @@ impl HttpError {
             HeadersTooLarge => (431, "Request Header Fields Too Large"),
             NotImplemented(_) => (501, "Not Implemented"),
             VersionNotSupported => (505, "HTTP Version Not Supported"),
-            QueueFull | MemoryFull | ShuttingDown => (503, "Service Unavailable"),
+            QueueFull | MemoryFull | ShuttingDown | PolicyReloaded => (503, "Service Unavailable"),
             SpoolFull | SpoolFailed => (507, "Insufficient Storage"),
             Delivery(FailReason::UnknownTopic) => (404, "Not Found"),
             Delivery(FailReason::UnknownPartition) => (400, "Bad Request"),
@@ -210,9 +216,11 @@ impl HttpError {
             | UnsupportedMediaType(m)
             | Unprocessable(m)
             | Unauthorized(m)
+            | BadToken(m)
             | Forbidden(m) => m,
             TooManyRequests { what, .. } => what,
             TooManyConnections => "too many connections from this address (max_connections_per_address)",
+            PolicyReloaded => "credentials reloaded while the request arrived, retry",
             MethodNotAllowed { .. } => "method not allowed",
             RequestTimeout => "request not received in time",
             LengthRequired => "Content-Length or chunked Transfer-Encoding required",
@@ -257,6 +265,7 @@ impl HttpError {
                 | ShuttingDown
                 | PlainHttpOnTls
                 | TooManyConnections
+                | BadToken(_)
         )
     }
 
@@ -270,8 +279,8 @@ impl HttpError {
             | HttpError::SpoolFailed
             | HttpError::Delivery(FailReason::Broker) => retry_after,
             HttpError::MethodNotAllowed { allow } => allow,
-            HttpError::Unauthorized(_) => "www-authenticate: Bearer\r\n",
-            HttpError::TooManyConnections => retry_after,
+            HttpError::Unauthorized(_) | HttpError::BadToken(_) => "www-authenticate: Bearer\r\n",
+            HttpError::TooManyConnections | HttpError::PolicyReloaded => retry_after,
             _ => "",
         }
     }

@@ -269,10 +269,12 @@ fn a_flood_of_distinct_addresses_stays_within_the_address_table() {
             std::thread::spawn(move || {
                 let mut statuses = [0u32; 2];
                 for i in (k..N).step_by(4) {
+                    // Each in a /64 of its own (a /64 is one client).
                     let mut src = [0u8; 16];
                     src[0] = 0x20;
                     src[1] = 0x01;
-                    src[12..].copy_from_slice(&i.to_be_bytes());
+                    src[4..8].copy_from_slice(&i.to_be_bytes());
+                    src[15] = 1;
                     let mut s = TcpStream::connect(addr).unwrap();
                     s.write_all(&v2_header(src, 1000 + (i % 50000) as u16))
                         .unwrap();
@@ -308,12 +310,52 @@ fn a_flood_of_distinct_addresses_stays_within_the_address_table() {
         "RSS grew from {rss0} to {rss1} KiB"
     );
     // The limit still holds for an address after the flood: one request, then 429.
-    let src = [0x20, 0x01, 0xdb, 0x8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+    let src = [
+        0x20, 0x01, 0xdb, 0x8, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 7,
+    ];
     let mut s = TcpStream::connect(ing.addr).unwrap();
     s.write_all(&v2_header(src, 999)).unwrap();
     let mut c = Client::over(s);
     let first = c.request(&post("/", b"once", &[])).unwrap().status;
     assert!(matches!(first, 202 | 429), "{first}");
     assert_eq!(c.request(&post("/", b"again", &[])).unwrap().status, 429);
+    let _ = std::fs::remove_file(&cfg);
+}
+
+/// A client connection that claims IPv4 address `ip` through a PROXY v1 header.
+fn as_client(ing: &Ingestd, ip: &str) -> Client {
+    let mut s = TcpStream::connect(ing.addr).unwrap();
+    s.write_all(format!("PROXY TCP4 {ip} 10.0.0.1 40000 8080\r\n").as_bytes())
+        .unwrap();
+    Client::over(s)
+}
+
+#[test]
+fn an_address_over_its_limit_does_not_spend_the_anonymous_tenants_budget() {
+    // The anonymous tenant has 100 requests a second for everyone; one address may send 1.
+    // A client hammering from one address gets 429s from its address limit, and those
+    // refusals must not drain the tenant's budget for every other client.
+    let topic = broker().topic("anonbudget", 1);
+    let (ing, cfg) = start(
+        &topic,
+        &format!(
+            "address_requests_per_sec = 1\naddress_burst = 1\n\
+             [tenants.anon]\nanonymous = true\ntopics = [\"{topic}\"]\nrequests_per_sec = 100\nburst_secs = 1.0\n"
+        ),
+    );
+    let mut hammer = as_client(&ing, "198.51.100.1");
+    let mut refused = 0;
+    for _ in 0..300 {
+        if hammer.request(&post("/", b"h", &[])).unwrap().status == 429 {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 298, "{refused}");
+    // 50 other clients, one request each, right after: the tenant's 100 are still there.
+    for i in 0..50 {
+        let mut c = as_client(&ing, &format!("203.0.113.{}", i + 1));
+        let r = c.request(&post("/", b"x", &[])).unwrap();
+        assert_eq!(r.status, 202, "client {i}: {}", r.text());
+    }
     let _ = std::fs::remove_file(&cfg);
 }

@@ -258,6 +258,8 @@ fn rates_hold(executors: &str) {
             topics = ["{topic}"]
             bytes_per_sec = 1000000
             burst_secs = 0.1
+            # The burst (100 KB) must hold the largest body the tenant may send.
+            max_body_bytes = 65536
             "#
         ),
     );
@@ -595,5 +597,117 @@ fn an_empty_tenant_header_puts_none_in_the_records() {
     let recs = read_topic(&b.addr, &topic, 1, 1, Duration::from_secs(2));
     assert_eq!(recs.len(), 1);
     assert!(recs[0].headers.is_empty(), "{:?}", recs[0].headers);
+    let _ = std::fs::remove_file(&cfg);
+}
+
+#[test]
+fn an_error_after_a_produce_request_on_the_same_connection_does_not_crash() {
+    // A 401 keeps the connection; the next bytes are a malformed head, whose error answer
+    // must not reuse the previous request's topic (it once sliced the new, shorter buffer:
+    // a panic, and the process aborted).
+    let b = broker();
+    let topic = b.topic("events", 1);
+    let cfg = common::temp_config(
+        "crash",
+        &format!("[tenants.a]\ntokens = [\"t\"]\ntopics = [\"{topic}\"]\n"),
+    );
+    let ing = start(&cfg, &topic, "1", &[]);
+    let mut c = Client::connect(ing.addr).unwrap();
+    let long = format!("/topics/{topic}");
+    assert_eq!(send(&mut c, &long, b"", &[]).status, 401);
+    c.send(b"\r\x00").unwrap();
+    let r = c.read().unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    let mut c = Client::connect(ing.addr).unwrap();
+    assert_eq!(
+        send(&mut c, &long, b"alive", &[("Authorization", "Bearer t")]).status,
+        202
+    );
+    let _ = std::fs::remove_file(&cfg);
+}
+
+#[test]
+fn a_reload_while_a_body_arrives_never_produces_it_under_another_tenant() {
+    // Tenant indexes follow the names' order: adding "beta" moves "zeta" along. A request
+    // admitted as zeta whose body completes after the reload must not be produced under
+    // the index's new owner: it is answered 503 (retry), and nothing is produced.
+    let b = broker();
+    let zeta_topic = b.topic("zeta", 1);
+    let body = |extra: &str| {
+        format!(
+            "{extra}[tenants.acme]\ntokens = [\"a\"]\ntopics = [\"{zeta_topic}\"]\n[tenants.zeta]\ntokens = [\"z\"]\ntopics = [\"{zeta_topic}\"]\n"
+        )
+    };
+    let cfg = common::temp_config("midbody", &body(""));
+    let ing = start(&cfg, &zeta_topic, "1", &[]);
+    let mut slow = Client::connect(ing.addr).unwrap();
+    slow.send(
+        format!(
+            "POST /topics/{zeta_topic} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer z\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    // Admitted (the head is in: its tenant's request counter moved); now the reload.
+    wait_until("admitted", Duration::from_secs(10), || {
+        ing.metric("ingestd_tenant_requests_total", "tenant=\"zeta\"") >= 1.0
+    });
+    std::fs::write(
+        &cfg,
+        body(&format!(
+            "[tenants.beta]\ntokens = [\"b\"]\ntopics = [\"{zeta_topic}\"]\n"
+        )),
+    )
+    .unwrap();
+    ing.signal(libc::SIGHUP);
+    wait_until("reloaded", Duration::from_secs(10), || {
+        ing.metric("ingestd_auth_reloads_total", "") >= 1.0
+    });
+    // Another request on the same executor takes the new policy in.
+    let mut other = Client::connect(ing.addr).unwrap();
+    assert_eq!(
+        send(&mut other, "/", b"x", &[("Authorization", "Bearer a")]).status,
+        202
+    );
+    slow.send(b"0\r\n\r\n").unwrap();
+    let r = slow.read().unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    let recs = read_topic(&b.addr, &zeta_topic, 1, 1, Duration::from_secs(2));
+    assert!(
+        recs.iter().all(|r| r.value != b"hello"),
+        "produced across the reload: {recs:?}"
+    );
+    let _ = std::fs::remove_file(&cfg);
+}
+
+#[test]
+fn a_compressed_body_is_held_to_the_tenants_limit_and_budget_by_its_decoded_size() {
+    use std::io::Write as _;
+    let b = broker();
+    let topic = b.topic("gz", 1);
+    let cfg = common::temp_config(
+        "gz",
+        &format!(
+            "[tenants.small]\ntokens = [\"s\"]\ntopics = [\"{topic}\"]\nmax_body_bytes = 65536\nbytes_per_sec = 100000\n"
+        ),
+    );
+    let ing = start(&cfg, &topic, "1", &[]);
+    let gzip = |n: usize| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(&vec![b'a'; n]).unwrap();
+        e.finish().unwrap()
+    };
+    let mut c = Client::connect(ing.addr).unwrap();
+    let h = [("Authorization", "Bearer s"), ("Content-Encoding", "gzip")];
+    // A few hundred bytes on the wire, 200 KB decoded: over its 64 KiB.
+    let r = send(&mut c, "/", &gzip(200_000), &h);
+    assert_eq!(r.status, 413, "{}", r.text());
+    // 60 KB decoded fits; the byte budget (100 KB/s, 1 s burst) is charged 60 KB, so a
+    // second one at once is over it, however small on the wire.
+    let mut c = Client::connect(ing.addr).unwrap();
+    assert_eq!(send(&mut c, "/", &gzip(60_000), &h).status, 202);
+    let r = send(&mut c, "/", &gzip(60_000), &h);
+    assert_eq!(r.status, 429, "{}", r.text());
     let _ = std::fs::remove_file(&cfg);
 }

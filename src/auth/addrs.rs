@@ -29,8 +29,9 @@ pub struct Addrs {
     /// ns per request, and the burst's ns of credit; 0: no rate limit.
     interval: u64,
     burst_ns: u64,
-    /// Process-wide random seed: the slot of an address cannot be aimed at from outside.
-    seed: u64,
+    /// Keyed SipHash (a random key per process): neither an address's slot nor a key
+    /// equal to another address's can be chosen from outside.
+    hasher: std::collections::hash_map::RandomState,
 }
 
 /// Where an address lives in the table (kept by its connection, to count it out).
@@ -50,21 +51,23 @@ impl Addrs {
             })
             .collect();
         let interval = if rate > 0.0 { (1e9 / rate) as u64 } else { 0 };
-        let seed = std::collections::hash_map::RandomState::new();
         Addrs {
             slots,
             max_conns,
             interval,
             burst_ns: interval.saturating_mul(burst.max(1) as u64),
-            seed: std::hash::BuildHasher::hash_one(&seed, 0x1d9e57u64),
+            hasher: std::collections::hash_map::RandomState::new(),
         }
     }
 
-    /// Slots in use now (for the gauge).
-    pub fn in_use(&self) -> usize {
+    /// Slots holding an address now: with a connection open or requests still counted
+    /// against its rate (for the gauge; a scrape walks the table).
+    pub fn in_use(&self, now: u64) -> usize {
         self.slots
             .iter()
-            .filter(|s| s.key.load(Relaxed) != 0)
+            .filter(|s| {
+                s.key.load(Relaxed) != 0 && (s.conns.load(Relaxed) > 0 || s.tat.load(Relaxed) > now)
+            })
             .count()
     }
 
@@ -72,16 +75,17 @@ impl Addrs {
         self.slots.len()
     }
 
+    /// The key of `ip`'s client: an IPv4 address, or an IPv6 /64 (one subscriber's
+    /// prefix: counting each /128 would give every IPv6 client 2^64 budgets).
     fn hash(&self, ip: &IpAddr) -> u64 {
-        let bits: u128 = match ip {
-            IpAddr::V4(a) => u32::from(*a) as u128,
-            IpAddr::V6(a) => u128::from(*a),
+        let client = match ip {
+            IpAddr::V4(a) => (4u8, u32::from(*a) as u128),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => (4, u32::from(v4) as u128),
+                None => (6, u128::from(*a) >> 64),
+            },
         };
-        // splitmix64 over the address and the seed.
-        let mut x = (bits as u64) ^ ((bits >> 64) as u64).rotate_left(29) ^ self.seed;
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
-        (x ^ (x >> 31)) | 1
+        std::hash::BuildHasher::hash_one(&self.hasher, client) | 1
     }
 
     /// The slot of `ip`, claiming a free one if it has none.
@@ -178,6 +182,20 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_prefix_is_one_client() {
+        let a = Addrs::new(64, 1, 0.0, 1);
+        let one = IpAddr::V6("2001:db8:1:2::1".parse().unwrap());
+        let same_64 = IpAddr::V6("2001:db8:1:2:ffff::9".parse().unwrap());
+        let other_64 = IpAddr::V6("2001:db8:1:3::1".parse().unwrap());
+        let _held = a.connect(&one, 1).unwrap();
+        assert!(a.connect(&same_64, 1).is_err(), "same /64: same client");
+        assert!(a.connect(&other_64, 1).is_ok());
+        let mapped = IpAddr::V6("::ffff:10.0.0.1".parse().unwrap());
+        let _v4 = a.connect(&v4(0x0a000001), 1).unwrap();
+        assert!(a.connect(&mapped, 1).is_err(), "a mapped IPv4 is that IPv4");
+    }
+
+    #[test]
     fn a_million_distinct_addresses_stay_within_the_table_and_never_loosen_a_limit() {
         let a = Addrs::new(1024, 1, 0.0, 1);
         let cap = a.capacity();
@@ -186,7 +204,7 @@ mod tests {
             let ip = if n % 2 == 0 {
                 v4(n)
             } else {
-                IpAddr::V6(Ipv6Addr::from((n as u128) << 64 | 0xfe80))
+                IpAddr::V6(Ipv6Addr::from(((n as u128) << 64) | 0xfe80))
             };
             // Every address keeps one connection open: the table fills and slots are
             // shared, which refuses some (stricter), never lets one hold two.
@@ -196,7 +214,7 @@ mod tests {
             }
         }
         assert_eq!(a.capacity(), cap, "no growth");
-        assert!(a.in_use() <= cap);
+        assert!(a.in_use(5) <= cap);
         assert!(held.len() <= cap, "{} open with 1 per slot", held.len());
         for id in held {
             a.disconnect(id);

@@ -156,6 +156,12 @@ impl Lease {
         }
     }
 
+    /// Puts `units` spent from this lease back into it (a request refused after its
+    /// units were taken).
+    pub fn refund(&mut self, units: u64) {
+        self.left += units;
+    }
+
     /// Returns what is left of the lease to the bucket.
     pub fn give_back(&mut self, b: &Bucket, now: u64) {
         if self.left > 0 {

@@ -132,6 +132,7 @@ impl std::error::Error for JwtError {}
 const EXP_CLAIM: &str = "exp claim missing or not a number";
 const NBF_CLAIM: &str = "nbf claim not a number";
 const TENANT_CLAIM: &str = "tenant claim missing or not a string";
+const TENANT_NOT_ALLOWED: &str = "tenant not allowed for this issuer";
 const TOPICS_MISSING: &str = "topics claim missing";
 const TOPICS_CLAIM: &str = "topics claim not a list of topic names";
 
@@ -390,6 +391,10 @@ impl Verifier {
                 }
             }
         };
+        // An issuer may be trusted for some tenants only.
+        if !issuer.tenants.is_empty() && !issuer.tenants.contains(&tenant) {
+            return Err(JwtError::Claim(TENANT_NOT_ALLOWED));
+        }
         let topics = match &issuer.topics_claim {
             None => None,
             Some(name) => match c.get(name) {

@@ -88,12 +88,14 @@ pub fn encode(edge: &Edge, enc: &mut DescriptorEncoder) -> std::fmt::Result {
         counter,
     )?)?;
     if let Some(a) = &edge.addrs {
-        ConstGauge::new(a.in_use() as i64).encode(enc.encode_descriptor(
-            "ingestd_address_table_entries",
-            "Client addresses the per-address table tracks now",
-            None,
-            MetricType::Gauge,
-        )?)?;
+        ConstGauge::new(a.in_use(super::budget::now_ns()) as i64).encode(
+            enc.encode_descriptor(
+                "ingestd_address_table_entries",
+                "Client addresses the per-address table tracks now",
+                None,
+                MetricType::Gauge,
+            )?,
+        )?;
         ConstGauge::new(a.capacity() as i64).encode(enc.encode_descriptor(
             "ingestd_address_table_capacity",
             "Slots of the per-address table (its memory bound)",

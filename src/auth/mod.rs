@@ -199,6 +199,8 @@ pub struct Policy {
     tokens: HashMap<[u8; 32], u16>,
     anonymous: Option<u16>,
     jwt: Option<jwt::Verifier>,
+    /// Which tenants a JWT may name (by index).
+    jwt_tenants: Vec<bool>,
     /// Whether a request must present a credential (tokens, tenants or JWT issuers are
     /// configured); if not, every request is `Open` (no tenant, no budget).
     pub required: bool,
@@ -216,7 +218,14 @@ impl Policy {
     /// Compiles the tenants of `cfg` (`auth_tokens` become the tenant `default`, with the
     /// global topics and no budget). `old`: the policy this one replaces, whose counters
     /// and bucket states carry over by tenant name.
-    pub fn build(cfg: &Config, generation: u64, old: Option<&Policy>) -> Result<Policy, String> {
+    /// `executors`: how many run (the counters are per executor; a reloaded file may say
+    /// another number, which takes a restart).
+    pub fn build(
+        cfg: &Config,
+        executors: usize,
+        generation: u64,
+        old: Option<&Policy>,
+    ) -> Result<Policy, String> {
         let mut tenants = Vec::new();
         let mut tokens = HashMap::new();
         let mut anonymous = None;
@@ -285,12 +294,17 @@ impl Policy {
                 requests: bucket(t.requests_per_sec, prev.and_then(|p| p.requests.as_ref())),
                 bytes: bucket(t.bytes_per_sec, prev.and_then(|p| p.bytes.as_ref())),
                 anonymous: t.anonymous,
-                stats: prev.map_or_else(|| TenantStats::new(cfg.executors), |p| p.stats.clone()),
+                stats: prev.map_or_else(|| TenantStats::new(executors), |p| p.stats.clone()),
                 name: name.into(),
             });
         }
         let jwt = jwt::Verifier::load(&cfg.jwt)?;
+        let jwt_tenants = tenants
+            .iter()
+            .map(|t| !t.anonymous && (*t.name != *"default" || cfg.auth_tokens.is_empty()))
+            .collect();
         Ok(Policy {
+            jwt_tenants,
             generation,
             required: !tenants.is_empty() || jwt.is_some(),
             tenants,
@@ -312,9 +326,25 @@ impl Policy {
                 .ok_or(Refused::Missing);
         };
         let token = bearer(v).ok_or(Refused::Malformed)?;
+        // A static token first (a hash lookup): one that happens to look like a JWT still
+        // works, and only what no static token matches pays for a signature check.
+        let d = token_digest(token);
+        // The map is keyed by digest: a lookup's timing depends on the digest of what the
+        // client sent, never on a stored secret; the final comparison is constant-time.
+        if let Some((k, &i)) = self.tokens.get_key_value(&d) {
+            if ct_eq(k, &d) {
+                return Ok(Authenticated::tenant(i));
+            }
+        }
         if let Some(j) = self.jwt.as_ref().filter(|_| jwt::looks_like_jwt(token)) {
             let v = j.verify(token, unix_now()).map_err(Refused::Jwt)?;
-            let i = self.by_name(&v.tenant).ok_or(Refused::UnknownTenant)?;
+            // A JWT's tenant must be one a JWT may name: not the `auth_tokens` one (every
+            // topic) nor an anonymous one (per-address limits); the issuer's own `tenants`
+            // list is checked in `verify`.
+            let i = self
+                .by_name(&v.tenant)
+                .filter(|&i| self.jwt_tenants[i as usize])
+                .ok_or(Refused::UnknownTenant)?;
             return Ok(Authenticated {
                 principal: Principal::Tenant(i),
                 narrowed: v
@@ -323,13 +353,7 @@ impl Policy {
                 expires_unix: v.expires_unix.saturating_add(j.leeway_secs()),
             });
         }
-        let d = token_digest(token);
-        // The map is keyed by digest: a lookup's timing depends on the digest of what the
-        // client sent, never on a stored secret; the final comparison is constant-time.
-        match self.tokens.get_key_value(&d) {
-            Some((k, &i)) if ct_eq(k, &d) => Ok(Authenticated::tenant(i)),
-            _ => Err(Refused::UnknownToken),
-        }
+        Err(Refused::UnknownToken)
     }
 
     pub fn tenant(&self, i: u16) -> &Tenant {
@@ -358,6 +382,8 @@ pub fn bearer(v: &[u8]) -> Option<&[u8]> {
 /// that is only written at a reload) to notice a new one.
 pub struct Policies {
     current: Mutex<Arc<Policy>>,
+    /// The executors running (tenant counters are per executor).
+    executors: usize,
     pub generation: AtomicU64,
     /// Reloads refused because the new configuration was invalid (the old policy stays).
     pub reload_failures: AtomicU64,
@@ -365,8 +391,9 @@ pub struct Policies {
 }
 
 impl Policies {
-    pub fn new(p: Policy) -> Arc<Policies> {
+    pub fn new(p: Policy, executors: usize) -> Arc<Policies> {
         Arc::new(Policies {
+            executors,
             generation: AtomicU64::new(p.generation),
             current: Mutex::new(Arc::new(p)),
             reload_failures: AtomicU64::new(0),
@@ -384,7 +411,7 @@ impl Policies {
     /// Builds the policy of `cfg` and puts it in force; on error the old one stays.
     pub fn reload(&self, cfg: &Config) -> Result<(), String> {
         let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        let next = Policy::build(cfg, cur.generation + 1, Some(&cur))?;
+        let next = Policy::build(cfg, self.executors, cur.generation + 1, Some(&cur))?;
         *cur = Arc::new(next);
         self.generation
             .store(cur.generation, std::sync::atomic::Ordering::Release);
@@ -440,7 +467,7 @@ impl Edge {
     pub fn new(cfg: &Config) -> Result<Arc<Edge>, String> {
         let limits = cfg.max_connections_per_address > 0 || cfg.address_requests_per_sec > 0.0;
         Ok(Arc::new(Edge {
-            policies: Policies::new(Policy::build(cfg, 1, None)?),
+            policies: Policies::new(Policy::build(cfg, cfg.executors, 1, None)?, cfg.executors),
             addrs: limits.then(|| {
                 addrs::Addrs::new(
                     cfg.address_table_entries,
@@ -462,11 +489,63 @@ mod tests {
     fn policy(toml_text: &str) -> Policy {
         let mut cfg: Config = toml::from_str(toml_text).unwrap();
         cfg.validate().unwrap();
-        Policy::build(&cfg, 1, None).unwrap()
+        Policy::build(&cfg, 1, 1, None).unwrap()
     }
 
     fn who(p: &Policy, auth: Option<&str>) -> Result<Principal, Refused> {
         p.authenticate(auth.map(str::as_bytes)).map(|a| a.principal)
+    }
+
+    fn invalid(toml_text: &str) -> String {
+        let mut cfg: Config = toml::from_str(toml_text).unwrap();
+        cfg.validate().unwrap_err()
+    }
+
+    #[test]
+    fn configurations_that_would_loosen_a_scope_are_refused() {
+        // A token both shared (every topic) and a tenant's.
+        let e = invalid("auth_tokens = [\"t\"]\n[tenants.a]\ntokens = [\"t\"]\ntopics = [\"x\"]\n");
+        assert!(e.contains("also default's"), "{e}");
+        // Tenants stay within the global topics.
+        let e = invalid("topics = [\"a\"]\n[tenants.t]\ntokens = [\"k\"]\ntopics = [\"b\"]\n");
+        assert!(e.contains("not allowed by the global topics"), "{e}");
+        let e = invalid("topics = [\"a\"]\ndefault_topic = \"a\"\n[tenants.t]\ntokens = [\"k\"]\ndefault_topic = \"b\"\n");
+        assert!(e.contains("default_topic"), "{e}");
+        // A byte budget whose burst is smaller than the largest body could never admit it.
+        let e = invalid("[tenants.t]\ntokens = [\"k\"]\nbytes_per_sec = 1000\n");
+        assert!(e.contains("less than the largest body"), "{e}");
+        // A JWT may not name the anonymous tenant.
+        let e = invalid(
+            "[tenants.web]\nanonymous = true\n[jwt]\njwks_file = \"/x\"\n[[jwt.issuers]]\nissuer = \"i\"\ntenant = \"web\"\n",
+        );
+        assert!(e.contains("not a tenant a JWT may name"), "{e}");
+        // The headers ingestd sets may not be forwarded from a client.
+        let e =
+            invalid("client_address_header = \"x-real-ip\"\nforward_headers = [\"X-Real-IP\"]\n");
+        assert!(e.contains("sets itself"), "{e}");
+        let e = invalid("forward_headers = [\"ingestd-tenant\"]\n");
+        assert!(e.contains("sets itself"), "{e}");
+    }
+
+    #[test]
+    fn a_static_token_shaped_like_a_jwt_still_works_beside_jwt_issuers() {
+        let dir = std::env::temp_dir().join(format!("ingestd-jwks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let set = dir.join("jwks.json");
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/jwt/jwks.json"),
+            &set,
+        )
+        .unwrap();
+        let p = policy(&format!(
+            "[tenants.a]\ntokens = [\"eyJhbGciOi.static.token\"]\ntopics = [\"*\"]\n[jwt]\njwks_file = \"{}\"\n[[jwt.issuers]]\nissuer = \"i\"\ntenant = \"a\"\n",
+            set.display()
+        ));
+        assert_eq!(
+            who(&p, Some("Bearer eyJhbGciOi.static.token")).ok(),
+            p.by_name("a").map(Principal::Tenant)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -85,6 +85,9 @@ pub struct JwtIssuer {
     pub audiences: Vec<String>,
     /// Every token of this issuer is this tenant's.
     pub tenant: Option<String>,
+    /// With `tenant_claim`: the tenants its tokens may name (empty: any tenant a JWT may
+    /// name, i.e. not `default` nor an anonymous one).
+    pub tenants: Vec<String>,
     /// Else the tenant is named by this claim, a string (default `sub`).
     pub tenant_claim: Option<String>,
     /// A claim (a list of topic names or patterns) that narrows the tenant's topics for
@@ -118,14 +121,33 @@ pub fn sha256_token(t: &str) -> Option<Result<[u8; 32], String>> {
     Some(Ok(d))
 }
 
-/// Checks the tenants and the JWT settings; `max_body` is the global `max_body_bytes`.
+/// Most tenants one configuration may have (label cardinality, and the policy's index).
+pub const MAX_TENANTS: usize = 10_000;
+
+/// Checks the tenants and the JWT settings against the rest of the configuration:
+/// `max_body` is the global `max_body_bytes`, `auth_tokens` the tokens of the tenant
+/// `default`, `allowed(topic)` whether the global `topics` allow a topic.
 pub fn validate(
     tenants: &std::collections::BTreeMap<String, TenantConfig>,
     jwt: &JwtConfig,
     max_body: usize,
+    auth_tokens: &[String],
+    allowed: impl Fn(&str) -> bool,
 ) -> Result<(), String> {
+    if tenants.len() > MAX_TENANTS {
+        return Err(format!("tenants: at most {MAX_TENANTS}"));
+    }
     let mut anonymous = None;
     let mut seen_tokens = std::collections::BTreeMap::new();
+    // The shared tokens are the tenant "default"'s: none may be another tenant's too.
+    let default = "default".to_string();
+    for tok in auth_tokens {
+        let digest = match sha256_token(tok) {
+            Some(d) => d.map_err(|e| format!("auth_tokens: {e}"))?,
+            None => crate::auth::token_digest(tok.as_bytes()),
+        };
+        seen_tokens.insert(digest, &default);
+    }
     for (name, t) in tenants {
         let key = |k: &str| format!("tenants.{name}.{k}");
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
@@ -172,11 +194,24 @@ pub fn validate(
                     key("topics")
                 ));
             }
+            // The global topics bound every tenant.
+            if !s.ends_with('*') && !allowed(s) {
+                return Err(format!(
+                    "{}: {s:?} is not allowed by the global topics",
+                    key("topics")
+                ));
+            }
         }
         if let Some(d) = &t.default_topic {
             if !valid_topic(d) {
                 return Err(format!(
                     "{}: invalid topic name {d:?}",
+                    key("default_topic")
+                ));
+            }
+            if !allowed(d) {
+                return Err(format!(
+                    "{}: {d:?} is not allowed by the global topics",
                     key("default_topic")
                 ));
             }
@@ -201,6 +236,20 @@ pub fn validate(
                 key("max_body_bytes")
             ));
         }
+        // Every body the tenant may send must fit its byte bucket, else it could never
+        // be admitted.
+        let largest = if t.max_body_bytes > 0 {
+            t.max_body_bytes
+        } else {
+            max_body
+        };
+        if t.bytes_per_sec > 0.0 && t.bytes_per_sec * t.burst_secs < largest as f64 {
+            return Err(format!(
+                "{}: bytes_per_sec x burst_secs = {} is less than the largest body it may send ({largest}): raise burst_secs, or set a smaller max_body_bytes",
+                key("bytes_per_sec"),
+                t.bytes_per_sec * t.burst_secs
+            ));
+        }
     }
     if !jwt.issuers.is_empty() && jwt.jwks_file.is_none() {
         return Err("jwt.jwks_file: issuers need a key set".into());
@@ -208,21 +257,26 @@ pub fn validate(
     if jwt.leeway_secs > 3600 {
         return Err("jwt.leeway_secs: at most 3600".into());
     }
+    // A JWT may not speak for the shared-token tenant (every topic) or an anonymous one
+    // (limited per address, not per token).
+    let jwt_may = |t: &String| {
+        tenants.get(t).is_some_and(|c| !c.anonymous) && (t != "default" || auth_tokens.is_empty())
+    };
     for (i, iss) in jwt.issuers.iter().enumerate() {
         if iss.issuer.is_empty() {
             return Err(format!("jwt.issuers[{i}].issuer: the iss claim to accept"));
-        }
-        if let Some(t) = &iss.tenant {
-            if !tenants.contains_key(t) {
-                return Err(format!(
-                    "jwt.issuers[{i}].tenant: no tenant {t:?} in [tenants]"
-                ));
-            }
         }
         if iss.tenant.is_some() && iss.tenant_claim.is_some() {
             return Err(format!(
                 "jwt.issuers[{i}]: tenant or tenant_claim, not both"
             ));
+        }
+        for t in iss.tenant.iter().chain(&iss.tenants) {
+            if !jwt_may(t) {
+                return Err(format!(
+                    "jwt.issuers[{i}]: {t:?} is not a tenant a JWT may name (one of [tenants], not anonymous, not the \"default\" of auth_tokens)"
+                ));
+            }
         }
     }
     Ok(())

@@ -52,8 +52,10 @@ struct Cached {
 /// An admitted produce request.
 #[derive(Clone, Copy, Default)]
 pub struct Admitted {
-    /// Its tenant (None: authentication is off).
+    /// Its tenant (None: authentication is off): an index into the policy of
+    /// `generation`, good only while that policy is in force (`Guard::tenant`).
     pub tenant: Option<u16>,
+    pub generation: u64,
 }
 
 impl Guard {
@@ -107,6 +109,7 @@ impl Guard {
         out: &mut Admitted,
     ) -> Result<(), HttpError> {
         let policy = self.policy();
+        out.generation = policy.generation;
         let auth = self.authenticate(&policy, c, buf, head, now)?;
         let Principal::Tenant(i) = auth.principal else {
             return self.address_rate(c, now);
@@ -115,9 +118,11 @@ impl Guard {
         let t = policy.tenant(i);
         let stats = &t.stats.per_exec[self.executor];
         let topic = topic_name(buf, p, Some(t), cfg);
-        let in_scope = !topic.is_empty()
-            && t.scope.allows(topic)
-            && auth.narrowed.as_ref().is_none_or(|s| s.allows(topic));
+        if topic.is_empty() {
+            return Err(HttpError::NotFound("no default topic configured"));
+        }
+        let in_scope =
+            t.scope.allows(topic) && auth.narrowed.as_ref().is_none_or(|s| s.allows(topic));
         if !in_scope {
             bump(&stats.forbidden, 1);
             return Err(HttpError::Forbidden("topic not in the tenant's scope"));
@@ -137,30 +142,57 @@ impl Guard {
             bump(&stats.too_large, 1);
             return Err(HttpError::PayloadTooLarge);
         }
-        self.spend(i, t, 1, length.unwrap_or(0) as u64, now)?;
+        // The address first: a client over its own limit must not drain the anonymous
+        // tenant's budget that every other client shares.
         if t.anonymous {
             self.address_rate(c, now)?;
         }
+        self.spend(i, t, 1, length.unwrap_or(0) as u64, now)?;
         bump(&stats.requests, 1);
         bump(&stats.bytes, length.unwrap_or(0) as u64);
         Ok(())
     }
 
-    /// A chunked body's bytes, known once it is read: its tenant's byte budget (and its
-    /// body limit) decide now, before anything is produced.
-    pub fn admit_body(&self, a: Admitted, len: usize) -> Result<(), HttpError> {
+    /// Bytes the head could not announce (a chunked body, or what a compressed one
+    /// decoded to beyond its wire size), known once the body is read: the tenant's byte
+    /// budget decides now, before anything is produced. A refusal gives the request's
+    /// unit back (nothing of a refused request counts).
+    pub fn admit_body(&self, a: Admitted, more: usize) -> Result<(), HttpError> {
         let Some(i) = a.tenant else { return Ok(()) };
-        let policy = self.policy.borrow();
-        let Some(t) = policy.tenants.get(i as usize) else {
+        let policy = self.tenant_policy(a)?;
+        let t = policy.tenant(i);
+        if more == 0 {
             return Ok(());
-        };
-        if t.max_body > 0 && len > t.max_body {
-            bump(&t.stats.per_exec[self.executor].too_large, 1);
-            return Err(HttpError::DecodedTooLarge);
         }
-        self.spend(i, t, 0, len as u64, now_ns())?;
-        bump(&t.stats.per_exec[self.executor].bytes, len as u64);
+        if let Err(e) = self.spend(i, t, 0, more as u64, now_ns()) {
+            if t.requests.is_some() {
+                self.leases.borrow_mut()[i as usize][0].refund(1);
+            }
+            return Err(e);
+        }
+        bump(&t.stats.per_exec[self.executor].bytes, more as u64);
         Ok(())
+    }
+
+    /// The tenant's body limit for an admitted request (0: the global one).
+    pub fn body_limit(&self, a: Admitted) -> usize {
+        let policy = self.policy.borrow();
+        match a.tenant {
+            Some(i) if a.generation == policy.generation => policy.tenant(i).max_body,
+            _ => 0,
+        }
+    }
+
+    /// The policy an admitted request's tenant index belongs to, or 503 when a reload
+    /// swapped it while the body arrived: the index may name another tenant now, so the
+    /// request is refused (the client retries under the new policy), never produced under
+    /// the wrong name.
+    pub fn tenant_policy(&self, a: Admitted) -> Result<std::cell::Ref<'_, Arc<Policy>>, HttpError> {
+        let p = self.policy.borrow();
+        match a.tenant {
+            Some(_) if a.generation != p.generation => Err(HttpError::PolicyReloaded),
+            _ => Ok(p),
+        }
     }
 
     /// Spends `requests` and `bytes` of tenant `i`'s budgets (both or neither).
@@ -254,13 +286,17 @@ impl Guard {
             Err(r) => {
                 c.cached = None;
                 self.refused(r);
-                Err(HttpError::Unauthorized(r.reason()))
+                Err(match r {
+                    Refused::Jwt(_) | Refused::UnknownTenant => HttpError::BadToken(r.reason()),
+                    _ => HttpError::Unauthorized(r.reason()),
+                })
             }
         }
     }
 
     fn refused(&self, r: Refused) {
-        bump(&self.edge.refused[r.index()], 1);
+        // Shared by every executor: a real atomic add, not `bump`.
+        self.edge.refused[r.index()].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -268,7 +304,7 @@ impl Guard {
 /// global default ("" when there is none).
 pub fn topic_name<'a>(buf: &'a [u8], p: &Produce, t: Option<&Tenant>, cfg: &'a Config) -> &'a [u8] {
     match &p.topic {
-        Topic::Path(r) => &buf[r.clone()],
+        Topic::Path(r) => buf.get(r.clone()).unwrap_or(b""),
         Topic::Default => t
             .and_then(|t| t.default_topic)
             .or(cfg.default_topic.as_deref())

@@ -46,6 +46,9 @@ pub struct Conn {
     /// from then on answers carry `Connection: close`.
     served: u64,
     age_limit: Option<Instant>,
+    /// The current request's body limit: `max_body_bytes`, or its tenant's smaller one
+    /// (for chunked and decoded bodies; a Content-Length over it is refused at the head).
+    body_limit: usize,
 }
 
 /// Why the loop stops reading.
@@ -86,6 +89,7 @@ impl Conn {
             refuse: None,
             served: 0,
             age_limit,
+            body_limit: lim.max_body_bytes,
         }
     }
 
@@ -188,6 +192,10 @@ impl Conn {
         if let Some(o) = &self.produce.origin {
             self.replies.set_origin(Some(&bytes[o.clone()]));
         }
+        self.body_limit = match exec.guard.body_limit(self.admitted) {
+            0 => self.lim.max_body_bytes,
+            t => t.min(self.lim.max_body_bytes),
+        };
         if let Some(e) = handler::refuse_before_body(&self.head, &routed) {
             return self.fail(e, started);
         }
@@ -205,17 +213,9 @@ impl Conn {
             None => &self.rb.decoded[..],
         };
         let mut charged = 0;
-        // A chunked body's size is known now: its tenant's byte budget decides.
-        let routed = match routed {
-            Ok(Route::Produce) if body.inline.is_none() => exec
-                .guard
-                .admit_body(self.admitted, body_bytes.len())
-                .map(|()| Route::Produce),
-            r => r,
-        };
         let routed = match routed {
             Ok(Route::Produce) if self.produce.coding != Coding::Identity => {
-                let max = self.lim.max_body_bytes;
+                let max = self.body_limit;
                 match encoding::decode(self.produce.coding, body_bytes, max, &mut self.inflated) {
                     Ok(()) if Budget::take(&*exec, self.inflated.len()) => {
                         charged = self.inflated.len();
@@ -229,6 +229,22 @@ impl Conn {
             r => r,
         };
 
+        // What the head could not announce (a chunked body, a compressed one's decoded
+        // bytes beyond its Content-Length) counts against the tenant's byte budget now.
+        let routed = match routed {
+            Ok(Route::Produce) => {
+                let announced = match self.head.framing {
+                    Framing::Length(n) => n,
+                    _ => 0,
+                };
+                let more = body_bytes.len().saturating_sub(announced);
+                exec.guard
+                    .admit_body(self.admitted, more)
+                    .map(|()| Route::Produce)
+            }
+            r => r,
+        };
+
         // 5. Handle.
         let req = Request {
             bytes,
@@ -237,7 +253,7 @@ impl Conn {
             body: body_bytes,
             started,
             buffered: self.rb.moving(),
-            tenant: self.admitted.tenant,
+            admitted: self.admitted,
             client: &self.auth.addr_text,
         };
         let handled = routed.and_then(|r| handler::handle(&exec, r, &req));
@@ -303,7 +319,7 @@ impl Conn {
                 loop {
                     let arrived = self.rb.unread().len() - hl;
                     let (wire, decoded) = self.rb.split_for_decode(hl);
-                    let r = self.chunked.decode(wire, decoded, self.lim.max_body_bytes);
+                    let r = self.chunked.decode(wire, decoded, self.body_limit);
                     match r {
                         // The decoded body counts against the memory budget as it grows.
                         Ok(_) if self.rb.recharge(&*self.exec).is_err() => {
@@ -424,15 +440,20 @@ impl Conn {
             self.replies
                 .now(|out| response::rest_error(out, &e, &date, keep, retry, head_only));
         } else {
-            // A tenant's refusal names the tenant (and the topic it may not write).
-            let policy = self.exec.guard.policy();
-            let tenant = self.admitted.tenant.map(|i| policy.tenant(i));
-            let bytes = self.rb.unread();
-            let topic =
-                crate::exec::admit::topic_name(bytes, &self.produce, tenant, &self.exec.cfg);
+            // A tenant's refusal names the tenant (and, for a topic outside its scope, the
+            // topic: only then does the route belong to this request).
+            let guard = &self.exec.guard;
+            let policy = guard.tenant_policy(self.admitted).ok();
+            let tenant = policy
+                .as_ref()
+                .and_then(|p| self.admitted.tenant.map(|i| p.tenant(i)));
+            let topic = matches!(e, HttpError::Forbidden(_)).then(|| {
+                let bytes = self.rb.unread();
+                crate::exec::admit::topic_name(bytes, &self.produce, tenant, &self.exec.cfg)
+            });
             let name = tenant.map(|t| &*t.name);
             self.replies.now(|out| {
-                response::error_detail(out, &e, &date, keep, retry, head_only, name, Some(topic))
+                response::error_detail(out, &e, &date, keep, retry, head_only, name, topic)
             });
         }
         drop(date);

@@ -24,7 +24,7 @@ pub struct Request<'a> {
     /// right after (see `Exec::reserve`).
     pub buffered: usize,
     /// The tenant admission found (`admit`), if authentication is on.
-    pub tenant: Option<u16>,
+    pub admitted: crate::exec::admit::Admitted,
     /// The client's address as text, for `client_address_header` (empty: none).
     pub client: &'a [u8],
 }
@@ -129,8 +129,8 @@ impl Records<'_> {
 /// once Kafka acknowledged them (ack=kafka).
 fn produce<'a>(exec: &'a Exec, req: &Request<'a>) -> Result<Answer<'a>, HttpError> {
     let (p, bytes, body) = (req.produce, req.bytes, req.body);
-    let policy = exec.guard.policy();
-    let tenant = req.tenant.map(|i| policy.tenant(i));
+    let policy = exec.guard.tenant_policy(req.admitted)?;
+    let tenant = req.admitted.tenant.map(|i| policy.tenant(i));
     let topic: &[u8] = crate::exec::admit::topic_name(bytes, p, tenant, &exec.cfg);
     if topic.is_empty() {
         return Err(HttpError::NotFound("no default topic configured"));
@@ -251,15 +251,20 @@ fn produce<'a>(exec: &'a Exec, req: &Request<'a>) -> Result<Answer<'a>, HttpErro
     })
 }
 
-/// A REST v2 record's own headers, without one that claims to be `tenant_header`.
+/// A REST v2 record's own headers, without those that claim to be ingestd's own
+/// (`tenant_header`, `client_address_header`): consumers trust those.
 fn client_headers<'v>(
     h: &'v [(Vec<u8>, Vec<u8>)],
     cfg: &'v crate::config::Config,
 ) -> impl Iterator<Item = (&'v [u8], &'v [u8])> + Clone {
+    let own = |n: &[u8]| {
+        [Some(&cfg.tenant_header), cfg.client_address_header.as_ref()]
+            .into_iter()
+            .flatten()
+            .any(|o| !o.is_empty() && n.eq_ignore_ascii_case(o.as_bytes()))
+    };
     h.iter()
-        .filter(|(n, _)| {
-            cfg.tenant_header.is_empty() || !n.eq_ignore_ascii_case(cfg.tenant_header.as_bytes())
-        })
+        .filter(move |(n, _)| !own(n))
         .map(|(n, v)| (&n[..], &v[..]))
 }
 
@@ -304,7 +309,7 @@ mod tests {
             body: &wire[head.len..],
             started: Instant::now(),
             buffered: 0,
-            tenant: None,
+            admitted: Default::default(),
             client: b"",
         };
         Ok(match handle(exec, r, &req)? {

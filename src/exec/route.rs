@@ -105,15 +105,9 @@ pub fn route(
         b"/healthz" => return get_only(Route::Health),
         b"/readyz" => return get_only(Route::Ready),
         b"/metrics" => return get_only(Route::Metrics),
-        b"/" => {
-            // A tenant may have a default topic of its own (checked at admission).
-            if cfg.default_topic.is_none()
-                && !cfg.tenants.values().any(|t| t.default_topic.is_some())
-            {
-                return Err(HttpError::NotFound("no default topic configured"));
-            }
-            Topic::Default
-        }
+        // Which topic `POST /` writes (a tenant's default, or the global one) is known once
+        // the request is authenticated: `admit`, or the handler without authentication.
+        b"/" => Topic::Default,
         p if p.starts_with(b"/topics/") => {
             // REST v2's `/topics/{topic}/partitions/{p}` (topic names have no '/').
             let mut parts = p[8..].splitn(2, |&b| b == b'/');

@@ -534,7 +534,11 @@ async fn accept_loop(
 /// HTTPS listener; then requests until it ends.
 async fn serve(exec: Rc<Exec>, sock: Sock, tls: Option<Arc<Certs>>, kind: Kind, watch: Rc<Watch>) {
     let mut auth = ConnAuth::default();
-    auth.addr = sock.peer_addr();
+    // The socket's peer, where something uses it (a getpeername per connection else).
+    let cfg = &exec.cfg;
+    if exec.guard.edge.addrs.is_some() || cfg.client_address_header.is_some() {
+        auth.addr = sock.peer_addr();
+    }
     // Behind a load balancer the client is the one its PROXY header names; a connection
     // without a valid header is closed unanswered (it did not come through the balancer,
     // or is its TCP check). LOCAL (the balancer's own health check) keeps the socket's.
@@ -567,6 +571,12 @@ async fn serve(exec: Rc<Exec>, sock: Sock, tls: Option<Arc<Certs>>, kind: Kind, 
         }
     }
     let slot = auth.slot;
+    // Over its address's limit on the HTTPS listener: closed at once, without the cost
+    // of a handshake (the plain listener answers 429 to the first request).
+    if over.is_some() && tls.is_some() {
+        forget(&exec, slot);
+        return;
+    }
     let mut link = match tls {
         None => Link::Plain(sock),
         Some(certs) => match handshake(&exec, sock, &certs, &watch).await {

@@ -148,7 +148,7 @@ pub fn error_detail(
     let kind = match err {
         HttpError::Forbidden(_) => "forbidden",
         HttpError::TooManyRequests { .. } | HttpError::TooManyConnections => "too many requests",
-        HttpError::Unauthorized(_) => "unauthorized",
+        HttpError::Unauthorized(_) | HttpError::BadToken(_) => "unauthorized",
         _ => return error(out, err, date, conn, retry_after, head_only),
     };
     let mut body = Vec::with_capacity(160);
