@@ -21,6 +21,18 @@ function M.build(args, extra_header)
     f:close()
     headers["Content-Encoding"] = "gzip"
   end
+  -- BENCH_BODY_FILE=<file>: that file's bytes as the body (a JSON object, NDJSON lines),
+  -- with BENCH_CONTENT_TYPE if set.
+  local bf = os.getenv("BENCH_BODY_FILE")
+  if bf then
+    local f = assert(io.open(bf, "rb"))
+    body = f:read("*a")
+    f:close()
+  end
+  local ct = os.getenv("BENCH_CONTENT_TYPE")
+  if ct then
+    headers["Content-Type"] = ct
+  end
   if extra_header then
     headers[extra_header[1]] = extra_header[2]
   end

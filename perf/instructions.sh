@@ -8,7 +8,8 @@
 # the executor, the Kafka thread, librdkafka's broker thread and all threads.
 #
 #   perf/instructions.sh BINARY TOKEN NAME=CONFIG.toml [NAME=CONFIG.toml ...]
-#   (N=20000 WARM=2000 by default; set them in the environment)
+#   (N=20000 WARM=2000 by default; set them in the environment; BENCH_BODY_FILE and
+#   BENCH_CONTENT_TYPE send that body instead of 256 x's)
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$(realpath "$1") TOKEN=$2
@@ -29,8 +30,11 @@ send() { # send COUNT: keep-alive POSTs, every answer must be 2xx
 import http.client, sys
 port, n, token = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-body = b"x" * 256
-h = {"Authorization": "Bearer " + token, "Content-Type": "application/octet-stream"}
+import os
+bf = os.environ.get("BENCH_BODY_FILE")
+body = open(bf, "rb").read() if bf else b"x" * 256
+ct = os.environ.get("BENCH_CONTENT_TYPE", "application/octet-stream")
+h = {"Authorization": "Bearer " + token, "Content-Type": ct}
 for _ in range(n):
     c.request("POST", "/topics/perf", body, h)
     r = c.getresponse(); r.read()

@@ -11,8 +11,10 @@ use std::path::PathBuf;
 
 mod secrets;
 pub mod tenants;
+pub mod topic;
 use secrets::{credentials, kafka_env_property, Credential};
 pub use tenants::{JwtConfig, JwtIssuer, TenantConfig};
+pub use topic::{OnInvalid, TopicConfig};
 
 /// When a request is answered: once queued in ingestd (202), once synced to the
 /// executor's spool (201, needs `spool_dir`), or once Kafka acknowledged it (200).
@@ -47,6 +49,9 @@ pub struct Config {
     pub default_topic: Option<String>,
     /// Topics allowed in `POST /topics/{topic}`; `*` allows any valid topic name.
     pub topics: Vec<String>,
+    /// Per-topic checks at the edge (`[topic.NAME]`: a JSON Schema for values and keys,
+    /// what an invalid record gets). Reloaded on SIGHUP.
+    pub topic: BTreeMap<String, TopicConfig>,
     /// Default delivery contract, overridable per request with `Kafka-Ack`.
     pub ack: AckMode,
     /// Number of Glommio executors (0 = one per allowed CPU but one: `default_executors`).
@@ -230,6 +235,7 @@ impl Default for Config {
             brokers: "127.0.0.1:9092".into(),
             default_topic: Some("events".into()),
             topics: vec!["*".into()],
+            topic: BTreeMap::new(),
             ack: AckMode::Queued,
             executors: 0,
             cpus: vec![],
@@ -748,6 +754,9 @@ impl Config {
             &self.auth_tokens,
             allowed,
         )?;
+        for (name, t) in &self.topic {
+            t.validate(name, allowed)?;
+        }
         for (k, h) in [
             (
                 "tenant_header",
@@ -794,8 +803,9 @@ impl Config {
                 return Err("admin_listen: an address of its own, not listen or tls_listen".into());
             }
         }
-        // The tenants compile (token digests, the JWT key set readable and usable), so
-        // that --check-config catches what a start or a reload would refuse.
+        // The tenants and schemas compile (token digests, the JWT key set readable and
+        // usable, every schema file), so that --check-config catches what a start or a
+        // reload would refuse.
         crate::auth::Policy::build(self, self.executors.max(1), 1, None)?;
         Ok(())
     }

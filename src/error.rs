@@ -170,6 +170,11 @@ pub enum HttpError {
     DecodedTooLarge,
     /// A plain HTTP request on the HTTPS port (400, unencrypted, then close).
     PlainHttpOnTls,
+    /// Records its topic's schema refuses (422); the answer's JSON lists them
+    /// (`schema::report`, kept in `Exec::schema_report` until the answer is written).
+    SchemaRefused,
+    /// A body that is not JSON for a topic with a schema (400, listed likewise).
+    NotJson,
 }
 
 impl HttpError {
@@ -177,7 +182,7 @@ impl HttpError {
     pub fn status(&self) -> (u16, &'static str) {
         use HttpError::*;
         match self {
-            BadRequest(_) | BadFraming(_) | PlainHttpOnTls => (400, "Bad Request"),
+            BadRequest(_) | BadFraming(_) | PlainHttpOnTls | NotJson => (400, "Bad Request"),
             Unauthorized(_) | BadToken(_) => (401, "Unauthorized"),
             Forbidden(_) => (403, "Forbidden"),
             TooManyRequests { .. } | TooManyConnections => (429, "Too Many Requests"),
@@ -189,7 +194,7 @@ impl HttpError {
             UriTooLong => (414, "URI Too Long"),
             ExpectationFailed => (417, "Expectation Failed"),
             UnsupportedMediaType(_) => (415, "Unsupported Media Type"),
-            Unprocessable(_) => (422, "Unprocessable Content"),
+            Unprocessable(_) | SchemaRefused => (422, "Unprocessable Content"),
             HeadersTooLarge => (431, "Request Header Fields Too Large"),
             NotImplemented(_) => (501, "Not Implemented"),
             VersionNotSupported => (505, "HTTP Version Not Supported"),
@@ -227,6 +232,8 @@ impl HttpError {
             PayloadTooLarge => "request body too large",
             DecodedTooLarge => "decoded request body larger than max_body_bytes",
             PlainHttpOnTls => "plain HTTP sent to the HTTPS port: use https://",
+            SchemaRefused => "records do not match the topic's schema; nothing was produced",
+            NotJson => "the body is not JSON, and its topic has a schema",
             UriTooLong => "request target too long",
             ExpectationFailed => "only 100-continue is supported",
             HeadersTooLarge => "request headers too large",

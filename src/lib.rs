@@ -19,6 +19,7 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod notify;
+pub mod schema;
 pub mod spool;
 pub mod sys;
 pub mod tls;

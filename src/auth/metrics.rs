@@ -87,6 +87,7 @@ pub fn encode(edge: &Edge, enc: &mut DescriptorEncoder) -> std::fmt::Result {
         None,
         counter,
     )?)?;
+    crate::schema::metrics::encode(&policy.schemas, p.schema_reload_failures.load(Relaxed), enc)?;
     if let Some(a) = &edge.addrs {
         ConstGauge::new(a.in_use(super::budget::now_ns()) as i64).encode(
             enc.encode_descriptor(

@@ -204,6 +204,8 @@ pub struct Policy {
     /// Whether a request must present a credential (tokens, tenants or JWT issuers are
     /// configured); if not, every request is `Open` (no tenant, no budget).
     pub required: bool,
+    /// The topics' schemas (`[topic.NAME]`), swapped with the rest on SIGHUP.
+    pub schemas: crate::schema::Schemas,
 }
 
 /// Who a request is.
@@ -299,6 +301,7 @@ impl Policy {
             });
         }
         let jwt = jwt::Verifier::load(&cfg.jwt)?;
+        let schemas = crate::schema::Schemas::build(cfg, executors, old.map(|o| &o.schemas))?;
         let jwt_tenants = tenants
             .iter()
             .map(|t| !t.anonymous && (*t.name != *"default" || cfg.auth_tokens.is_empty()))
@@ -311,6 +314,7 @@ impl Policy {
             tokens,
             anonymous,
             jwt,
+            schemas,
         })
     }
 
@@ -387,6 +391,8 @@ pub struct Policies {
     pub generation: AtomicU64,
     /// Reloads refused because the new configuration was invalid (the old policy stays).
     pub reload_failures: AtomicU64,
+    /// Those of them refused for a schema (`[topic.NAME]`).
+    pub schema_reload_failures: AtomicU64,
     pub reloads: AtomicU64,
 }
 
@@ -397,6 +403,7 @@ impl Policies {
             generation: AtomicU64::new(p.generation),
             current: Mutex::new(Arc::new(p)),
             reload_failures: AtomicU64::new(0),
+            schema_reload_failures: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
         })
     }

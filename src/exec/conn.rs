@@ -436,7 +436,18 @@ impl Conn {
         let retry = self.exec.retry_after;
         let head_only = self.head_only;
         let date = self.exec.date.borrow();
-        if self.produce.rest.is_some() {
+        let report = match e {
+            HttpError::SchemaRefused | HttpError::NotJson => {
+                std::mem::take(&mut *self.exec.schema_report.borrow_mut())
+            }
+            _ => Vec::new(),
+        };
+        if !report.is_empty() {
+            let rest = self.produce.rest.is_some();
+            self.replies.now(|out| {
+                response::error_report(out, &e, &date, keep, retry, head_only, rest, &report)
+            });
+        } else if self.produce.rest.is_some() {
             self.replies
                 .now(|out| response::rest_error(out, &e, &date, keep, retry, head_only));
         } else {
@@ -515,6 +526,20 @@ fn write_answer(
                 40 - w.len()
             };
             let (ct, body) = ("application/json", &msg[..len]);
+            replies.now(|out| write_now(out, (202, "Accepted"), ct, body, keep, head_only, &date));
+            202
+        }
+        Answer::DeadLettered {
+            queued,
+            dead_lettered,
+            topic,
+        } => {
+            let body = format!(
+                "{{\"queued\":{queued},\"valid\":{},\"dead_lettered\":{dead_lettered},\"dead_letter_topic\":{}}}\n",
+                queued - dead_lettered,
+                serde_json::to_string(&topic).unwrap_or_default()
+            );
+            let (ct, body) = ("application/json", body.as_bytes());
             replies.now(|out| write_now(out, (202, "Accepted"), ct, body, keep, head_only, &date));
             202
         }

@@ -3,12 +3,15 @@
 //! executor's queue here. `conn` reads and writes; this decides.
 
 use crate::config::AckMode;
+use crate::config::OnInvalid;
 use crate::error::HttpError;
 use crate::exec::local::{Exec, Ticket};
 use crate::exec::restv2::{self, Record};
 use crate::exec::route::{ndjson_lines, Produce, Route};
 use crate::http::parse::{Framing, Head};
 use crate::kafka::lane::record_cost;
+use crate::schema::judge::{Cursor, Judge, Problem};
+use crate::schema::{self, report, TopicSchema};
 use std::time::{Duration, Instant};
 
 /// A request whose head and body are complete.
@@ -40,6 +43,13 @@ pub enum Answer<'a> {
     Accepted,
     /// 202 for NDJSON: `{"queued":n}`.
     Queued(usize),
+    /// 202 for a request some of whose records went to their topic's dead-letter topic:
+    /// `{"queued":n,"valid":v,"dead_lettered":d,"dead_letter_topic":"..."}`.
+    DeadLettered {
+        queued: usize,
+        dead_lettered: usize,
+        topic: String,
+    },
     /// 204 to a CORS preflight: the allow headers if the origin is allowed, and the
     /// request headers it asked for.
     Preflight {
@@ -148,6 +158,27 @@ fn produce<'a>(exec: &'a Exec, req: &Request<'a>) -> Result<Answer<'a>, HttpErro
         None => Records::One,
     };
     let key = p.key.clone().map(|r| &bytes[r]);
+    // A topic with a schema: every record is judged before any is queued.
+    let schema = policy.schemas.get(topic);
+    let judged = match schema {
+        Some(s) => Some(judge(exec, s, p, &records, body, key)?),
+        None => None,
+    };
+    let problems = judged.as_ref().map_or(&[][..], |j| &j.problems[..]);
+    // Dead-letter mode: the invalid records' topic and headers.
+    let dead = schema.filter(|_| !problems.is_empty()).map(|s| DeadLetter {
+        topic: s.dead_letter.as_deref().unwrap_or_default().as_bytes(),
+        meant: topic,
+        schema: s.schema_id(),
+        errors: problems
+            .iter()
+            .map(|q| {
+                let part = if q.key { "key" } else { "value" };
+                format!("{part} {}: {}", q.bad.path(), q.bad.reason())
+            })
+            .collect(),
+    });
+    let dead = dead.as_ref();
     let cfg = &exec.cfg;
     let names = &cfg.forward_headers;
     // The headers ingestd sets itself: the tenant's name (consumers trust it: a client's
@@ -173,10 +204,14 @@ fn produce<'a>(exec: &'a Exec, req: &Request<'a>) -> Result<Answer<'a>, HttpErro
     };
     let fbytes: usize = forwarded().map(|(n, v)| n.len() + v.len()).sum();
     let (mut n, mut cost) = (0, 0);
+    let mut cursor = Cursor::new(problems);
     records.each(body, key, p.partition, |k, v, _, h| {
         let hbytes: usize = h.iter().map(|(n, v)| n.len() + v.len()).sum();
+        let dbytes: usize = dead_headers(dead, cursor.next_record())
+            .map(|(n, v)| n.len() + v.len())
+            .sum();
         n += 1;
-        cost += record_cost(k.map_or(0, <[u8]>::len), v.len(), fbytes + hbytes);
+        cost += record_cost(k.map_or(0, <[u8]>::len), v.len(), fbytes + hbytes + dbytes);
     });
     if n == 0 {
         return Err(HttpError::BadRequest("NDJSON body has no records"));
@@ -200,8 +235,13 @@ fn produce<'a>(exec: &'a Exec, req: &Request<'a>) -> Result<Answer<'a>, HttpErro
     if let Some(sp) = &exec.spool {
         // With a spool the records go to disk first; the writer hands them to Kafka.
         let mut a = sp.begin(cost)?;
+        count_judged(exec, schema, problems, n);
+        let mut cursor = Cursor::new(problems);
         records.each(body, key, p.partition, |k, v, part, h| {
-            a.push(topic, k, v, part, client_headers(h, cfg).chain(forwarded()))
+            let bad = cursor.next_record();
+            let (t, part) = route_record(topic, part, dead, bad);
+            let h = client_headers(h, cfg).chain(forwarded());
+            a.push(t, k, v, part, h.chain(dead_headers(dead, bad)))
         });
         let durable = p.ack == AckMode::Durable;
         let ticket = if each {
@@ -220,14 +260,19 @@ fn produce<'a>(exec: &'a Exec, req: &Request<'a>) -> Result<Answer<'a>, HttpErro
         });
     }
     let mut q = exec.reserve(n, cost, one_waiter, req.buffered)?;
+    count_judged(exec, schema, problems, n);
+    let mut cursor = Cursor::new(problems);
     records.each(body, key, p.partition, |k, v, part, h| {
-        let h = client_headers(h, cfg);
+        let bad = cursor.next_record();
+        let (t, part) = route_record(topic, part, dead, bad);
+        let h = client_headers(h, cfg).chain(forwarded());
+        let h = h.chain(dead_headers(dead, bad));
         if each {
             let w = exec.add_waiter(1, deadline);
             waiters.push(w);
-            q.push_waited(w, topic, k, v, part, h.chain(forwarded()))
+            q.push_waited(w, t, k, v, part, h)
         } else {
-            q.push(topic, k, v, part, h.chain(forwarded()))
+            q.push(t, k, v, part, h)
         }
     });
     if each {
@@ -246,8 +291,104 @@ fn produce<'a>(exec: &'a Exec, req: &Request<'a>) -> Result<Answer<'a>, HttpErro
             rest,
         },
         (None, Some(parts)) => Answer::RestQueued(parts),
+        (None, None) if dead.is_some() => Answer::DeadLettered {
+            queued: n,
+            dead_lettered: problems.len(),
+            topic: schema
+                .and_then(|s| s.dead_letter.as_deref())
+                .unwrap_or("")
+                .to_string(),
+        },
         (None, None) if p.ndjson => Answer::Queued(n),
         (None, None) => Answer::Accepted,
+    })
+}
+
+/// Judges a request's records against its topic's schema (`schema`): the verdict for
+/// dead-letter mode, or the refusal (422 listing the records, 400 for a single body that
+/// is not JSON, 415 for a content type that cannot be JSON) with its report written.
+/// Binary and text REST v2 values are bytes, not JSON: they are not judged.
+fn judge<'s>(
+    exec: &Exec,
+    s: &'s TopicSchema,
+    p: &Produce,
+    records: &Records,
+    body: &[u8],
+    key: Option<&[u8]>,
+) -> Result<Judge<'s>, HttpError> {
+    let mut j = Judge::new(s);
+    match p.rest {
+        Some(f) if f != restv2::Embedded::Json => return Ok(j),
+        Some(_) => {}
+        None if p.not_json => {
+            return Err(HttpError::UnsupportedMediaType(
+                "the topic has a JSON schema: send application/json or application/x-ndjson",
+            ))
+        }
+        None => {}
+    }
+    records.each(body, key, p.partition, |k, v, _, _| j.record(k, v));
+    if j.problems.is_empty() || s.on_invalid == OnInvalid::DeadLetter {
+        return Ok(j);
+    }
+    s.count(exec.index as usize, schema::REJECTED, j.problems.len());
+    let one = matches!(records, Records::One);
+    let not_json = one && matches!(j.problems[0].bad, schema::Bad::NotJson(_));
+    let (status, e) = if not_json {
+        (400, HttpError::NotJson)
+    } else {
+        (422, HttpError::SchemaRefused)
+    };
+    *exec.schema_report.borrow_mut() = report::body(status, &s.topic, j.records, &j.problems);
+    Err(e)
+}
+
+/// Counts a queued request's judged records (none when its topic has no schema).
+fn count_judged(exec: &Exec, schema: Option<&TopicSchema>, problems: &[Problem], n: usize) {
+    if let Some(s) = schema {
+        let i = exec.index as usize;
+        s.count(i, schema::VALID, n - problems.len());
+        s.count(i, schema::DEAD_LETTERED, problems.len());
+    }
+}
+
+/// Where dead-letter mode sends invalid records, and what it tells about them.
+struct DeadLetter<'a> {
+    topic: &'a [u8],
+    /// The topic the records were meant for.
+    meant: &'a [u8],
+    /// `file#sha256:hash` of the schema.
+    schema: String,
+    /// Each invalid record's first error, in `problems` order.
+    errors: Vec<String>,
+}
+
+/// A record's topic and partition: its own, or the dead-letter topic's (any partition)
+/// when it is invalid.
+fn route_record<'t>(
+    topic: &'t [u8],
+    part: i32,
+    dead: Option<&DeadLetter<'t>>,
+    bad: Option<usize>,
+) -> (&'t [u8], i32) {
+    match (dead, bad) {
+        (Some(d), Some(_)) => (d.topic, -1),
+        _ => (topic, part),
+    }
+}
+
+/// The headers of a dead-lettered record (none for a valid one): the topic it was meant
+/// for, the schema and its first error. `rank`: its place among the invalid records.
+fn dead_headers<'v>(
+    dead: Option<&'v DeadLetter<'v>>,
+    rank: Option<usize>,
+) -> impl Iterator<Item = (&'v [u8], &'v [u8])> + Clone {
+    dead.zip(rank).into_iter().flat_map(|(d, r)| {
+        [
+            (&b"ingestd-dead-letter-topic"[..], d.meant),
+            (&b"ingestd-dead-letter-schema"[..], d.schema.as_bytes()),
+            (&b"ingestd-dead-letter-error"[..], d.errors[r].as_bytes()),
+        ]
     })
 }
 
@@ -317,6 +458,11 @@ mod tests {
             Answer::Metrics(m) => format!("metrics {}", m.len()),
             Answer::Accepted => "202".into(),
             Answer::Queued(n) => format!("202 queued {n}"),
+            Answer::DeadLettered {
+                queued,
+                dead_lettered,
+                topic,
+            } => format!("202 queued {queued}, {dead_lettered} to {topic}"),
             Answer::RestQueued(p) => format!("202 rest {p:?}"),
             Answer::Preflight { allowed, .. } => format!("204 {allowed}"),
             Answer::Later { topic, count, .. } => {

@@ -87,6 +87,9 @@ pub struct Exec {
     pub spool: Option<Rc<Spool>>,
     /// Admission at the edge: tenants, credentials, budgets (`admit`).
     pub guard: crate::exec::admit::Guard,
+    /// The JSON body of the last schema refusal (`HttpError::SchemaRefused`, `NotJson`):
+    /// written by the handler, taken by the answer right after.
+    pub schema_report: RefCell<Vec<u8>>,
 }
 
 /// Records after which a push wakes the Kafka thread even from a nap: by then it has a
@@ -126,6 +129,7 @@ impl Exec {
     ) -> Rc<Exec> {
         Rc::new(Exec {
             guard: crate::exec::admit::Guard::new(edge, lane.index as usize),
+            schema_report: RefCell::new(Vec::new()),
             index: lane.index,
             cfg,
             metrics,

@@ -27,6 +27,9 @@ pub struct Produce {
     pub partition: i32,
     pub ack: AckMode,
     pub ndjson: bool,
+    /// A Content-Type that cannot be JSON (`text/plain`, `application/octet-stream`...):
+    /// a topic with a schema answers 415.
+    pub not_json: bool,
     /// A Kafka REST v2 body (Content-Type `application/vnd.kafka.<format>.v2+json`).
     pub rest: Option<Embedded>,
     /// The body's Content-Encoding, decoded before its records are taken.
@@ -142,6 +145,7 @@ pub fn route(
     into.partition = path_partition;
     into.ack = cfg.ack;
     into.ndjson = false;
+    into.not_json = false;
     into.coding = Coding::Identity;
     into.forward.clear();
     let mut seen_ack = false;
@@ -188,6 +192,7 @@ pub fn route(
                 into.forward.push((i as u16, f as u16));
             }
             into.ndjson = is_ndjson(value);
+            into.not_json = !into.ndjson && !may_be_json(value);
             into.rest = match restv2::content_type(value) {
                 Some(Err(e)) => {
                     // A REST client: its 415 comes in REST's error format.
@@ -231,6 +236,17 @@ fn is_ndjson(v: &[u8]) -> bool {
     let mime = trim(v.split(|&b| b == b';').next().unwrap_or(b""));
     mime.eq_ignore_ascii_case(b"application/x-ndjson")
         || mime.eq_ignore_ascii_case(b"application/jsonl")
+}
+
+/// Whether a Content-Type may carry JSON: `application/json`, `text/json` or any
+/// `+json` type (REST v2's among them); a missing or empty one may too.
+fn may_be_json(v: &[u8]) -> bool {
+    let mime = trim(v.split(|&b| b == b';').next().unwrap_or(b""));
+    let lower = mime.to_ascii_lowercase();
+    lower.is_empty()
+        || lower == b"application/json"
+        || lower == b"text/json"
+        || lower.ends_with(b"+json")
 }
 
 /// The value range of the first header named `name` (ASCII case-insensitive).

@@ -205,7 +205,8 @@ impl Server {
                 info!(
                     generation = p.generation,
                     tenants = p.tenants.len(),
-                    "SIGHUP: tenants, tokens and JWT keys reloaded"
+                    schemas = p.schemas.len(),
+                    "SIGHUP: tenants, tokens, JWT keys and schemas reloaded"
                 );
                 if !changed.is_empty() {
                     warn!(keys = ?changed, "SIGHUP: these settings changed in the file but take a restart (they are not reloaded)");
@@ -213,7 +214,12 @@ impl Server {
             }
             Err(e) => {
                 policies.reload_failures.fetch_add(1, Ordering::Relaxed);
-                error!(error = %e, "SIGHUP: the configuration is invalid; the tenants, tokens and keys in force stay");
+                if crate::schema::is_schema_error(&e) {
+                    policies
+                        .schema_reload_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                error!(error = %e, "SIGHUP: the configuration is invalid; the tenants, tokens, keys and schemas in force stay");
             }
         }
     }
@@ -277,7 +283,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     let (Ok(a), Ok(b)) = (toml::Table::try_from(old), toml::Table::try_from(new)) else {
         return Vec::new();
     };
-    const RELOADED: &[&str] = &["tenants", "jwt", "auth_tokens", "auth_token_file"];
+    const RELOADED: &[&str] = &["tenants", "jwt", "auth_tokens", "auth_token_file", "topic"];
     a.keys()
         .chain(b.keys())
         .filter(|k| !RELOADED.contains(&k.as_str()) && a.get(*k) != b.get(*k))

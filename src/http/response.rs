@@ -194,6 +194,23 @@ fn json_str(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
 }
 
+/// A refusal whose JSON body was written ahead (a schema's report, `schema::report`):
+/// REST v2 requests get it under their content type, others as `application/json`.
+#[allow(clippy::too_many_arguments)]
+pub fn error_report(
+    out: &mut Vec<u8>,
+    err: &HttpError,
+    date: &DateLine,
+    conn: Conn,
+    retry_after: &'static str,
+    head_only: bool,
+    rest: bool,
+    body: &[u8],
+) {
+    let ct = if rest { REST_V2 } else { "application/json" };
+    error_as(out, err, date, conn, retry_after, head_only, (ct, body));
+}
+
 /// An error's status, headers and connection verdict, with `body` of content type `ct`.
 fn error_as(
     out: &mut Vec<u8>,

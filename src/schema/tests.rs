@@ -1,0 +1,204 @@
+use super::judge::Judge;
+use super::*;
+use crate::config::TopicConfig;
+
+fn schema_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ingestd-schema-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn compiled(name: &str, text: &str) -> Result<Arc<Compiled>, String> {
+    Compiled::load(&schema_file(name, text), None)
+}
+
+const ORDER: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "required": ["id", "price"],
+  "properties": {
+    "id": {"type": "string", "pattern": "^o-[0-9]+$"},
+    "price": {"type": "number", "minimum": 0},
+    "email": {"type": "string", "format": "email"},
+    "items": {"type": "array", "items": {"type": "integer"}}
+  }
+}"#;
+
+#[test]
+fn records_are_judged_with_a_pointer_to_the_field() {
+    let c = compiled("order.json", ORDER).unwrap();
+    assert_eq!(c.check(br#"{"id":"o-1","price":3}"#), Ok(()));
+    let Err(Bad::Invalid { path, reason }) = c.check(br#"{"id":"o-1","price":"3"}"#) else {
+        panic!()
+    };
+    assert_eq!(path, "/price");
+    assert!(reason.contains("number"), "{reason}");
+    let Err(Bad::Invalid { path, .. }) = c.check(br#"{"id":"o-1","price":1,"items":[1,"x"]}"#)
+    else {
+        panic!()
+    };
+    assert_eq!(path, "/items/1");
+    // Formats are checked.
+    assert!(c
+        .check(br#"{"id":"o-1","price":1,"email":"nope"}"#)
+        .is_err());
+    assert_eq!(
+        c.check(br#"{"id":"o-1","price":1,"email":"a@b.example"}"#),
+        Ok(())
+    );
+    // A missing field: the pointer is the object's.
+    let Err(Bad::Invalid { path, reason }) = c.check(br#"{"id":"o-1"}"#) else {
+        panic!()
+    };
+    assert_eq!(path, "");
+    assert!(reason.contains("price"), "{reason}");
+    assert!(matches!(c.check(b"{\"id\":"), Err(Bad::NotJson(_))));
+}
+
+#[test]
+fn draft_07_is_taken_from_its_schema_keyword() {
+    let c = compiled(
+        "d7.json",
+        r#"{"$schema":"http://json-schema.org/draft-07/schema#","type":"array","items":[{"type":"string"}],"additionalItems":false}"#,
+    )
+    .unwrap();
+    assert_eq!(c.check(br#"["a"]"#), Ok(()));
+    assert!(
+        c.check(br#"["a", 1]"#).is_err(),
+        "additionalItems is draft-07's"
+    );
+}
+
+#[test]
+fn a_bad_schema_file_is_named_with_its_position() {
+    let e = compiled("syntax.json", "{\n  \"type\": \"object\",\n  oops\n}")
+        .err()
+        .unwrap();
+    assert!(e.contains("syntax.json") && e.contains("line 3"), "{e}");
+    let e = compiled("type.json", r#"{"properties":{"a":{"type":5}}}"#)
+        .err()
+        .unwrap();
+    assert!(
+        e.contains("type.json") && e.contains("/properties/a/type"),
+        "{e}"
+    );
+    let e = Compiled::load(Path::new("/nonexistent/s.json"), None)
+        .err()
+        .unwrap();
+    assert!(e.contains("/nonexistent/s.json"), "{e}");
+}
+
+#[test]
+fn hostile_schemas_and_bodies_take_bounded_time() {
+    // A catastrophic pattern on a backtracking engine; linear on `regex`.
+    let c = compiled("redos.json", r#"{"type":"string","pattern":"^(a+)+$"}"#).unwrap();
+    let evil = format!("\"{}!\"", "a".repeat(100_000));
+    let t = std::time::Instant::now();
+    assert!(c.check(evil.as_bytes()).is_err());
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+    // Look-around needs backtracking: refused when the schema loads.
+    assert!(compiled("look.json", r#"{"pattern":"(?=a)a"}"#).is_err());
+    // A $ref cycle that consumes nothing.
+    let c = compiled(
+        "cycle.json",
+        r##"{"$defs":{"a":{"$ref":"#/$defs/b"},"b":{"$ref":"#/$defs/a"}},"$ref":"#/$defs/a"}"##,
+    );
+    // It compiles, and judging with it returns (a loop here would stall the executor).
+    assert_eq!(c.unwrap().check(br#"{"x":1}"#), Ok(()));
+    // A recursive schema over a deep body: serde_json stops at 128 levels.
+    let c = compiled("tree.json", r##"{"type":"array","items":{"$ref":"#"}}"##).unwrap();
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert!(matches!(c.check(deep.as_bytes()), Err(Bad::NotJson(_))));
+    let ok = format!("{}{}", "[".repeat(100), "]".repeat(100));
+    assert_eq!(c.check(ok.as_bytes()), Ok(()));
+    // Huge numbers are numbers.
+    let c = compiled("num.json", r#"{"type":"number","maximum":10}"#).unwrap();
+    // Beyond f64: not JSON serde_json can hold, refused as such (400), never a panic.
+    assert!(c.check(b"1e400").is_err());
+    assert!(c.check(&[b'9'; 5000]).is_err());
+    assert_eq!(c.check(b"1e-400"), Ok(()));
+    // A reason quoting a megabyte of value is clipped.
+    let c = compiled("short.json", r#"{"type":"number"}"#).unwrap();
+    let big = format!("\"{}\"", "x".repeat(1 << 20));
+    let Err(Bad::Invalid { reason, .. }) = c.check(big.as_bytes()) else {
+        panic!()
+    };
+    assert!(reason.len() < 300);
+}
+
+#[test]
+fn an_unchanged_file_keeps_its_validator_over_a_reload() {
+    let f = schema_file("same.json", ORDER);
+    let a = Compiled::load(&f, None).unwrap();
+    let b = Compiled::load(&f, Some(&a)).unwrap();
+    assert!(Arc::ptr_eq(&a, &b));
+    std::fs::write(&f, r#"{"type":"string"}"#).unwrap();
+    let c = Compiled::load(&f, Some(&a)).unwrap();
+    assert!(!Arc::ptr_eq(&a, &c));
+    assert_ne!(a.hash, c.hash);
+}
+
+#[test]
+fn a_request_is_judged_record_by_record_and_reported() {
+    let mut cfg = Config::default();
+    cfg.topic.insert(
+        "orders".into(),
+        TopicConfig {
+            schema: Some(schema_file("orders.json", ORDER)),
+            ..TopicConfig::default()
+        },
+    );
+    let s = Schemas::build(&cfg, 2, None).unwrap();
+    let t = s.get(b"orders").unwrap();
+    assert!(s.get(b"other").is_none());
+    let mut j = Judge::new(t);
+    j.record(None, br#"{"id":"o-1","price":1}"#);
+    j.record(None, br#"{"id":"x","price":1}"#);
+    j.record(None, br#"{"id":"o-3","price":-1}"#);
+    assert_eq!(j.valid(), 1);
+    let body = report::body(422, "orders", j.records, &j.problems);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error_code"], 42201);
+    assert_eq!(v["invalid_records"], 2);
+    assert_eq!(v["records"], 3);
+    assert_eq!(v["errors"][0]["record"], 1);
+    assert_eq!(v["errors"][0]["path"], "/id");
+    assert_eq!(v["errors"][1]["record"], 2);
+    assert_eq!(v["errors"][1]["path"], "/price");
+    assert!(v["message"].as_str().unwrap().contains("2 of 3"));
+    // At most LISTED entries, the total always.
+    let many: Vec<_> = (0..50).map(|_| j.problems[0].clone()).collect();
+    let v: Value = serde_json::from_slice(&report::body(422, "orders", 50, &many)).unwrap();
+    assert_eq!(v["errors"].as_array().unwrap().len(), report::LISTED);
+    assert_eq!(v["invalid_records"], 50);
+    // Counters carry over a rebuild.
+    t.count(1, VALID, 3);
+    let s2 = Schemas::build(&cfg, 2, Some(&s)).unwrap();
+    assert_eq!(s2.get(b"orders").unwrap().total(VALID), 3);
+}
+
+#[test]
+fn keys_are_judged_by_the_key_schema() {
+    let mut cfg = Config::default();
+    cfg.topic.insert(
+        "k".into(),
+        TopicConfig {
+            key_schema: Some(schema_file("key.json", r#"{"type":"integer"}"#)),
+            ..TopicConfig::default()
+        },
+    );
+    let s = Schemas::build(&cfg, 1, None).unwrap();
+    let mut j = Judge::new(s.get(b"k").unwrap());
+    j.record(Some(b"12"), b"anything");
+    j.record(None, b"no key: not judged");
+    j.record(Some(b"\"a\""), b"v");
+    assert_eq!(j.problems.len(), 1);
+    assert_eq!(j.problems[0].record, 2);
+    assert!(j.problems[0].key);
+}
