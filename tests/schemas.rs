@@ -417,3 +417,31 @@ fn a_broken_schema_refuses_the_start_naming_the_file_and_the_position() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("dead_letter_topic"), "{err}");
 }
+
+#[test]
+fn a_dead_letter_topic_kafka_lacks_refuses_the_request_instead_of_losing_records() {
+    let b = broker();
+    let topic = b.topic("orders-nodl", 1);
+    let schema = file("orders-nodl.json", ORDER);
+    let cfg = common::temp_config(
+        "schemas-nodl",
+        &format!(
+            "[topic.{topic:?}]\nschema = {:?}\non_invalid = \"dead_letter\"\ndead_letter_topic = \"never-created-{}\"\n",
+            schema.to_str().unwrap(),
+            std::process::id()
+        ),
+    );
+    let ing = start(&cfg, &topic);
+    ing.wait_ready(Duration::from_secs(30));
+    let mut c = Client::connect(ing.addr).unwrap();
+    let r = send(&mut c, &topic, br#"{"id":"x","price":"no"}"#, &[]);
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(r.text().contains("dead_letter_topic"));
+    // Valid records need no dead-letter topic.
+    assert_eq!(
+        send(&mut c, &topic, br#"{"id":"y","price":1}"#, &[KAFKA]).status,
+        200
+    );
+    let got = read_topic(&b.addr, &topic, 1, 1, Duration::from_secs(1));
+    assert_eq!(got.len(), 1);
+}

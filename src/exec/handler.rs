@@ -179,6 +179,12 @@ fn produce<'a>(exec: &'a Exec, req: &Request<'a>) -> Result<Answer<'a>, HttpErro
             .collect(),
     });
     let dead = dead.as_ref();
+    // A dead letter to a topic Kafka does not have would fail after its 2xx: refuse now.
+    if dead.is_some_and(|d| !exec.topics.may_exist(&exec.metrics.topics, d.topic)) {
+        return Err(HttpError::NotFound(
+            "the topic's dead_letter_topic does not exist in kafka",
+        ));
+    }
     let cfg = &exec.cfg;
     let names = &cfg.forward_headers;
     // The headers ingestd sets itself: the tenant's name (consumers trust it: a client's
