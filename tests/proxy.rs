@@ -23,7 +23,6 @@ fn free_port() -> u16 {
 }
 
 fn start(topic: &str, extra: &str) -> (Ingestd, PathBuf) {
-    let b = broker();
     // The public port takes PROXY headers only: readiness and metrics on the admin port.
     let cfg = common::temp_config(
         topic,
@@ -31,16 +30,7 @@ fn start(topic: &str, extra: &str) -> (Ingestd, PathBuf) {
             "proxy_protocol = true\nadmin_listen = \"127.0.0.1:0\"\nclient_address_header = \"ingestd-client\"\n{extra}"
         ),
     );
-    let ing = Ingestd::start(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--brokers",
-        &b.addr,
-        "--default-topic",
-        topic,
-        "--executors",
-        "2",
-    ]);
+    let ing = common::start_with_config(&cfg, topic, "2", &[]);
     (ing, cfg)
 }
 

@@ -34,17 +34,7 @@ fn file(name: &str, text: &str) -> PathBuf {
 }
 
 fn start(cfg: &std::path::Path, topic: &str) -> Ingestd {
-    let b = broker();
-    Ingestd::start(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--brokers",
-        &b.addr,
-        "--default-topic",
-        topic,
-        "--executors",
-        "1",
-    ])
+    common::start_with_config(cfg, topic, "1", &[])
 }
 
 fn send(c: &mut Client, topic: &str, body: &[u8], h: &[(&str, &str)]) -> Response {

@@ -12,20 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn start(cfg: &std::path::Path, topic: &str, executors: &str, env: &[(&str, &str)]) -> Ingestd {
-    let b = broker();
-    Ingestd::start_env(
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "--brokers",
-            &b.addr,
-            "--default-topic",
-            topic,
-            "--executors",
-            executors,
-        ],
-        env,
-    )
+    common::start_with_config(cfg, topic, executors, env)
 }
 
 fn bearer(t: &str) -> String {

@@ -454,6 +454,29 @@ pub fn require_fault_injection() {
     }
 }
 
+/// ingestd with a config file, the shared broker, a default topic and `executors`.
+pub fn start_with_config(
+    cfg: &std::path::Path,
+    topic: &str,
+    executors: &str,
+    env: &[(&str, &str)],
+) -> Ingestd {
+    let b = broker();
+    Ingestd::start_env(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--brokers",
+            &b.addr,
+            "--default-topic",
+            topic,
+            "--executors",
+            executors,
+        ],
+        env,
+    )
+}
+
 /// A config file for a test, named after it and this process (in the temp directory).
 pub fn temp_config(name: &str, text: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("ingestd-{name}-{}.toml", std::process::id()));
