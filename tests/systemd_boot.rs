@@ -745,7 +745,7 @@ fn packaged_unit_under_real_systemd() {
         LONG,
         || {
             boot.journal()
-                .contains("SIGHUP: tenants, tokens and JWT keys reloaded")
+                .contains("SIGHUP: tenants, tokens, JWT keys and schemas reloaded")
         },
         || boot.journal(),
     );
