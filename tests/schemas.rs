@@ -222,21 +222,41 @@ fn dead_letter_mode_sends_exactly_the_invalid_records_there_with_headers() {
     assert_eq!(v["valid"], 97);
     assert_eq!(v["dead_lettered"], 3);
     assert_eq!(v["dead_letter_topic"], dlq.as_str());
-    // A single invalid body in ack=kafka: the dead letter follows the request's contract.
+    let note = |n: usize| format!("{n}; topic=\"{dlq}\"");
+    assert_eq!(r.header("ingestd-dead-lettered"), Some(&*note(3)));
+    // A single invalid body in ack=kafka: the dead letter follows the request's contract,
+    // and the 200 says where it went.
     let r = send(&mut c, &topic, br#"{"id":"k","price":-5}"#, &[KAFKA]);
     assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("ingestd-dead-lettered"), Some(&*note(1)));
+    // REST v2: one bad record of two; the answer lists both, the header says where.
+    let rest = ("Content-Type", "application/vnd.kafka.json.v2+json");
+    let r = send(
+        &mut c,
+        &topic,
+        br#"{"records":[{"value":{"id":"r-1","price":1}},{"value":{"id":"r-2"}}]}"#,
+        &[rest],
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.header("ingestd-dead-lettered"), Some(&*note(1)));
+    // The next answer on the connection carries no such note.
+    let r = send(&mut c, &topic, br#"{"id":"ok","price":1}"#, &[]);
+    assert_eq!(r.status, 202);
+    assert_eq!(r.header("ingestd-dead-lettered"), None);
 
-    let good = read_topic(&b.addr, &topic, 1, 97, Duration::from_secs(2));
+    let good = read_topic(&b.addr, &topic, 1, 99, Duration::from_secs(2));
     let want: Vec<&String> = lines
         .iter()
         .enumerate()
         .filter(|(i, _)| ![3, 50, 77].contains(i))
         .map(|(_, l)| l)
         .collect();
-    assert_eq!(good.len(), 97);
+    assert_eq!(good.len(), 99);
     assert!(good.iter().zip(&want).all(|(r, w)| r.value == w.as_bytes()));
-    let bad = read_topic(&b.addr, &dlq, 1, 4, Duration::from_secs(2));
-    assert_eq!(bad.len(), 4, "{bad:?}");
+    assert_eq!(good[97].value, br#"{"id":"r-1","price":1}"#);
+    assert_eq!(good[98].value, br#"{"id":"ok","price":1}"#);
+    let bad = read_topic(&b.addr, &dlq, 1, 5, Duration::from_secs(2));
+    assert_eq!(bad.len(), 5, "{bad:?}");
     let values: Vec<&[u8]> = bad.iter().map(|r| &r.value[..]).collect();
     assert_eq!(
         values,
@@ -244,7 +264,8 @@ fn dead_letter_mode_sends_exactly_the_invalid_records_there_with_headers() {
             lines[3].as_bytes(),
             lines[50].as_bytes(),
             lines[77].as_bytes(),
-            br#"{"id":"k","price":-5}"#
+            br#"{"id":"k","price":-5}"#,
+            br#"{"id":"r-2"}"#
         ]
     );
     let header = |r: &common::Rec, n: &str| {
@@ -268,7 +289,7 @@ fn dead_letter_mode_sends_exactly_the_invalid_records_there_with_headers() {
             "ingestd_schema_records_total",
             "outcome=\"dead_lettered\""
         ),
-        4.0
+        5.0
     );
 }
 

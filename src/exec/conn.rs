@@ -262,7 +262,12 @@ impl Conn {
         }
         match handled {
             Ok(answer) => {
+                let note = std::mem::take(&mut *exec.answer_note.borrow_mut());
+                self.replies.set_note(&note);
                 let code = write_answer(&mut self.replies, &exec, answer, started, keep, head_only);
+                if !note.is_empty() {
+                    self.replies.set_note(b"");
+                }
                 if code != 0 {
                     exec.stats()
                         .request(code, started.elapsed().as_micros() as u64);

@@ -12,6 +12,7 @@ use crate::http::parse::{Framing, Head};
 use crate::kafka::lane::record_cost;
 use crate::schema::judge::{Cursor, Judge, Problem};
 use crate::schema::{self, report, TopicSchema};
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 /// A request whose head and body are complete.
@@ -349,12 +350,23 @@ fn judge<'s>(
     Err(e)
 }
 
-/// Counts a queued request's judged records (none when its topic has no schema).
+/// Counts a queued request's judged records (none when its topic has no schema), and
+/// notes on its answer how many went to the dead-letter topic:
+/// `ingestd-dead-lettered: 3; topic="orders.invalid"`.
 fn count_judged(exec: &Exec, schema: Option<&TopicSchema>, problems: &[Problem], n: usize) {
     if let Some(s) = schema {
         let i = exec.index as usize;
         s.count(i, schema::VALID, n - problems.len());
         s.count(i, schema::DEAD_LETTERED, problems.len());
+        if let (false, Some(d)) = (problems.is_empty(), &s.dead_letter) {
+            let mut note = exec.answer_note.borrow_mut();
+            note.clear();
+            let _ = write!(
+                note,
+                "ingestd-dead-lettered: {}; topic=\"{d}\"\r\n",
+                problems.len()
+            );
+        }
     }
 }
 

@@ -90,6 +90,9 @@ pub struct Exec {
     /// The JSON body of the last schema refusal (`HttpError::SchemaRefused`, `NotJson`):
     /// written by the handler, taken by the answer right after.
     pub schema_report: RefCell<Vec<u8>>,
+    /// Header lines for the answer of the request just handled (`Replies::set_note`):
+    /// how many of its records went to a dead-letter topic. Empty: none.
+    pub answer_note: RefCell<Vec<u8>>,
 }
 
 /// Records after which a push wakes the Kafka thread even from a nap: by then it has a
@@ -130,6 +133,7 @@ impl Exec {
         Rc::new(Exec {
             guard: crate::exec::admit::Guard::new(edge, lane.index as usize),
             schema_report: RefCell::new(Vec::new()),
+            answer_note: RefCell::new(Vec::new()),
             index: lane.index,
             cfg,
             metrics,

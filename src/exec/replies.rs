@@ -19,6 +19,8 @@ struct Waiting<T> {
     started: Instant,
     /// The topic's name, in `Replies::side`.
     topic: Range<usize>,
+    /// Header lines to stamp on the answer (`set_note`), in `Replies::side`.
+    note: Option<Range<usize>>,
     /// Records of an NDJSON request (0: a single record).
     count: usize,
     keep: Keep,
@@ -42,6 +44,8 @@ pub struct Replies<T> {
     queue: Vec<Pending<T>>,
     /// The current request's allowed CORS origin (see `set_origin`).
     origin: Option<Vec<u8>>,
+    /// Header lines for the current request's answer (see `set_note`).
+    note: Vec<u8>,
 }
 
 impl<T> Default for Replies<T> {
@@ -51,6 +55,7 @@ impl<T> Default for Replies<T> {
             side: Vec::new(),
             queue: Vec::new(),
             origin: None,
+            note: Vec::new(),
         }
     }
 }
@@ -69,6 +74,13 @@ impl<T> Replies<T> {
         }
     }
 
+    /// Header lines (each ending in CRLF) for the current request's answer, now or
+    /// later, such as how many of its records went to a dead-letter topic; empty: none.
+    pub fn set_note(&mut self, lines: &[u8]) {
+        self.note.clear();
+        self.note.extend_from_slice(lines);
+    }
+
     /// Appends an answer that is known now; `write` serializes it.
     pub fn now(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
         let queued = !self.queue.is_empty();
@@ -81,6 +93,9 @@ impl<T> Replies<T> {
         write(buf);
         if let Some(o) = &self.origin {
             cors::stamp(buf, s, o);
+        }
+        if !self.note.is_empty() {
+            stamp_lines(buf, s, &self.note);
         }
         if queued {
             self.queue.push(Pending::Ready(s..self.side.len()));
@@ -104,12 +119,18 @@ impl<T> Replies<T> {
             self.side.extend_from_slice(o);
             s..self.side.len()
         });
+        let note = (!self.note.is_empty()).then(|| {
+            let s = self.side.len();
+            self.side.extend_from_slice(&self.note);
+            s..self.side.len()
+        });
         let t = self.side.len();
         self.side.extend_from_slice(topic);
         self.queue.push(Pending::Waiting(Waiting {
             ticket,
             started,
             topic: t..self.side.len(),
+            note,
             count,
             keep,
             head_only,
@@ -162,6 +183,9 @@ impl<T> Replies<T> {
                     if let Some(o) = w.origin {
                         cors::stamp(&mut self.out, start, &self.side[o]);
                     }
+                    if let Some(n) = w.note {
+                        stamp_lines(&mut self.out, start, &self.side[n]);
+                    }
                     done(code, w.started);
                 }
             }
@@ -177,6 +201,14 @@ impl<T> Replies<T> {
 
     pub fn clear(&mut self) {
         self.out.clear();
+    }
+}
+
+/// Inserts header `lines` after the status line of the answer that starts at `from`.
+fn stamp_lines(out: &mut Vec<u8>, from: usize, lines: &[u8]) {
+    if let Some(eol) = out[from..].windows(2).position(|w| w == b"\r\n") {
+        let at = from + eol + 2;
+        out.splice(at..at, lines.iter().copied());
     }
 }
 
