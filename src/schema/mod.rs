@@ -16,12 +16,15 @@ use std::sync::Arc;
 pub mod judge;
 pub mod metrics;
 pub mod report;
+pub mod tape;
 
 /// Largest schema file read (a schema is configuration, not data).
 const MAX_SCHEMA_FILE: u64 = 4 << 20;
 
-/// One schema file, compiled.
+/// One schema file, compiled twice: for the tape (`tape.rs`: judging allocates nothing)
+/// and for `serde_json::Value` (an invalid record's error: its pointer and reason).
 pub struct Compiled {
+    fast: jsonschema::Validator<tape::Tape>,
     validator: jsonschema::Validator,
     pub file: PathBuf,
     /// The first 16 hex digits of the file's SHA-256 (metrics, dead-letter headers).
@@ -92,16 +95,23 @@ impl Compiled {
     /// linear-time `regex` engine, `$ref` within the document only (no retrieval).
     /// `tests/schema_suite.rs` runs the official test suite through this.
     pub fn from_schema(schema: &Value) -> Result<Compiled, String> {
+        let refused = |e: jsonschema::ValidationError| {
+            let at = e.instance_path().to_string();
+            let at = if at.is_empty() { "/".into() } else { at };
+            format!("invalid schema at {at}: {e}")
+        };
         let validator = jsonschema::options()
             .should_validate_formats(true)
             .with_pattern_options(jsonschema::PatternOptions::regex())
             .build(schema)
-            .map_err(|e| {
-                let at = e.instance_path().to_string();
-                let at = if at.is_empty() { "/".into() } else { at };
-                format!("invalid schema at {at}: {e}")
-            })?;
+            .map_err(refused)?;
+        let fast = jsonschema::options_for::<tape::Tape>()
+            .should_validate_formats(true)
+            .with_pattern_options(jsonschema::PatternOptions::regex())
+            .build(schema)
+            .map_err(refused)?;
         Ok(Compiled {
+            fast,
             validator,
             file: PathBuf::new(),
             hash: String::new(),
@@ -116,10 +126,22 @@ impl Compiled {
         self.validator.is_valid(v)
     }
 
-    /// Judges one record's bytes.
+    /// Judges one record's bytes: on the tape, and only for an invalid record once more
+    /// as a `Value`, for its error.
     pub fn check(&self, bytes: &[u8]) -> Result<(), Bad> {
+        match tape::with_doc(bytes, |d| self.fast.is_valid(d.root())) {
+            Ok(true) => Ok(()),
+            Ok(false) => self.explain(bytes),
+            Err(e) => Err(Bad::NotJson(e.to_string())),
+        }
+    }
+
+    /// Why a record the tape judged invalid is: the first error, with its pointer.
+    fn explain(&self, bytes: &[u8]) -> Result<(), Bad> {
         let v: Value = serde_json::from_slice(bytes).map_err(|e| Bad::NotJson(e.to_string()))?;
         if self.validator.is_valid(&v) {
+            // The two representations disagree: a bug, and never a wrong refusal.
+            tracing::error!("schema: the tape judged a record invalid that the Value did not");
             return Ok(());
         }
         let e = self

@@ -202,3 +202,38 @@ fn keys_are_judged_by_the_key_schema() {
     assert_eq!(j.problems[0].record, 2);
     assert!(j.problems[0].key);
 }
+
+#[test]
+fn the_tape_judges_nested_values_escapes_and_names_like_a_value() {
+    let c = compiled(
+        "tape.json",
+        r#"{"type":"object","required":["b"],"propertyNames":{"maxLength":3},
+            "properties":{"a":{"type":"array","items":{"type":"object","required":["x"]}},
+                          "b":{"const":"q\"r"},"c":{"uniqueItems":true}}}"#,
+    )
+    .unwrap();
+    // A member after a nested subtree is found; an escaped string (owned on the tape)
+    // compares equal; uniqueItems reads values.
+    assert_eq!(
+        c.check(br#"{"a":[{"x":1},{"x":[1,{"y":2}]}],"b":"q\"r","c":[1,"1",[1]]}"#),
+        Ok(())
+    );
+    let Err(Bad::Invalid { path, .. }) = c.check(br#"{"a":[{"x":1},{"y":2}],"b":"q\"r"}"#) else {
+        panic!()
+    };
+    assert_eq!(path, "/a/1");
+    assert!(
+        c.check(br#"{"b":"q\"r","abcd":1}"#).is_err(),
+        "propertyNames"
+    );
+    assert!(c.check(br#"{"b":"qr"}"#).is_err(), "const");
+    assert!(
+        c.check(br#"{"b":"q\"r","c":[{"k":1},{"k":1}]}"#).is_err(),
+        "uniqueItems"
+    );
+    // Trailing bytes after the value are not JSON.
+    assert!(matches!(
+        c.check(br#"{"b":"q\"r"} x"#),
+        Err(Bad::NotJson(_))
+    ));
+}
