@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the per-request CPU work that does not touch a socket:
-//! the head parser, the chunked decoder, the batched hand-off to the Kafka thread, and
-//! JWT verification.
+//! the head parser, the chunked decoder, the batched hand-off to the Kafka thread, JWT
+//! verification, and judging a record against a JSON Schema.
 //!
 //!   cargo bench --bench micro                 # all
 //!   cargo bench --bench micro -- parse        # a filter
@@ -351,11 +351,46 @@ fn jwt(c: &mut Criterion) {
     g.finish();
 }
 
+/// Judging one 256 B JSON object against a 5-property schema (issue 34's benchmark
+/// record): on the tape, as a `serde_json::Value`, and serde_json's parse alone.
+fn schema(c: &mut Criterion) {
+    let schema: serde_json::Value = serde_json::from_str(
+        r#"{"type":"object","required":["id","customer","price","qty","note"],
+            "properties":{"id":{"type":"string","maxLength":64},
+            "customer":{"type":"string","minLength":1},"price":{"type":"number","minimum":0},
+            "qty":{"type":"integer","minimum":1},"note":{"type":"string"}}}"#,
+    )
+    .unwrap();
+    let compiled = ingestd::schema::Compiled::from_schema(&schema).unwrap();
+    let mut rec =
+        br#"{"id":"order-00000001","customer":"customer-00042","price":1234.5,"qty":3,"note":""#
+            .to_vec();
+    rec.resize(254, b'n');
+    rec.extend_from_slice(b"\"}");
+    assert_eq!(rec.len(), 256);
+    assert_eq!(compiled.check(&rec), Ok(()));
+    let mut g = c.benchmark_group("schema");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("tape_check_256B", |b| {
+        b.iter(|| compiled.check(black_box(&rec)))
+    });
+    g.bench_function("value_parse_and_check_256B", |b| {
+        b.iter(|| {
+            let v: serde_json::Value = serde_json::from_slice(black_box(&rec)).unwrap();
+            compiled.is_valid(&v)
+        })
+    });
+    g.bench_function("parse_only_256B", |b| {
+        b.iter(|| serde_json::from_slice::<serde::de::IgnoredAny>(black_box(&rec)).unwrap())
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = parse, chunked, lane, decode, jwt
+    targets = parse, chunked, lane, decode, jwt, schema
 }
 criterion_main!(benches);

@@ -40,7 +40,9 @@ enum Slot {
 
 /// The tape of one record, borrowed for one validation.
 pub struct Doc<'a> {
-    input: &'a [u8],
+    /// The record: valid UTF-8 once serde_json parsed all of it (outside strings JSON is
+    /// ASCII, inside them serde_json checked), so strings are slices of it.
+    input: &'a str,
     slots: &'a [Slot],
     owned: &'a [String],
 }
@@ -55,8 +57,8 @@ impl<'a> Doc<'a> {
 
     fn str(&self, i: u32) -> Option<&'a str> {
         match self.slots[i as usize] {
-            // serde_json handed these out as &str of the input: valid UTF-8.
-            Slot::Str(s, e) => std::str::from_utf8(&self.input[s as usize..e as usize]).ok(),
+            // Ranges of &strs serde_json handed out: on character boundaries.
+            Slot::Str(s, e) => self.input.get(s as usize..e as usize),
             Slot::Owned(k) => Some(&self.owned[k as usize]),
             _ => None,
         }
@@ -101,8 +103,10 @@ pub fn with_doc<T>(input: &[u8], f: impl FnOnce(&Doc<'_>) -> T) -> Result<T, ser
         }
         .deserialize(&mut de)?;
         de.end()?;
+        let text = std::str::from_utf8(input)
+            .map_err(|_| <serde_json::Error as serde::de::Error>::custom("invalid UTF-8"))?;
         let doc = Doc {
-            input,
+            input: text,
             slots: &bufs.slots,
             owned: &bufs.owned,
         };
@@ -222,6 +226,9 @@ impl Json for Tape {
     type StringBuffer = ();
     /// A tree: no node is its own descendant.
     const ACYCLIC: bool = true;
+    /// A lookup scans the members (records have few): one pass over them is cheaper
+    /// than a lookup per property.
+    const KEYS_PER_LOOKUP: usize = 16;
 
     fn prepare_key(key: &str) -> Box<str> {
         key.into()
