@@ -259,13 +259,18 @@ pub fn find_header(buf: &[u8], head: &Head, name: &[u8]) -> Option<Range<usize>>
 
 /// Splits an NDJSON body into its non-empty lines (a trailing CR is dropped).
 pub fn ndjson_lines(body: &[u8]) -> impl Iterator<Item = Range<usize>> + '_ {
+    // memchr: the body is scanned once per pass (cost, judging, queueing), a byte-wise
+    // split was a tenth of an executor's time under 100-line bodies.
     let mut start = 0;
-    body.split(|&b| b == b'\n').filter_map(move |line| {
-        let s = start;
-        start += line.len() + 1;
-        let len = line.strip_suffix(b"\r").unwrap_or(line).len();
-        (len > 0).then_some(s..s + len)
-    })
+    memchr::memchr_iter(b'\n', body)
+        .chain(std::iter::once(body.len()))
+        .filter_map(move |end| {
+            let s = start;
+            start = end + 1;
+            let line = body.get(s..end)?;
+            let len = line.strip_suffix(b"\r").unwrap_or(line).len();
+            (len > 0).then_some(s..s + len)
+        })
 }
 
 #[cfg(test)]
