@@ -9,7 +9,8 @@
 #
 #   perf/instructions.sh BINARY TOKEN NAME=CONFIG.toml [NAME=CONFIG.toml ...]
 #   (N=20000 WARM=2000 by default; set them in the environment; BENCH_BODY_FILE and
-#   BENCH_CONTENT_TYPE send that body instead of 256 x's)
+#   BENCH_CONTENT_TYPE send that body instead of 256 x's; KEEP=DIR keeps the callgrind
+#   files there for callgrind_annotate)
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$(realpath "$1") TOKEN=$2
@@ -20,6 +21,7 @@ TANSU_PID= VG_PID=
 cleanup() {
     [ -n "$VG_PID" ] && kill "$VG_PID" 2>/dev/null || true
     [ -n "$TANSU_PID" ] && "$REPO/tests/tansu.sh" stop "$TANSU_PID"
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$W"/cg.* "$KEEP"/ 2>/dev/null || true; fi
     rm -rf "$W"
 }
 trap cleanup EXIT

@@ -41,7 +41,7 @@ type Parsed =
 /// Every prefix (a sample of them for long inputs) is undecided or decided as the whole,
 /// and decisions are monotonic in the prefix length.
 fn check_prefixes(data: &[u8], whole: &Parsed) {
-    let cuts: Vec<usize> = if data.len() <= 512 {
+    let mut cuts: Vec<usize> = if data.len() <= 512 {
         (0..data.len()).collect()
     } else {
         (0..256)
@@ -49,6 +49,10 @@ fn check_prefixes(data: &[u8], whole: &Parsed) {
             .chain(data.len() - 8..data.len())
             .collect()
     };
+    // The sampled steps and the last eight overlap: walk the cuts in order, or a longer
+    // decided prefix seen before a shorter undecided one reads as a decision taken back.
+    cuts.sort_unstable();
+    cuts.dedup();
     let mut decided = false;
     for cut in cuts {
         let r = parse(&data[..cut]);
