@@ -54,6 +54,11 @@ pub struct Config {
     pub topic: BTreeMap<String, TopicConfig>,
     /// Default delivery contract, overridable per request with `Kafka-Ack`.
     pub ack: AckMode,
+    /// The delivery contract of Kafka REST v3 requests (`/v3/...`) that send no
+    /// `Kafka-Ack`: `kafka` by default, since v3 clients expect each record's offset.
+    pub rest_v3_ack: AckMode,
+    /// Most entries in one REST v3 `records:batch` request (more: 413, nothing produced).
+    pub rest_v3_batch_max_entries: usize,
     /// Number of Glommio executors (0 = one per allowed CPU but one: `default_executors`).
     pub executors: usize,
     /// CPUs to pin executors to, in order (empty = the process's allowed CPUs, in order).
@@ -237,6 +242,8 @@ impl Default for Config {
             topics: vec!["*".into()],
             topic: BTreeMap::new(),
             ack: AckMode::Queued,
+            rest_v3_ack: AckMode::Kafka,
+            rest_v3_batch_max_entries: 100,
             executors: 0,
             cpus: vec![],
             forward_headers: vec![],
@@ -562,6 +569,10 @@ impl Config {
         }
         let positive = [
             ("max_body_bytes", self.max_body_bytes as u64),
+            (
+                "rest_v3_batch_max_entries",
+                self.rest_v3_batch_max_entries as u64,
+            ),
             ("max_header_bytes", self.max_header_bytes as u64),
             ("max_headers", self.max_headers as u64),
             ("max_uri_bytes", self.max_uri_bytes as u64),
@@ -713,6 +724,12 @@ impl Config {
             if self.ack == AckMode::Durable {
                 return Err(
                     "ack: \"durable\" needs spool_dir (a directory for the on-disk spool)".into(),
+                );
+            }
+            if self.rest_v3_ack == AckMode::Durable {
+                return Err(
+                    "rest_v3_ack: \"durable\" needs spool_dir (a directory for the on-disk spool)"
+                        .into(),
                 );
             }
             return Ok(());

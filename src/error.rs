@@ -175,6 +175,13 @@ pub enum HttpError {
     SchemaRefused,
     /// A body that is not JSON for a topic with a schema (400, listed likewise).
     NotJson,
+    /// A REST v3 `records:batch` with more entries than `rest_v3_batch_max_entries`
+    /// (413; the body was read whole, so the connection stays).
+    BatchTooLarge,
+    /// A REST v3 path whose cluster id is not Kafka's (404).
+    NoSuchCluster,
+    /// A REST v3 path before the broker's metadata named its cluster (503, retry).
+    ClusterUnknown,
 }
 
 impl HttpError {
@@ -186,11 +193,13 @@ impl HttpError {
             Unauthorized(_) | BadToken(_) => (401, "Unauthorized"),
             Forbidden(_) => (403, "Forbidden"),
             TooManyRequests { .. } | TooManyConnections => (429, "Too Many Requests"),
-            NotFound(_) => (404, "Not Found"),
+            NotFound(_) | NoSuchCluster => (404, "Not Found"),
             MethodNotAllowed { .. } => (405, "Method Not Allowed"),
             RequestTimeout => (408, "Request Timeout"),
             LengthRequired => (411, "Length Required"),
-            PayloadTooLarge | NeverFits | DecodedTooLarge => (413, "Content Too Large"),
+            PayloadTooLarge | NeverFits | DecodedTooLarge | BatchTooLarge => {
+                (413, "Content Too Large")
+            }
             UriTooLong => (414, "URI Too Long"),
             ExpectationFailed => (417, "Expectation Failed"),
             UnsupportedMediaType(_) => (415, "Unsupported Media Type"),
@@ -198,7 +207,9 @@ impl HttpError {
             HeadersTooLarge => (431, "Request Header Fields Too Large"),
             NotImplemented(_) => (501, "Not Implemented"),
             VersionNotSupported => (505, "HTTP Version Not Supported"),
-            QueueFull | MemoryFull | ShuttingDown | PolicyReloaded => (503, "Service Unavailable"),
+            QueueFull | MemoryFull | ShuttingDown | PolicyReloaded | ClusterUnknown => {
+                (503, "Service Unavailable")
+            }
             SpoolFull | SpoolFailed => (507, "Insufficient Storage"),
             Delivery(FailReason::UnknownTopic) => (404, "Not Found"),
             Delivery(FailReason::UnknownPartition) => (400, "Bad Request"),
@@ -234,6 +245,9 @@ impl HttpError {
             PlainHttpOnTls => "plain HTTP sent to the HTTPS port: use https://",
             SchemaRefused => "records do not match the topic's schema; nothing was produced",
             NotJson => "the body is not JSON, and its topic has a schema",
+            BatchTooLarge => "more batch entries than rest_v3_batch_max_entries",
+            NoSuchCluster => "no such cluster: this is not the Kafka cluster's id (GET /v3/clusters names it)",
+            ClusterUnknown => "the Kafka cluster's id is not known yet (no metadata from the broker), retry later",
             UriTooLong => "request target too long",
             ExpectationFailed => "only 100-continue is supported",
             HeadersTooLarge => "request headers too large",
@@ -284,6 +298,7 @@ impl HttpError {
             | HttpError::ShuttingDown
             | HttpError::SpoolFull
             | HttpError::SpoolFailed
+            | HttpError::ClusterUnknown
             | HttpError::Delivery(FailReason::Broker) => retry_after,
             HttpError::MethodNotAllowed { allow } => allow,
             HttpError::Unauthorized(_) | HttpError::BadToken(_) => "www-authenticate: Bearer\r\n",

@@ -255,6 +255,7 @@ impl Conn {
             buffered: self.rb.moving(),
             admitted: self.admitted,
             client: &self.auth.addr_text,
+            tls: matches!(s, Link::Tls(_)),
         };
         let handled = routed.and_then(|r| handler::handle(&exec, r, &req));
         if charged > 0 {
@@ -452,6 +453,9 @@ impl Conn {
             self.replies.now(|out| {
                 response::error_report(out, &e, &date, keep, retry, head_only, rest, &report)
             });
+        } else if self.produce.v3.is_some() {
+            self.replies
+                .now(|out| response::v3_error(out, &e, &date, keep, retry, head_only));
         } else if self.produce.rest.is_some() {
             self.replies
                 .now(|out| response::rest_error(out, &e, &date, keep, retry, head_only));
@@ -553,9 +557,15 @@ fn write_answer(
             replies.now(|out| crate::http::cors::preflight(out, allowed, asked, age, &date, keep));
             204
         }
-        Answer::RestQueued(parts) => {
-            replies.now(|out| write_rest_queued(out, &parts, keep, head_only, &date));
-            202
+        Answer::RestQueued(rest) => {
+            let mut code = 202;
+            replies.now(|out| code = write_rest_queued(out, &rest, keep, head_only, &date));
+            code
+        }
+        Answer::Json(code, reason, body) => {
+            let ct = "application/json";
+            replies.now(|out| write_now(out, (code, reason), ct, &body, keep, head_only, &date));
+            code
         }
         Answer::Later {
             ticket,

@@ -7,6 +7,7 @@ use crate::config::OnInvalid;
 use crate::error::HttpError;
 use crate::exec::local::{Exec, Ticket};
 use crate::exec::restv2::{self, Record};
+use crate::exec::restv3;
 use crate::exec::route::{ndjson_lines, Produce, Route};
 use crate::http::parse::{Framing, Head};
 use crate::kafka::lane::record_cost;
@@ -31,6 +32,8 @@ pub struct Request<'a> {
     pub admitted: crate::exec::admit::Admitted,
     /// The client's address as text, for `client_address_header` (empty: none).
     pub client: &'a [u8],
+    /// It came over TLS (REST v3's links say https).
+    pub tls: bool,
 }
 
 /// The answer.
@@ -57,16 +60,27 @@ pub enum Answer<'a> {
         allowed: bool,
         asked: Option<&'a [u8]>,
     },
-    /// 202 for a REST v2 request: its records' requested partitions (-1: chosen later).
-    RestQueued(Vec<i32>),
+    /// 202 for a REST request (or a v3 one none of whose records could be produced).
+    RestQueued(Rest),
     /// Once Kafka acknowledged: the ticket, the topic, the records of an NDJSON request
-    /// (0 for a single record), and for a REST v2 request its records' partitions.
+    /// (0 for a single record), and for a REST request what its answer lists.
     Later {
         ticket: Ticket,
         topic: &'a [u8],
         count: usize,
-        rest: Option<Vec<i32>>,
+        rest: Option<Rest>,
     },
+    /// JSON known now (REST v3's cluster pages).
+    Json(u16, &'static str, Vec<u8>),
+}
+
+/// What a REST answer lists.
+#[derive(Debug)]
+pub enum Rest {
+    /// v2: each record's requested partition (-1: the partitioner's).
+    V2(Vec<i32>),
+    /// v3: each request object's fate and what its answer tells.
+    V3(Box<restv3::Reply>),
 }
 
 /// Before the body is read: a client that sent `Expect: 100-continue` waits for our
@@ -105,7 +119,38 @@ pub fn handle<'a>(
             allowed: req.produce.origin.is_some(),
             asked: asked.map(|r| &req.bytes[r]),
         }),
+        Route::Clusters(one) => {
+            let id = cluster_id(exec, req, one)?;
+            let host = crate::exec::route::find_header(req.bytes, req.head, b"host")
+                .map(|r| String::from_utf8_lossy(&req.bytes[r]).into_owned());
+            // The links point where the client came from (the scheme as ingestd sees it).
+            let scheme = if req.tls { "https" } else { "http" };
+            let prefix = match req.bytes[req.head.path.clone()].starts_with(b"/kafka/") {
+                true => "/kafka",
+                false => "",
+            };
+            let base = host.map_or(prefix.to_string(), |h| format!("{scheme}://{h}{prefix}"));
+            let mut body = Vec::with_capacity(1024);
+            match one {
+                true => restv3::cluster(&mut body, &base, &id),
+                false => restv3::cluster_list(&mut body, &base, &id),
+            }
+            body.push(b'\n');
+            Ok(Answer::Json(200, "OK", body))
+        }
     }
+}
+
+/// Kafka's cluster id, which a v3 path must name (`check`: the path has one).
+fn cluster_id(exec: &Exec, req: &Request, check: bool) -> Result<std::sync::Arc<str>, HttpError> {
+    let id = exec
+        .topics
+        .cluster_id(&exec.metrics.topics)
+        .ok_or(HttpError::ClusterUnknown)?;
+    if check && req.bytes[req.produce.cluster.clone()] != *id.as_bytes() {
+        return Err(HttpError::NoSuchCluster);
+    }
+    Ok(id)
 }
 
 /// Where a request's records come from: the body, its NDJSON lines, or a REST v2 body's
@@ -150,13 +195,37 @@ fn produce<'a>(exec: &'a Exec, req: &Request<'a>) -> Result<Answer<'a>, HttpErro
         return Err(HttpError::NotFound("topic does not exist in kafka"));
     }
     let rest_records;
-    let records = match p.rest {
-        Some(fmt) => {
+    let mut v3 = None;
+    let records = match (p.v3, p.rest) {
+        (Some(op), _) => {
+            let cluster = cluster_id(exec, req, true)?;
+            let stream = req.head.framing == crate::http::parse::Framing::Chunked;
+            let parsed = match op {
+                restv3::Op::Batch => restv3::parse_batch(body, exec.cfg.rest_v3_batch_max_entries)?,
+                _ if stream => restv3::parse_stream(body)?,
+                _ => restv3::parse_one(body)?,
+            };
+            rest_records = parsed.records;
+            let reply = restv3::Reply {
+                op,
+                stream,
+                cluster: cluster.to_string(),
+                topic: String::from_utf8_lossy(topic).into_owned(),
+                entries: parsed.entries,
+            };
+            if rest_records.is_empty() {
+                // Every object failed on its own: their errors are the answer.
+                return Ok(Answer::RestQueued(Rest::V3(Box::new(reply))));
+            }
+            v3 = Some(Box::new(reply));
+            Records::Rest(&rest_records)
+        }
+        (None, Some(fmt)) => {
             rest_records = restv2::parse(fmt, body, p.partition)?;
             Records::Rest(&rest_records)
         }
-        None if p.ndjson => Records::Lines,
-        None => Records::One,
+        (None, None) if p.ndjson => Records::Lines,
+        (None, None) => Records::One,
     };
     let key = p.key.clone().map(|r| &bytes[r]);
     // A topic with a schema: every record is judged before any is queued.
@@ -229,13 +298,18 @@ fn produce<'a>(exec: &'a Exec, req: &Request<'a>) -> Result<Answer<'a>, HttpErro
     let deadline = req.started + Duration::from_millis(exec.cfg.ack_timeout_ms);
     let wait = (p.ack == AckMode::Kafka).then_some(deadline);
     let count = if p.ndjson { n } else { 0 };
-    // A REST v2 answer lists each record, with the partition it asked for.
-    let rest = p.rest.map(|_| {
-        let mut parts = Vec::with_capacity(n);
-        records.each(body, key, p.partition, |_, _, part, _| parts.push(part));
-        parts
-    });
-    // A REST v2 answer after Kafka's ack lists every record's offset: one waiter each.
+    // A REST v2 answer lists each record, with the partition it asked for; v3's what
+    // became of each object.
+    let rest = match (v3, p.rest) {
+        (Some(reply), _) => Some(Rest::V3(reply)),
+        (None, Some(_)) => {
+            let mut parts = Vec::with_capacity(n);
+            records.each(body, key, p.partition, |_, _, part, _| parts.push(part));
+            Some(Rest::V2(parts))
+        }
+        (None, None) => None,
+    };
+    // A REST answer after Kafka's ack lists every record's offset: one waiter each.
     let each = rest.is_some() && p.ack == AckMode::Kafka;
     let one_waiter = if each { None } else { wait };
     let mut waiters = Vec::new();
@@ -470,6 +544,7 @@ mod tests {
             buffered: 0,
             admitted: Default::default(),
             client: b"",
+            tls: false,
         };
         Ok(match handle(exec, r, &req)? {
             Answer::Text(code, _, body) => format!("{code} {}", String::from_utf8_lossy(body)),
@@ -482,6 +557,7 @@ mod tests {
                 topic,
             } => format!("202 queued {queued}, {dead_lettered} to {topic}"),
             Answer::RestQueued(p) => format!("202 rest {p:?}"),
+            Answer::Json(code, _, body) => format!("{code} {}", String::from_utf8_lossy(&body)),
             Answer::Preflight { allowed, .. } => format!("204 {allowed}"),
             Answer::Later { topic, count, .. } => {
                 format!("later {} {count}", String::from_utf8_lossy(topic))
@@ -537,6 +613,7 @@ mod tests {
             [b"events".to_vec().into_boxed_slice()]
                 .into_iter()
                 .collect(),
+            None,
         );
         assert_eq!(
             answer(&exec, &post("/topics/nope", "", "v")),

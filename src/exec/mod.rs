@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod readbuf;
 pub mod replies;
 pub mod restv2;
+pub mod restv3;
 pub mod route;
 pub mod server;
 pub mod timer;

@@ -4,8 +4,9 @@
 //! one write.
 
 use crate::error::HttpError;
+use crate::exec::handler::Rest;
 use crate::exec::local::{Ack, Acked};
-use crate::exec::restv2;
+use crate::exec::{restv2, restv3};
 use crate::http::cors;
 use crate::http::response::{self, Conn as Keep, DateLine};
 use std::cell::RefCell;
@@ -25,8 +26,8 @@ struct Waiting<T> {
     count: usize,
     keep: Keep,
     head_only: bool,
-    /// A REST v2 request: its records' requested partitions (answered in that format).
-    rest: Option<Vec<i32>>,
+    /// A REST request: what its answer lists (answered in that format).
+    rest: Option<Rest>,
     /// The CORS origin to stamp on the answer, in `Replies::side`.
     origin: Option<Range<usize>>,
 }
@@ -112,7 +113,7 @@ impl<T> Replies<T> {
         count: usize,
         keep: Keep,
         head_only: bool,
-        rest: Option<Vec<i32>>,
+        rest: Option<Rest>,
     ) {
         let origin = self.origin.as_ref().map(|o| {
             let s = self.side.len();
@@ -160,10 +161,10 @@ impl<T> Replies<T> {
                     let start = self.out.len();
                     let d = date.borrow();
                     let code = match &w.rest {
-                        Some(parts) => write_rest(
+                        Some(rest) => write_rest(
                             &mut self.out,
                             &res,
-                            parts,
+                            rest,
                             w.keep,
                             w.head_only,
                             &d,
@@ -295,16 +296,21 @@ pub fn write_acked(
 
 /// The answer to a REST v2 request, in its format: 200 with each record's partition and
 /// offset once Kafka acknowledged; 202/201 with the partition each record asked for (null:
-/// the partitioner's choice, not known yet) and null offsets; an error for them all.
+/// the partitioner's choice, not known yet) and null offsets; an error for them all. A v3
+/// request's likewise, in v3's format (`restv3::answer`).
 pub fn write_rest(
     out: &mut Vec<u8>,
     res: &Acked,
-    parts: &[i32],
+    rest: &Rest,
     keep: Keep,
     head_only: bool,
     date: &DateLine,
     retry_after: &'static str,
 ) -> u16 {
+    let parts = match rest {
+        Rest::V2(parts) => parts,
+        Rest::V3(reply) => return write_v3(out, res, reply, keep, head_only, date, retry_after),
+    };
     let mut body = Vec::with_capacity(64 * parts.len() + 64);
     let status = match res {
         Ok(Ack::Each(po)) => {
@@ -334,26 +340,71 @@ pub fn write_rest(
     status.0
 }
 
-/// The 202 of a REST v2 request queued without a spool: each record's requested
-/// partition, no offset.
-pub fn write_rest_queued(
+/// A v3 answer: one record's (its error as the request's, with the error's headers),
+/// a stream's (200, an object per record), a batch's (207).
+fn write_v3(
     out: &mut Vec<u8>,
-    parts: &[i32],
+    res: &Acked,
+    reply: &restv3::Reply,
     keep: Keep,
     head_only: bool,
     date: &DateLine,
-) {
-    let mut body = Vec::with_capacity(64 * parts.len() + 64);
-    restv2::answer(&mut body, restv2::requested(parts));
+    retry_after: &'static str,
+) -> u16 {
+    let none = || std::iter::repeat((None, None));
+    let mut body = Vec::with_capacity(256 * reply.entries.len() + 64);
+    let code = match res {
+        Ok(Ack::Each(po)) => {
+            let mut landed = po.iter().map(|&(p, o)| (Some(p), Some(o)));
+            restv3::answer(&mut body, reply, restv3::Fate::Each(200, &mut landed))
+        }
+        Ok(Ack::Kafka(..)) => {
+            restv3::answer(&mut body, reply, restv3::Fate::Each(200, &mut none()))
+        }
+        Ok(Ack::Spooled { durable, .. }) => {
+            let code = if *durable { 201 } else { 202 };
+            restv3::answer(&mut body, reply, restv3::Fate::Each(code, &mut none()))
+        }
+        Err(e) if reply.op == restv3::Op::Records && !reply.stream => {
+            response::v3_error(out, e, date, keep, retry_after, head_only);
+            return e.status().0;
+        }
+        Err(e) => restv3::answer(&mut body, reply, restv3::Fate::Failed(e)),
+    };
+    let reason = match code {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        207 => "Multi-Status",
+        _ => "Error",
+    };
     write_now(
         out,
-        (202, "Accepted"),
-        response::REST_V2,
+        (code, reason),
+        "application/json",
         &body,
         keep,
         head_only,
         date,
     );
+    code
+}
+
+/// The 202 of a REST request queued without a spool: each record's requested partition,
+/// no offset. (For v3 also the answer to a stream or batch none of whose objects could be
+/// produced: their errors.)
+pub fn write_rest_queued(
+    out: &mut Vec<u8>,
+    rest: &Rest,
+    keep: Keep,
+    head_only: bool,
+    date: &DateLine,
+) -> u16 {
+    let acked = Ok(Ack::Spooled {
+        durable: false,
+        id: (0, 0),
+    });
+    write_rest(out, &acked, rest, keep, head_only, date, "")
 }
 
 /// A plain answer known now (`head_only`: HEAD, no body).

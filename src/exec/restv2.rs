@@ -174,7 +174,7 @@ fn bytes(fmt: Embedded, v: &RawValue) -> Result<Vec<u8>, HttpError> {
     }
 }
 
-fn base64(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn base64(s: &str) -> Option<Vec<u8>> {
     use base64::engine::{general_purpose as gp, DecodePaddingMode, GeneralPurpose};
     let cfg =
         gp::GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
@@ -185,7 +185,7 @@ fn base64(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Valid JSON text without the whitespace between tokens; strings are copied as they are.
-fn compact(json: &[u8]) -> Vec<u8> {
+pub(crate) fn compact(json: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(json.len());
     let (mut in_str, mut esc) = (false, false);
     for &b in json {

@@ -4,6 +4,7 @@
 use crate::config::{AckMode, Config};
 use crate::error::HttpError;
 use crate::exec::restv2::{self, Embedded};
+use crate::exec::restv3;
 use crate::http::encoding::{parse_coding, Coding};
 use crate::http::parse::{trim, Head, Method};
 use crate::kafka::topics::valid_topic;
@@ -32,6 +33,11 @@ pub struct Produce {
     pub not_json: bool,
     /// A Kafka REST v2 body (Content-Type `application/vnd.kafka.<format>.v2+json`).
     pub rest: Option<Embedded>,
+    /// A Kafka REST v3 path (`/v3/clusters/{id}/...`, or under `/kafka`): its errors
+    /// come in v3's shape, and for produce requests its body is v3's.
+    pub v3: Option<restv3::Op>,
+    /// The `{cluster_id}` of a v3 path (checked against Kafka's by the handler).
+    pub cluster: Range<usize>,
     /// The body's Content-Encoding, decoded before its records are taken.
     pub coding: Coding,
     /// The `Origin` of a page allowed by `cors_origins`: its answers carry the CORS
@@ -51,6 +57,9 @@ pub enum Route {
     Produce,
     /// A CORS preflight on a produce path: the `Access-Control-Request-Headers` value.
     Preflight(Option<Range<usize>>),
+    /// REST v3's `GET /v3/clusters` (false) or `GET /v3/clusters/{id}` (true; the id is
+    /// `Produce::cluster`).
+    Clusters(bool),
 }
 
 const ALLOW_GET: &str = "allow: GET, HEAD\r\n";
@@ -93,6 +102,7 @@ pub fn route(
     }
     // Errors before the headers are read are answered as plain text.
     into.rest = None;
+    into.v3 = None;
     into.origin = None;
     let header = |name: &[u8]| find_header(buf, head, name);
     if !cfg.cors_origins.is_empty() {
@@ -132,7 +142,19 @@ pub fn route(
             let start = head.path.start + 8;
             Topic::Path(start..start + name.len())
         }
-        _ => return Err(HttpError::NotFound("no such path")),
+        p => match p
+            .strip_prefix(b"/kafka/v3/")
+            .or_else(|| p.strip_prefix(b"/v3/"))
+        {
+            Some(v3) => {
+                let at = head.path.start + (p.len() - v3.len());
+                match v3_path(v3, at, cfg, into)? {
+                    Err(clusters) => return get_only(clusters),
+                    Ok(name) => Topic::Path(name),
+                }
+            }
+            None => return Err(HttpError::NotFound("no such path")),
+        },
     };
     if head.method == Method::Options && !cfg.cors_origins.is_empty() {
         return Ok(Route::Preflight(header(b"access-control-request-headers")));
@@ -143,7 +165,12 @@ pub fn route(
     into.topic = topic;
     into.key = None;
     into.partition = path_partition;
-    into.ack = cfg.ack;
+    // v3 clients expect each record's offset: their own default contract.
+    into.ack = if into.v3.is_some() {
+        cfg.rest_v3_ack
+    } else {
+        cfg.ack
+    };
     into.ndjson = false;
     into.not_json = false;
     into.coding = Coding::Identity;
@@ -212,7 +239,73 @@ pub fn route(
             into.forward.push((i as u16, f as u16));
         }
     }
+    if into.v3.is_some() {
+        // v3 bodies are JSON objects whatever else the type says.
+        if into.rest.is_some() || into.ndjson || into.not_json {
+            into.rest = None;
+            return Err(HttpError::UnsupportedMediaType(
+                "REST v3 produce bodies are application/json",
+            ));
+        }
+        if into.key.is_some() || into.partition >= 0 {
+            return Err(HttpError::BadRequest(
+                "REST v3 records carry their own key and partition_id: no Kafka-Key or Kafka-Partition header",
+            ));
+        }
+    }
     Ok(Route::Produce)
+}
+
+/// A REST v3 path after its `/v3/` (`at`: where that rest starts in the buffer): a
+/// produce path (`Ok`: its topic's range; its op and cluster id are set in `into`), or a
+/// clusters page (`Err`). 404 for anything else.
+fn v3_path(
+    rest: &[u8],
+    at: usize,
+    cfg: &Config,
+    into: &mut Produce,
+) -> Result<Result<Range<usize>, Route>, HttpError> {
+    into.v3 = Some(restv3::Op::Meta);
+    let mut parts = rest.split(|&b| b == b'/');
+    if parts.next() != Some(b"clusters") {
+        return Err(HttpError::NotFound("no such REST v3 path"));
+    }
+    let Some(id) = parts.next() else {
+        return Ok(Err(Route::Clusters(false)));
+    };
+    let start = at + b"clusters/".len();
+    into.cluster = start..start + id.len();
+    if id.is_empty() {
+        return Err(HttpError::NotFound("no such REST v3 path"));
+    }
+    let (Some(topics), Some(name), Some(records), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return match rest.len() == b"clusters/".len() + id.len() {
+            true => Ok(Err(Route::Clusters(true))),
+            false => Err(HttpError::NotFound(
+                "no such REST v3 path: ingestd serves /v3/clusters[/{id}] and POST /v3/clusters/{id}/topics/{topic}/records[:batch]",
+            )),
+        };
+    };
+    into.v3 = match (topics, records) {
+        (b"topics", b"records") => Some(restv3::Op::Records),
+        (b"topics", b"records:batch") => Some(restv3::Op::Batch),
+        _ => {
+            return Err(HttpError::NotFound(
+                "no such REST v3 path: ingestd serves /v3/clusters[/{id}] and POST /v3/clusters/{id}/topics/{topic}/records[:batch]",
+            ))
+        }
+    };
+    let name_str = std::str::from_utf8(name).unwrap_or("");
+    if !valid_topic(name_str) {
+        return Err(HttpError::BadRequest("invalid topic name"));
+    }
+    if !cfg.topic_allowed(name_str) {
+        return Err(HttpError::NotFound("topic not allowed"));
+    }
+    let start = into.cluster.end + b"/topics/".len();
+    Ok(Ok(start..start + name.len()))
 }
 
 /// The `forward_headers` entry a header name matches.
@@ -294,6 +387,63 @@ mod tests {
 
     fn run(req: &[u8], cfg: &Config) -> Result<Route, HttpError> {
         run_p(req, cfg).map(|(r, _)| r)
+    }
+
+    #[test]
+    fn rest_v3_paths() {
+        let cfg = Config::default();
+        let req = |m: &str, path: &str, hs: &str| {
+            format!("{m} {path} HTTP/1.1\r\nHost: a\r\n{hs}Content-Length: 0\r\n\r\n").into_bytes()
+        };
+        for prefix in ["/v3", "/kafka/v3"] {
+            let path = format!("{prefix}/clusters/k-1/topics/orders/records");
+            let r = req("POST", &path, "Content-Type: application/json\r\n");
+            let (Route::Produce, p) = run_p(&r, &cfg).unwrap() else {
+                panic!()
+            };
+            let Topic::Path(t) = p.topic else { panic!() };
+            assert_eq!((&r[t], &r[p.cluster]), (&b"orders"[..], &b"k-1"[..]));
+            assert_eq!((p.v3, p.ack), (Some(restv3::Op::Records), AckMode::Kafka));
+            let r = req("POST", &format!("{path}:batch"), "Kafka-Ack: queued\r\n");
+            let (Route::Produce, p) = run_p(&r, &cfg).unwrap() else {
+                panic!()
+            };
+            assert_eq!((p.v3, p.ack), (Some(restv3::Op::Batch), AckMode::Queued));
+            let r = req("GET", &format!("{prefix}/clusters"), "");
+            assert_eq!(run(&r, &cfg), Ok(Route::Clusters(false)));
+            let r = req("GET", &format!("{prefix}/clusters/k-1"), "");
+            let (route, p) = run_p(&r, &cfg).unwrap();
+            assert_eq!((route, &r[p.cluster]), (Route::Clusters(true), &b"k-1"[..]));
+        }
+        let not_found = |path: &str| {
+            let r = req("POST", path, "");
+            let mut p = Produce::default();
+            let mut head = Head::default();
+            assert!(parse_head(&r, &LIM, &mut head).unwrap());
+            let e = route(&r, &head, &cfg, &mut p, Listener::Public).unwrap_err();
+            // Refused in v3's error shape.
+            assert_eq!((e.status().0, p.v3.is_some()), (404, true), "{path}");
+        };
+        not_found("/v3/clusters/k/topics/t/partitions");
+        not_found("/v3/clusters/k/topics/t/records/x");
+        not_found("/v3/clusters//topics/t/records");
+        not_found("/v3/brokers");
+        let r = req(
+            "POST",
+            "/v3/clusters/k/topics/t/records",
+            "Content-Type: text/plain\r\n",
+        );
+        assert_eq!(run(&r, &cfg).map_err(|e| e.status().0), Err(415));
+        let r = req(
+            "POST",
+            "/v3/clusters/k/topics/t/records",
+            "Kafka-Key: x\r\n",
+        );
+        assert_eq!(run(&r, &cfg).map_err(|e| e.status().0), Err(400));
+        let r = req("POST", "/v3/clusters/k/topics/a%20b/records", "");
+        assert_eq!(run(&r, &cfg).map_err(|e| e.status().0), Err(400));
+        let r = req("POST", "/v3/clusters", "");
+        assert_eq!(run(&r, &cfg).map_err(|e| e.status().0), Err(405));
     }
 
     #[test]

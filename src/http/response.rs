@@ -130,6 +130,29 @@ pub fn rest_error(
     );
 }
 
+/// An error answer to a Kafka REST v3 request: `{"error_code":404,"message":".."}`.
+pub fn v3_error(
+    out: &mut Vec<u8>,
+    err: &HttpError,
+    date: &DateLine,
+    conn: Conn,
+    retry_after: &'static str,
+    head_only: bool,
+) {
+    let mut body = Vec::with_capacity(160);
+    crate::exec::restv3::error_body(&mut body, err.status().0, err.message(), None);
+    body.push(b'\n');
+    error_as(
+        out,
+        err,
+        date,
+        conn,
+        retry_after,
+        head_only,
+        ("application/json", &body),
+    );
+}
+
 /// A tenant's refusal (403, 429) as JSON naming the tenant and, for a topic outside its
 /// scope, the topic: `{"error":"forbidden","message":"...","tenant":"acme","topic":"x"}`;
 /// a 429 adds `"retry_after_ms"`, the exact wait (`Retry-After` is in whole seconds).

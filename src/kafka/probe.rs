@@ -27,9 +27,14 @@ pub fn probe_metadata(producer: KafkaProducer, metrics: Arc<Metrics>, stop: Arc<
             // A topic with a passing error (no leader yet) exists all the same.
             let unknown = rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
             let names = md.topics().iter().filter(|t| t.error() != Some(unknown));
-            metrics
-                .topics
-                .publish(names.map(|t| t.name().as_bytes().into()).collect());
+            // Cached by librdkafka from the metadata answer just received: no request.
+            let cluster = producer
+                .client()
+                .fetch_cluster_id(Duration::from_millis(100));
+            metrics.topics.publish(
+                names.map(|t| t.name().as_bytes().into()).collect(),
+                cluster.as_deref(),
+            );
         }
         metrics.broker_ready.store(ready, Ordering::Release);
         if ready != was_ready {

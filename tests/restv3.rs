@@ -1,0 +1,346 @@
+//! Kafka REST v3 produce, as Confluent's clients send it: one record per request, a
+//! chunked stream of records, `records:batch`, and the cluster pages they look up first.
+//! Records are read back from a real tansu broker and compared byte for byte.
+
+mod common;
+
+use common::http::{get, post, Client, Response};
+use common::{broker, read_topic, wait_until, Ingestd, Rec};
+use serde_json::Value;
+use std::time::Duration;
+
+const SETTLE: Duration = Duration::from_millis(1500);
+const JSON: (&str, &str) = ("Content-Type", "application/json");
+
+fn json(r: &Response) -> Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.text()))
+}
+
+/// The answers of a stream: concatenated JSON objects.
+fn objects(r: &Response) -> Vec<Value> {
+    serde_json::Deserializer::from_slice(&r.body)
+        .into_iter()
+        .map(|v| v.unwrap_or_else(|e| panic!("{e}: {}", r.text())))
+        .collect()
+}
+
+/// The cluster id ingestd found in Kafka's metadata (503 until the probe's first answer).
+fn cluster_id(d: &Ingestd) -> String {
+    let mut id = String::new();
+    wait_until("GET /v3/clusters", Duration::from_secs(20), || {
+        let r = get(d.addr, "/v3/clusters").unwrap();
+        if r.status == 200 {
+            id = json(&r)["data"][0]["cluster_id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            return true;
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        false
+    });
+    id
+}
+
+fn chunked(path: &str, chunks: &[&[u8]], headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut w = format!("POST {path} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n");
+    for (n, v) in headers {
+        w.push_str(&format!("{n}: {v}\r\n"));
+    }
+    w.push_str("\r\n");
+    let mut w = w.into_bytes();
+    for c in chunks {
+        w.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        w.extend_from_slice(c);
+        w.extend_from_slice(b"\r\n");
+    }
+    w.extend_from_slice(b"0\r\n\r\n");
+    w
+}
+
+fn find<'a>(recs: &'a [Rec], value: &[u8]) -> &'a Rec {
+    recs.iter()
+        .find(|r| r.value == value)
+        .unwrap_or_else(|| panic!("no record {:?}", String::from_utf8_lossy(value)))
+}
+
+#[test]
+fn v3_records_batches_and_streams_arrive_exactly_with_their_offsets() {
+    let b = broker();
+    let topic = b.topic("restv3", 3);
+    let d = Ingestd::start(&["--brokers", &b.addr, "--topics", "*", "--executors", "2"]);
+    let id = cluster_id(&d);
+    assert!(!id.is_empty());
+    let r = get(d.addr, &format!("/kafka/v3/clusters/{id}")).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let c = json(&r);
+    assert_eq!(
+        (c["kind"].as_str(), c["cluster_id"].as_str()),
+        (Some("KafkaCluster"), Some(&*id))
+    );
+    // The links point back where the client came from (its Host header).
+    let this = format!("http://test/kafka/v3/clusters/{id}");
+    assert_eq!(c["metadata"]["self"], this.as_str());
+    let r = get(d.addr, "/v3/clusters/not-it").unwrap();
+    assert_eq!(
+        (r.status, json(&r)["error_code"].as_u64()),
+        (404, Some(404))
+    );
+
+    let mut c = Client::connect(d.addr).unwrap();
+    let path = format!("/v3/clusters/{id}/topics/{topic}/records");
+
+    // The example of Confluent's documentation (its value JSON instead of AVRO, which
+    // needs a schema registry): 200 after Kafka's ack, where the record landed.
+    let r = c
+        .request(&post(
+            &path,
+            br#"{"partition_id":1,"headers":[{"name":"Header-1","value":"SGVhZGVyLTE="},{"name":"Header-2","value":"SGVhZGVyLTI="}],"key":{"type":"BINARY","data":"Zm9vYmFy"},"value":{"type":"JSON","data":{"foo": "bar"}}}"#,
+            &[JSON],
+        ))
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let one = json(&r);
+    assert_eq!(one["error_code"], 200);
+    assert_eq!(
+        (one["cluster_id"].as_str(), one["topic_name"].as_str()),
+        (Some(&*id), Some(&*topic))
+    );
+    assert_eq!(one["partition_id"], 1);
+    assert!(one["offset"].is_i64(), "{one}");
+    assert_eq!(one["key"], serde_json::json!({"type": "BINARY", "size": 6}));
+    assert_eq!(
+        one["value"],
+        serde_json::json!({"type": "JSON", "size": 13})
+    );
+
+    // Under /kafka/v3 too, a STRING value; a client asking for `queued` gets 202 and no
+    // made-up offset.
+    let r = c
+        .request(&post(
+            &format!("/kafka{path}"),
+            br#"{"value":{"type":"STRING","data":"queued text"}}"#,
+            &[JSON, ("Kafka-Ack", "queued")],
+        ))
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    let q = json(&r);
+    assert_eq!(
+        (q["error_code"].as_u64(), q["offset"].is_null()),
+        (Some(202), true),
+        "{q}"
+    );
+
+    // A batch: each entry answered by its id; a bad one fails alone.
+    let r = c
+        .request(&post(
+            &format!("{path}:batch"),
+            br#"{"entries":[{"id":"1","partition_id":2,"key":{"type":"STRING","data":"k1"},"value":{"type":"JSON","data":[1,2]}},
+                            {"id":"2","value":{"type":"AVRO","data":"x"}},
+                            {"id":"3","value":{"type":"BINARY","data":"YmF0Y2g="}}]}"#,
+            &[JSON],
+        ))
+        .unwrap();
+    assert_eq!(r.status, 207, "{}", r.text());
+    let batch = json(&r);
+    let ok = batch["successes"].as_array().unwrap();
+    assert_eq!(ok.len(), 2, "{batch}");
+    assert_eq!(
+        (ok[0]["id"].as_str(), ok[0]["partition_id"].as_i64()),
+        (Some("1"), Some(2))
+    );
+    assert!(ok[1]["offset"].is_i64(), "{batch}");
+    assert_eq!(batch["failures"][0]["id"], "2");
+    assert_eq!(batch["failures"][0]["error_code"], 400);
+
+    // A stream (chunked): one report per record in order; the bad one in the middle
+    // fails alone, the JSON split across chunks is whole again.
+    let r = c
+        .request(&chunked(
+            &path,
+            &[
+                br#"{"value":{"type":"STRING","data":"s1"}}{"value":{"type":"#,
+                br#""PROTOBUF","data":"s2"}}"#,
+                br#"{"value":{"type":"STRING","data":"s3"},"partition_id":0}"#,
+            ],
+            &[JSON],
+        ))
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let reports = objects(&r);
+    let codes: Vec<_> = reports
+        .iter()
+        .map(|o| o["error_code"].as_u64().unwrap())
+        .collect();
+    assert_eq!(codes, [200, 400, 200], "{}", r.text());
+    assert_eq!(reports[2]["partition_id"], 0);
+
+    // Refused whole, in v3's error shape, on the same connection; nothing produced.
+    for (p, body, ct, status) in [
+        (path.clone(), &br#"{"value":"#[..], "application/json", 400),
+        (
+            path.clone(),
+            br#"{"value":{"type":"JSON","data":1},"timestamp":"2021-02-05T19:14:42Z"}"#,
+            "application/json",
+            400,
+        ),
+        (
+            path.clone(),
+            br#"{"value":{"type":"JSON","data":1}}"#,
+            "text/plain",
+            415,
+        ),
+        (
+            path.replace(&topic, "nonexistent-v3"),
+            br#"{"value":{"type":"JSON","data":1}}"#,
+            "application/json",
+            404,
+        ),
+        (
+            path.replace(&id, "other"),
+            br#"{"value":{"type":"JSON","data":1}}"#,
+            "application/json",
+            404,
+        ),
+        (
+            format!("{path}:batch"),
+            br#"{"entries":[]}"#,
+            "application/json",
+            400,
+        ),
+        // A partition Kafka does not have (3 partitions): Kafka's refusal, no offset.
+        (
+            path.clone(),
+            br#"{"value":{"type":"JSON","data":1},"partition_id":99}"#,
+            "application/json",
+            400,
+        ),
+    ] {
+        let r = c.request(&post(&p, body, &[("Content-Type", ct)])).unwrap();
+        assert_eq!(
+            r.status,
+            status,
+            "{}: {}",
+            String::from_utf8_lossy(body),
+            r.text()
+        );
+        let e = json(&r);
+        assert_eq!(e["error_code"].as_u64(), Some(status as u64), "{e}");
+        assert!(!e["message"].as_str().unwrap().is_empty(), "{e}");
+        assert!(e.get("offset").is_none(), "{e}");
+    }
+
+    let recs = read_topic(&b.addr, &topic, 3, 6, SETTLE);
+    assert_eq!(recs.len(), 6, "exactly the accepted records: {recs:?}");
+    let r = find(&recs, br#"{"foo":"bar"}"#);
+    assert_eq!(
+        (r.key.as_deref(), r.partition, r.offset),
+        (Some(&b"foobar"[..]), 1, one["offset"].as_i64().unwrap())
+    );
+    assert_eq!(
+        r.headers,
+        vec![
+            ("Header-1".to_string(), b"Header-1".to_vec()),
+            ("Header-2".to_string(), b"Header-2".to_vec())
+        ]
+    );
+    assert!(r.headers.iter().all(|(n, _)| n != "ingestd-tenant"));
+    find(&recs, b"queued text");
+    let r = find(&recs, b"[1,2]");
+    assert_eq!((r.key.as_deref(), r.partition), (Some(&b"k1"[..]), 2));
+    assert_eq!(r.offset, ok[0]["offset"].as_i64().unwrap());
+    assert_eq!(
+        find(&recs, b"batch").offset,
+        ok[1]["offset"].as_i64().unwrap()
+    );
+    let r = find(&recs, b"s3");
+    assert_eq!(
+        (r.partition, r.offset),
+        (0, reports[2]["offset"].as_i64().unwrap())
+    );
+    assert_eq!(
+        find(&recs, b"s1").offset,
+        reports[0]["offset"].as_i64().unwrap()
+    );
+}
+
+#[test]
+fn v3_batch_entries_are_limited_and_a_spool_answers_201_without_offsets() {
+    let b = broker();
+    let topic = b.topic("restv3spool", 1);
+    let dir = std::env::temp_dir().join(format!("ingestd-v3spool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = Ingestd::start_env(
+        &["--brokers", &b.addr, "--topics", "*", "--executors", "1"],
+        &[
+            ("INGESTD_SPOOL_DIR", dir.to_str().unwrap()),
+            ("INGESTD_REST_V3_BATCH_MAX_ENTRIES", "2"),
+            ("INGESTD_REST_V3_ACK", "durable"),
+        ],
+    );
+    let id = cluster_id(&d);
+    let mut c = Client::connect(d.addr).unwrap();
+    let path = format!("/v3/clusters/{id}/topics/{topic}/records");
+    let entry = |i: u32| format!(r#"{{"id":"e{i}","value":{{"type":"STRING","data":"v{i}"}}}}"#);
+    let batch = |n: u32| {
+        format!(
+            r#"{{"entries":[{}]}}"#,
+            (0..n).map(entry).collect::<Vec<_>>().join(",")
+        )
+    };
+    // At the limit: taken, synced to the spool (201), no offsets claimed.
+    let r = c
+        .request(&post(
+            &format!("{path}:batch"),
+            batch(2).as_bytes(),
+            &[JSON],
+        ))
+        .unwrap();
+    assert_eq!(r.status, 207, "{}", r.text());
+    let v = json(&r);
+    assert_eq!(v["successes"].as_array().unwrap().len(), 2, "{v}");
+    assert!(v["successes"][0].get("offset").is_none(), "{v}");
+    // One past it: 413, nothing produced, the connection kept.
+    let r = c
+        .request(&post(
+            &format!("{path}:batch"),
+            batch(3).as_bytes(),
+            &[JSON],
+        ))
+        .unwrap();
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(json(&r)["error_code"], 413);
+    // The config's contract (durable): 201, and a client asking for kafka gets offsets.
+    let r = c
+        .request(&post(
+            &path,
+            br#"{"value":{"type":"STRING","data":"one"}}"#,
+            &[JSON],
+        ))
+        .unwrap();
+    assert_eq!(
+        (r.status, json(&r)["error_code"].as_u64()),
+        (201, Some(201)),
+        "{}",
+        r.text()
+    );
+    let r = c
+        .request(&post(
+            &path,
+            br#"{"value":{"type":"STRING","data":"two"}}"#,
+            &[JSON, ("Kafka-Ack", "kafka")],
+        ))
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(json(&r)["offset"].is_i64());
+    let recs = read_topic(&b.addr, &topic, 1, 4, SETTLE);
+    let mut values: Vec<_> = recs
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+        .collect();
+    values.sort();
+    assert_eq!(values, ["one", "two", "v0", "v1"]);
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
