@@ -59,6 +59,9 @@ pub struct Config {
     pub rest_v3_ack: AckMode,
     /// Most entries in one REST v3 `records:batch` request (more: 413, nothing produced).
     pub rest_v3_batch_max_entries: usize,
+    /// Records of one REST v3 stream waiting for their reports before ingestd stops
+    /// reading it (back-pressure: a stream's memory stays bounded).
+    pub rest_v3_stream_window: usize,
     /// Number of Glommio executors (0 = one per allowed CPU but one: `default_executors`).
     pub executors: usize,
     /// CPUs to pin executors to, in order (empty = the process's allowed CPUs, in order).
@@ -244,6 +247,7 @@ impl Default for Config {
             ack: AckMode::Queued,
             rest_v3_ack: AckMode::Kafka,
             rest_v3_batch_max_entries: 100,
+            rest_v3_stream_window: 1024,
             executors: 0,
             cpus: vec![],
             forward_headers: vec![],
@@ -573,6 +577,7 @@ impl Config {
                 "rest_v3_batch_max_entries",
                 self.rest_v3_batch_max_entries as u64,
             ),
+            ("rest_v3_stream_window", self.rest_v3_stream_window as u64),
             ("max_header_bytes", self.max_header_bytes as u64),
             ("max_headers", self.max_headers as u64),
             ("max_uri_bytes", self.max_uri_bytes as u64),

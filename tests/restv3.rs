@@ -344,3 +344,132 @@ fn v3_batch_entries_are_limited_and_a_spool_answers_201_without_offsets() {
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn stream_client(args: &[&str]) -> std::process::Child {
+    std::process::Command::new("python3")
+        .arg(common::repo().join("tests/data/v3_stream.py"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("python3")
+}
+
+fn line(r: &mut impl std::io::BufRead) -> Value {
+    let mut l = String::new();
+    r.read_line(&mut l).unwrap();
+    serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l:?}"))
+}
+
+#[test]
+fn a_v3_stream_gets_its_reports_while_it_is_still_sending() {
+    let b = broker();
+    let topic = b.topic("restv3stream", 3);
+    let d = Ingestd::start(&["--brokers", &b.addr, "--topics", "*", "--executors", "2"]);
+    let id = cluster_id(&d);
+    let path = format!("/v3/clusters/{id}/topics/{topic}/records");
+    let (n, bad) = (10_000usize, 5_000usize);
+    let port = d.addr.port().to_string();
+    let mut py = stream_client(&[
+        "live",
+        "127.0.0.1",
+        &port,
+        &path,
+        &n.to_string(),
+        &bad.to_string(),
+    ]);
+    let mut out = std::io::BufReader::new(py.stdout.take().unwrap());
+    let s = line(&mut out);
+    assert!(py.wait().unwrap().success());
+    assert!(s["error"].is_null(), "{s}");
+    // The client waited, after its first 100 records, for a report: it came while 9,900
+    // records were still to be sent.
+    assert_eq!(s["sent_when_first"], 100, "{s}");
+    assert_eq!(
+        (s["status"].as_u64(), s["reports"].as_u64()),
+        (Some(200), Some(n as u64)),
+        "{s}"
+    );
+    assert_eq!(
+        s["codes"],
+        serde_json::json!({"200": n - 1, "400": 1}),
+        "{s}"
+    );
+    assert_eq!(s["bad"]["error_code"], 400);
+    assert!(
+        s["bad"]["message"].as_str().unwrap().contains("AVRO"),
+        "{s}"
+    );
+    // Every report's offset is its record's: read back, each value where its report said.
+    let offsets = s["offsets"].as_array().unwrap();
+    let recs = read_topic(&b.addr, &topic, 3, n - 1, SETTLE);
+    assert_eq!(recs.len(), n - 1);
+    let mut by_value = std::collections::HashMap::new();
+    for r in &recs {
+        by_value.insert(String::from_utf8(r.value.clone()).unwrap(), r.offset);
+    }
+    for (i, o) in offsets.iter().enumerate() {
+        match i == bad {
+            true => assert!(o.is_null()),
+            false => assert_eq!(
+                Some(&o.as_i64().unwrap()),
+                by_value.get(&format!("r{i}")),
+                "record {i}"
+            ),
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let l = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    l.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_v3_stream_whose_reports_are_not_read_is_throttled_not_buffered() {
+    let b = broker();
+    let topic = b.topic("restv3slow", 1);
+    let d = Ingestd::start_env(
+        &["--brokers", &b.addr, "--topics", "*", "--executors", "1"],
+        &[
+            ("INGESTD_REST_V3_STREAM_WINDOW", "64"),
+            ("INGESTD_ACK_TIMEOUT_MS", "60000"),
+        ],
+    );
+    let id = cluster_id(&d);
+    let path = format!("/v3/clusters/{id}/topics/{topic}/records");
+    let before = rss_kib(d.child.id());
+    // 2,000,000 records (about 110 MB of chunks) if nothing stopped the client.
+    let n = 2_000_000u64;
+    let port = d.addr.port().to_string();
+    let mut py = stream_client(&["slow", "127.0.0.1", &port, &path, &n.to_string()]);
+    let mut out = std::io::BufReader::new(py.stdout.take().unwrap());
+    let stalled = line(&mut out);
+    assert_eq!(stalled["stalled"], true, "{stalled}");
+    let sent = stalled["sent"].as_u64().unwrap();
+    let grown = rss_kib(d.child.id()).saturating_sub(before);
+    eprintln!("slow reader: stalled after {sent} records; ingestd's RSS grew {grown} KiB");
+    // What the kernel's socket buffers hold plus the window: far from the stream's size.
+    assert!(sent < n / 4, "{stalled}");
+    assert!(
+        grown < 32 * 1024,
+        "RSS grew by {grown} KiB with {sent} records sent"
+    );
+    // The client reads now: every record it sent gets its report.
+    use std::io::Write;
+    py.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let s = line(&mut out);
+    assert!(py.wait().unwrap().success());
+    assert!(s["error"].is_null(), "{s}");
+    let sent = s["sent"].as_u64().unwrap();
+    assert_eq!(
+        (s["status"].as_u64(), s["reports"].as_u64()),
+        (Some(200), Some(sent)),
+        "{s}"
+    );
+    assert_eq!(s["codes"], serde_json::json!({"200": sent}), "{s}");
+    let r = get(d.addr, "/healthz").unwrap();
+    assert_eq!(r.status, 200);
+}

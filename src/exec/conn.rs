@@ -22,6 +22,8 @@ use std::ops::Range;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+mod stream;
+
 pub struct Conn {
     exec: Rc<Exec>,
     watch: Rc<Watch>,
@@ -199,6 +201,11 @@ impl Conn {
         if let Some(e) = handler::refuse_before_body(&self.head, &routed) {
             return self.fail(e, started);
         }
+        // A REST v3 stream is answered while its body still arrives.
+        let tls = matches!(s, Link::Tls(_));
+        if self.streams(&routed, tls) {
+            return self.stream(s, started, keep, tls).await;
+        }
 
         // 3. The body.
         let body = self.read_body(s).await?;
@@ -255,7 +262,7 @@ impl Conn {
             buffered: self.rb.moving(),
             admitted: self.admitted,
             client: &self.auth.addr_text,
-            tls: matches!(s, Link::Tls(_)),
+            tls,
         };
         let handled = routed.and_then(|r| handler::handle(&exec, r, &req));
         if charged > 0 {

@@ -153,6 +153,19 @@ fn cluster_id(exec: &Exec, req: &Request, check: bool) -> Result<std::sync::Arc<
     Ok(id)
 }
 
+/// Whether a REST v3 stream may open (answer `200` before its records arrive): what
+/// refuses the whole request is checked now. An error here is not answered here: the
+/// request is then read whole and `produce` answers it, as any other.
+pub fn stream_opens(exec: &Exec, req: &Request) -> Result<(), HttpError> {
+    let policy = exec.guard.tenant_policy(req.admitted)?;
+    let tenant = req.admitted.tenant.map(|i| policy.tenant(i));
+    let topic = crate::exec::admit::topic_name(req.bytes, req.produce, tenant, &exec.cfg);
+    if topic.is_empty() || !exec.topics.may_exist(&exec.metrics.topics, topic) {
+        return Err(HttpError::NotFound("topic does not exist in kafka"));
+    }
+    cluster_id(exec, req, true).map(drop)
+}
+
 /// Where a request's records come from: the body, its NDJSON lines, or a REST v2 body's
 /// records.
 enum Records<'b> {

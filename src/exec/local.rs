@@ -641,6 +641,20 @@ impl Exec {
             .map(|(f, l)| Ack::Kafka(f, l))
     }
 
+    /// Resolves once `wait(t)` would answer at once. Unlike `wait` it gives nothing up
+    /// when dropped (it frees no slot and counts nothing), so it can race a read: a
+    /// REST v3 stream writes each report as soon as it is known while it reads on.
+    pub async fn ready(&self, t: &Ticket) {
+        if let Some(s) = &t.spool {
+            if s.settled().await.is_err() {
+                return;
+            }
+        }
+        for &k in t.kafka.iter().chain(&t.each) {
+            Settled { exec: self, t: k }.await;
+        }
+    }
+
     /// Ticker: answers the waits whose deadline passed (504).
     pub fn expire_waiters(&self, now: Instant) {
         for (_, w) in self.waiters.borrow_mut().iter_mut() {
@@ -714,6 +728,30 @@ impl Future for AckWait<'_> {
             (None, Some(f), Some(l)) => Ok((f, l)),
             _ => Err(HttpError::Delivery(FailReason::Broker)),
         })
+    }
+}
+
+/// `AckWait` without its side effects: ready once the waiter is settled either way.
+struct Settled<'a> {
+    exec: &'a Exec,
+    t: KafkaTicket,
+}
+
+impl Future for Settled<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut waiters = self.exec.waiters.borrow_mut();
+        match waiters
+            .get_mut(self.t.slot as usize - 1)
+            .filter(|w| w.gen == self.t.gen)
+        {
+            Some(w) if !w.orphaned && !w.expired && w.remaining > 0 => {
+                w.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            _ => Poll::Ready(()),
+        }
     }
 }
 

@@ -351,26 +351,12 @@ fn write_v3(
     date: &DateLine,
     retry_after: &'static str,
 ) -> u16 {
-    let none = || std::iter::repeat((None, None));
+    if let (Err(e), restv3::Op::Records, false) = (res, reply.op, reply.stream) {
+        response::v3_error(out, e, date, keep, retry_after, head_only);
+        return e.status().0;
+    }
     let mut body = Vec::with_capacity(256 * reply.entries.len() + 64);
-    let code = match res {
-        Ok(Ack::Each(po)) => {
-            let mut landed = po.iter().map(|&(p, o)| (Some(p), Some(o)));
-            restv3::answer(&mut body, reply, restv3::Fate::Each(200, &mut landed))
-        }
-        Ok(Ack::Kafka(..)) => {
-            restv3::answer(&mut body, reply, restv3::Fate::Each(200, &mut none()))
-        }
-        Ok(Ack::Spooled { durable, .. }) => {
-            let code = if *durable { 201 } else { 202 };
-            restv3::answer(&mut body, reply, restv3::Fate::Each(code, &mut none()))
-        }
-        Err(e) if reply.op == restv3::Op::Records && !reply.stream => {
-            response::v3_error(out, e, date, keep, retry_after, head_only);
-            return e.status().0;
-        }
-        Err(e) => restv3::answer(&mut body, reply, restv3::Fate::Failed(e)),
-    };
+    let code = v3_body(&mut body, res, reply);
     let reason = match code {
         200 => "OK",
         201 => "Created",
@@ -388,6 +374,24 @@ fn write_v3(
         date,
     );
     code
+}
+
+/// The body of a v3 answer (`restv3::answer`) once its records' fate is known; its
+/// status.
+pub fn v3_body(body: &mut Vec<u8>, res: &Acked, reply: &restv3::Reply) -> u16 {
+    let none = || std::iter::repeat((None, None));
+    match res {
+        Ok(Ack::Each(po)) => {
+            let mut landed = po.iter().map(|&(p, o)| (Some(p), Some(o)));
+            restv3::answer(body, reply, restv3::Fate::Each(200, &mut landed))
+        }
+        Ok(Ack::Kafka(..)) => restv3::answer(body, reply, restv3::Fate::Each(200, &mut none())),
+        Ok(Ack::Spooled { durable, .. }) => {
+            let code = if *durable { 201 } else { 202 };
+            restv3::answer(body, reply, restv3::Fate::Each(code, &mut none()))
+        }
+        Err(e) => restv3::answer(body, reply, restv3::Fate::Failed(e)),
+    }
 }
 
 /// The 202 of a REST request queued without a spool: each record's requested partition,

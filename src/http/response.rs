@@ -70,6 +70,26 @@ pub fn write(
     out.extend_from_slice(body);
 }
 
+/// The head of a REST v3 stream's answer: `200`, JSON, chunked (its reports follow as
+/// chunks, written as they are known; see `chunk`).
+pub fn stream_head(out: &mut Vec<u8>, date: &DateLine, conn: Conn) {
+    out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    out.extend_from_slice(date.as_bytes());
+    out.extend_from_slice(b"content-type: application/json\r\ntransfer-encoding: chunked\r\n");
+    if conn == Conn::Close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// One chunk of a chunked answer (empty `data`: the last chunk, which ends it).
+pub fn chunk(out: &mut Vec<u8>, data: &[u8]) {
+    let _ = write!(out, "{:x}\r\n", data.len());
+    out.extend_from_slice(data);
+    // For the last chunk this CRLF ends the (empty) trailer section: `0\r\n\r\n`.
+    out.extend_from_slice(b"\r\n");
+}
+
 /// The hot path's answer: `202 Accepted` with an empty body.
 pub fn accepted(out: &mut Vec<u8>, date: &DateLine, conn: Conn) {
     if conn == Conn::KeepAlive {

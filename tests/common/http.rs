@@ -73,7 +73,7 @@ impl<S: Wire> Client<S> {
         self.s.write_all(bytes)
     }
 
-    /// Reads one response (Content-Length framed, as ingestd always answers).
+    /// Reads one response: Content-Length framed, or chunked (a REST v3 stream's).
     pub fn read(&mut self) -> io::Result<Response> {
         loop {
             if let Some((n, status, headers)) = parse_response_head(&self.buf)? {
@@ -83,6 +83,18 @@ impl<S: Wire> Client<S> {
                         status,
                         headers,
                         body: vec![],
+                    });
+                }
+                if headers
+                    .iter()
+                    .any(|(k, v)| k == "transfer-encoding" && v == "chunked")
+                {
+                    self.buf.drain(..n);
+                    let body = self.read_chunks()?;
+                    return Ok(Response {
+                        status,
+                        headers,
+                        body,
                     });
                 }
                 let len: usize = headers
@@ -102,6 +114,30 @@ impl<S: Wire> Client<S> {
                 });
             }
             self.fill()?;
+        }
+    }
+
+    /// A chunked body, whole (no trailers are expected).
+    fn read_chunks(&mut self) -> io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let eol = loop {
+                match self.buf.windows(2).position(|w| w == b"\r\n") {
+                    Some(i) => break i,
+                    None => self.fill()?,
+                }
+            };
+            let line = std::str::from_utf8(&self.buf[..eol]).unwrap().to_string();
+            let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            while self.buf.len() < eol + 2 + size + 2 {
+                self.fill()?;
+            }
+            body.extend_from_slice(&self.buf[eol + 2..eol + 2 + size]);
+            self.buf.drain(..eol + 2 + size + 2);
+            if size == 0 {
+                return Ok(body);
+            }
         }
     }
 
