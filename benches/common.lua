@@ -7,6 +7,15 @@
 local M = {}
 
 function M.build(args, extra_header)
+  -- BENCH_RAW_REQUEST=<file>: that file is the whole request as sent (a chunked REST v3
+  -- stream, which wrk.format cannot build).
+  local raw = os.getenv("BENCH_RAW_REQUEST")
+  if raw then
+    local f = assert(io.open(raw, "rb"))
+    local req = f:read("*a")
+    f:close()
+    return req
+  end
   local size = tonumber(args[1] or "256")
   local path = args[2] or "/"
   local body = string.rep("x", size)

@@ -55,8 +55,14 @@ print("".join(" @%s=%.2f" % (k, j["lat_%s_us" % k] / 1000) for k in ("p99", "p99
 fi
 
 [ $# -ge 2 ] || { sed -n '2,12p' "$0"; exit 2; }
-A=$1 B=$2
-shift 2
+# Two binaries or more (each round starts with the next one). A file BINARY.env beside one
+# (lines VAR=value) is its load's environment: the same binary under several
+# names can then be measured with different request bodies (perf/restv3.sh).
+BINS=()
+while [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; do
+    BINS+=("$1")
+    shift
+done
 ROUNDS=6
 ARGS=()
 while [ $# -gt 0 ]; do
@@ -65,13 +71,16 @@ while [ $# -gt 0 ]; do
         *) ARGS+=("$1"); shift ;;
     esac
 done
-[ "$(basename "$A")" != "$(basename "$B")" ] || { echo "give the binaries different names" >&2; exit 2; }
+names=$(for b in "${BINS[@]}"; do basename "$b"; done | sort | uniq -d)
+[ -z "$names" ] || { echo "give the binaries different names" >&2; exit 2; }
 OUT=$(mktemp /tmp/ingestd-ab.XXXXXX)
 for r in $(seq 1 "$ROUNDS"); do
-    order=("$A" "$B")
-    [ $((r % 2)) = 0 ] && order=("$B" "$A")
-    for bin in "${order[@]}"; do
-        "$0" --one "$bin" "${ARGS[@]}" | grep '^RESULT' | tee -a "$OUT"
+    n=${#BINS[@]}
+    for i in $(seq 0 $((n - 1))); do
+        bin=${BINS[$(((r + i) % n))]}
+        vars=()
+        [ -f "$bin.env" ] && mapfile -t vars <"$bin.env"
+        env "${vars[@]}" "$0" --one "$bin" "${ARGS[@]}" | grep '^RESULT' | tee -a "$OUT"
     done
 done
 python3 - "$OUT" <<'PY'

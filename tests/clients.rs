@@ -6,7 +6,7 @@
 mod common;
 
 use common::http::{post, Client, Response};
-use common::{broker, read_topic, Ingestd, Rec};
+use common::{broker, find_value as find, read_topic, Ingestd, Rec};
 use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
@@ -30,12 +30,6 @@ fn send(c: &mut Client, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Re
 fn by_offset(mut recs: Vec<Rec>) -> Vec<Rec> {
     recs.sort_by_key(|r| (r.partition, r.offset));
     recs
-}
-
-fn find<'a>(recs: &'a [Rec], value: &[u8]) -> &'a Rec {
-    recs.iter()
-        .find(|r| r.value == value)
-        .unwrap_or_else(|| panic!("no record {:?}", String::from_utf8_lossy(value)))
 }
 
 #[test]

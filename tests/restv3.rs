@@ -5,7 +5,7 @@
 mod common;
 
 use common::http::{get, post, Client, Response};
-use common::{broker, read_topic, wait_until, Ingestd, Rec};
+use common::{broker, find_value as find, read_topic, wait_until, Ingestd};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -56,12 +56,6 @@ fn chunked(path: &str, chunks: &[&[u8]], headers: &[(&str, &str)]) -> Vec<u8> {
     }
     w.extend_from_slice(b"0\r\n\r\n");
     w
-}
-
-fn find<'a>(recs: &'a [Rec], value: &[u8]) -> &'a Rec {
-    recs.iter()
-        .find(|r| r.value == value)
-        .unwrap_or_else(|| panic!("no record {:?}", String::from_utf8_lossy(value)))
 }
 
 #[test]

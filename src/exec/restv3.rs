@@ -4,8 +4,9 @@
 //! data}}`, one per record, and the answers `{error_code, cluster_id, topic_name,
 //! partition_id, offset, timestamp, key: {type, size}, value: {type, size}}`. Three
 //! shapes of request: one object (one record); a chunked body of concatenated objects
-//! (streaming mode: one answer object per record, in order); and `records:batch`,
-//! `{entries: [{id, ...}]}`, answered 207 with `successes` and `failures` by id.
+//! (streaming mode, `conn/stream.rs`: one answer object per record, in order); and
+//! `records:batch`, `{entries: [{id, ...}]}`, answered 207 with `successes` and
+//! `failures` by id.
 //! Pure: bytes in, records or bytes out.
 //!
 //! The record bytes, exactly: `BINARY` data is base64 decoded (standard or URL-safe,
@@ -16,7 +17,7 @@
 //! it; tombstones are not produced).
 
 use crate::error::HttpError;
-use crate::exec::restv2::{base64, compact, Record};
+use crate::exec::restv2::{base64, compact, header_values, string_end, Record};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::io::Write;
@@ -181,8 +182,8 @@ fn data(d: &Data) -> Result<(Kind, Vec<u8>), HttpError> {
 }
 
 /// One request object into the record to produce and what its answer tells.
-fn record(raw: &RawValue) -> Result<(Option<String>, Record, Sent), HttpError> {
-    let r: Req = serde_json::from_str(raw.get()).map_err(|e| match e.classify() {
+fn record(raw: &[u8]) -> Result<(Option<String>, Record, Sent), HttpError> {
+    let r: Req = serde_json::from_slice(raw).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => HttpError::BadRequest(
             "a REST v3 record must be {\"value\": {\"type\": ..., \"data\": ...}, ...}",
         ),
@@ -207,20 +208,13 @@ fn record(raw: &RawValue) -> Result<(Option<String>, Record, Sent), HttpError> {
             ))
         }
     };
-    let headers = r
-        .headers
-        .unwrap_or_default()
-        .into_iter()
-        .map(|h| {
-            let v = match h.value {
-                Some(v) => base64(&v).ok_or(HttpError::BadRequest(
-                    "REST v3 header values must be base64",
-                ))?,
-                None => Vec::new(),
-            };
-            Ok((h.name.into_bytes(), v))
-        })
-        .collect::<Result<_, HttpError>>()?;
+    let headers = header_values(
+        r.headers
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| (h.name, h.value)),
+        HttpError::BadRequest("REST v3 header values must be base64"),
+    )?;
     let sent = Sent {
         partition,
         key: key.as_ref().map(|(k, b)| (*k, b.len())),
@@ -263,37 +257,86 @@ impl Parsed {
 
 /// A `records` request with one object: its record, or the request's error.
 pub fn parse_one(body: &[u8]) -> Result<Parsed, HttpError> {
-    let raw: &RawValue = serde_json::from_slice(body)
-        .map_err(|_| HttpError::BadRequest("a REST v3 record is not valid JSON"))?;
     let mut p = Parsed::default();
-    let (_, rec, sent) = record(raw)?;
+    let (_, rec, sent) = record(body)?;
     p.push(Ok((None, rec, sent)), None);
     Ok(p)
 }
 
-/// A streaming `records` request: concatenated objects, each its own record. A bad
-/// record fails alone; text that is not JSON ends the stream with one last error (where
-/// the next object would start is unknown).
+/// A streaming `records` request: concatenated objects, each its own record, found by
+/// `split_values`. A bad record fails alone, JSON syntax errors included (they stay
+/// inside their object); text that never completes a value is the last error.
 pub fn parse_stream(body: &[u8]) -> Result<Parsed, HttpError> {
     let mut p = Parsed::default();
-    for raw in serde_json::Deserializer::from_slice(body).into_iter::<&RawValue>() {
-        match raw {
-            Ok(raw) => p.push(record(raw), None),
-            Err(_) => {
-                p.push(
-                    Err(HttpError::BadRequest(
-                        "the stream is not valid JSON from here on: its remaining records are not produced",
-                    )),
-                    None,
-                );
-                break;
-            }
-        }
+    let (values, end) = split_values(body, false);
+    for v in values {
+        p.push(record(&body[v]), None);
+    }
+    if body[end..].iter().any(|b| !b.is_ascii_whitespace()) {
+        p.push(Err(INCOMPLETE), None);
     }
     if p.entries.is_empty() {
         return Err(HttpError::BadRequest("the REST v3 stream has no records"));
     }
     Ok(p)
+}
+
+/// The error of a stream's text that ends inside a JSON value.
+pub const INCOMPLETE: HttpError =
+    HttpError::BadRequest("the stream ended inside a JSON value: that record is not produced");
+
+/// Where the top-level values of concatenated JSON text lie (the whitespace between
+/// them skipped), found without parsing them: brackets are counted outside strings, a
+/// string ends at its closing quote, anything else (a stray byte, a number) at the next
+/// whitespace, bracket or quote. Each value is then parsed alone, so a malformed one
+/// fails alone. The list stops before a value that is not complete yet (`more`: bytes may
+/// still come, so a bare scalar touching the end may not be whole); returns the values
+/// and where the last one ended.
+pub fn split_values(buf: &[u8], more: bool) -> (Vec<std::ops::Range<usize>>, usize) {
+    let (mut values, mut i, mut end) = (Vec::new(), 0, 0);
+    while i < buf.len() {
+        let b = buf[i];
+        if b.is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        let close = match b {
+            b'{' | b'[' => container_end(&buf[i..]),
+            b'"' => string_end(&buf[i + 1..]).map(|e| e + 2),
+            _ => {
+                let n = buf[i..]
+                    .iter()
+                    .position(|&c| c.is_ascii_whitespace() || matches!(c, b'{' | b'[' | b'"'))
+                    .unwrap_or(buf.len() - i);
+                (i + n < buf.len() || !more).then_some(n)
+            }
+        };
+        let Some(n) = close else { break };
+        values.push(i..i + n);
+        i += n;
+        end = i;
+    }
+    (values, end)
+}
+
+/// The length of the bracketed value at the start of `v`, once its brackets balance.
+fn container_end(v: &[u8]) -> Option<usize> {
+    let (mut depth, mut i) = (0usize, 0);
+    while i < v.len() {
+        match v[i] {
+            b'"' => i += string_end(&v[i + 1..])? + 1,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Is `id` a batch entry id as the spec draws them: 1 to 80 of `[0-9A-Za-z_-]`.
@@ -323,7 +366,7 @@ pub fn parse_batch(body: &[u8], max: usize) -> Result<Parsed, HttpError> {
     let mut p = Parsed::default();
     let mut seen = std::collections::HashSet::new();
     for raw in entries {
-        let r = record(raw);
+        let r = record(raw.get().as_bytes());
         // The id is read on its own too, so an entry that is otherwise bad still has it.
         #[derive(Deserialize)]
         struct Id {
@@ -596,7 +639,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_fails_a_bad_record_alone_and_stops_at_broken_json() {
+    fn a_stream_fails_a_bad_record_alone_and_an_unfinished_one_last() {
         let p = parse_stream(
             br#"{"value": {"type": "JSON", "data": 1}}
                 {"value": {"type": "AVRO", "data": 2}}{"value": {"type": "JSON", "data": 3}} {"value": "#,
@@ -642,6 +685,44 @@ mod tests {
             .collect();
         assert_eq!(codes, [504, 400, 504, 400]);
         assert!(parse_stream(b"  ").is_err());
+    }
+
+    #[test]
+    fn values_are_split_without_parsing_and_a_broken_one_stays_alone() {
+        let text = br#" {"a":"}{\"]"} [1,{"b":[]}]"s\"t" 12 }{"c":}
+ {"d":"#;
+        let (v, end) = split_values(text, true);
+        let got: Vec<&str> = v
+            .iter()
+            .map(|r| std::str::from_utf8(&text[r.clone()]).unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                r#"{"a":"}{\"]"}"#,
+                r#"[1,{"b":[]}]"#,
+                r#""s\"t""#,
+                "12",
+                "}",
+                r#"{"c":}"#
+            ]
+        );
+        assert_eq!(&text[end..], b"\n {\"d\":");
+        // A scalar touching the end may go on while more can come.
+        assert_eq!(split_values(b"{} 12", true).0.len(), 1);
+        assert_eq!(split_values(b"{} 12", false).0.len(), 2);
+        // In a stream, the malformed one fails alone and the next is produced.
+        let p = parse_stream(
+            br#"{"value":{"type":"JSON","data":1}}{"value":}{"value":{"type":"JSON","data":3}}"#,
+        )
+        .unwrap();
+        assert_eq!((p.records.len(), p.entries.len()), (2, 3));
+        assert!(p.entries[1]
+            .outcome
+            .as_ref()
+            .unwrap_err()
+            .message()
+            .contains("not valid JSON"));
     }
 
     #[test]

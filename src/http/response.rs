@@ -162,15 +162,8 @@ pub fn v3_error(
     let mut body = Vec::with_capacity(160);
     crate::exec::restv3::error_body(&mut body, err.status().0, err.message(), None);
     body.push(b'\n');
-    error_as(
-        out,
-        err,
-        date,
-        conn,
-        retry_after,
-        head_only,
-        ("application/json", &body),
-    );
+    let ct = "application/json";
+    error_as(out, err, date, conn, retry_after, head_only, (ct, &body));
 }
 
 /// A tenant's refusal (403, 429) as JSON naming the tenant and, for a topic outside its

@@ -434,6 +434,13 @@ pub fn read_topic(
     out
 }
 
+/// The record whose value is `value` (the test fails when there is none).
+pub fn find_value<'a>(recs: &'a [Rec], value: &[u8]) -> &'a Rec {
+    recs.iter()
+        .find(|r| r.value == value)
+        .unwrap_or_else(|| panic!("no record {:?}", String::from_utf8_lossy(value)))
+}
+
 /// Polls `f` every 50 ms until it holds; fails the test after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();

@@ -2,10 +2,11 @@
 //! are records. The answer (`200`, chunked) starts at once, and each record's report is
 //! written as soon as it is known, in request order, while the client keeps sending.
 //!
-//! The objects complete after each read are one group: produced together as one request
-//! would be (`handler::handle` with the group as its body), reported together. A bad
-//! record fails alone (its report is its error); an error of the whole group (queue full,
-//! a byte budget's 429) fails that group's records and the stream goes on. Bounded: at
+//! The values complete after each read (`restv3::split_values`) are one group: produced
+//! together as one request would be (`handler::handle` with the group as its body),
+//! reported together. A bad record fails alone (its report is its error), malformed JSON
+//! included; an error of the whole group (queue full, a byte budget's 429) fails that
+//! group's records and the stream goes on. Bounded: at
 //! most `rest_v3_stream_window` records wait for their reports before reading pauses, a
 //! client that does not read its reports blocks our write (and so our reads), and an
 //! incomplete object may hold at most the body limit.
@@ -16,7 +17,7 @@ use crate::exec::handler::{self, Answer, Request, Rest};
 use crate::exec::link::Link;
 use crate::exec::local::{Ack, Exec, Ticket};
 use crate::exec::replies::v3_body;
-use crate::exec::restv3::{Entry, Op, Reply};
+use crate::exec::restv3::{split_values, Entry, Op, Reply, INCOMPLETE};
 use crate::exec::route::Route;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::response;
@@ -54,23 +55,6 @@ impl Group {
 
     fn records(&self) -> usize {
         self.reply.entries.len()
-    }
-}
-
-/// The end of the complete JSON values at the start of `buf` and how many there are;
-/// `true` when what follows them is not JSON (not merely incomplete).
-fn complete_values(buf: &[u8]) -> (usize, usize, bool) {
-    let mut it = serde_json::Deserializer::from_slice(buf).into_iter::<serde::de::IgnoredAny>();
-    let (mut end, mut n) = (0, 0);
-    loop {
-        match it.next() {
-            None => return (end, n, false),
-            Some(Ok(_)) => {
-                end = it.byte_offset();
-                n += 1;
-            }
-            Some(Err(e)) => return (end, n, !e.is_eof()),
-        }
     }
 }
 
@@ -184,22 +168,17 @@ impl Conn {
                     broken = true;
                 }
             }
-            let (end, n, bad) = complete_values(&self.rb.decoded);
-            if n > 0 {
-                let g = self.group(exec, end, n, tls);
+            // Each complete value is a record (a malformed one fails alone).
+            let (values, end) = split_values(&self.rb.decoded, ended.is_none() && !broken);
+            if !values.is_empty() {
+                let g = self.group(exec, end, values.len(), tls);
                 inflight += g.records();
                 pending.push_back(g);
                 self.rb.decoded.drain(..end);
             }
-            let tail = self.rb.decoded.iter().any(|b| !b.is_ascii_whitespace());
-            if bad || (ended.is_some() && tail) {
-                let e = HttpError::BadRequest(
-                    "the stream is not valid JSON from here on: its remaining records are not produced",
-                );
-                pending.push_back(Group::failed(e, 1));
+            if ended.is_some() && self.rb.decoded.iter().any(|b| !b.is_ascii_whitespace()) {
+                pending.push_back(Group::failed(INCOMPLETE, 1));
                 self.rb.decoded.clear();
-                // Where the next object would start is unknown: nothing more is read.
-                broken |= ended.is_none();
             }
             let done = ended.is_some() || broken;
             // Reports known now, in order; every one once nothing more comes, and the
