@@ -467,3 +467,149 @@ fn a_v3_stream_whose_reports_are_not_read_is_throttled_not_buffered() {
     let r = get(d.addr, "/healthz").unwrap();
     assert_eq!(r.status, 200);
 }
+
+/// A stream's answer read as it comes: its head, then the report objects so far.
+struct Reports {
+    s: std::net::TcpStream,
+    buf: Vec<u8>,
+    data: Vec<u8>,
+    head: bool,
+}
+
+impl Reports {
+    fn new(s: std::net::TcpStream) -> Reports {
+        Reports {
+            s,
+            buf: Vec::new(),
+            data: Vec::new(),
+            head: false,
+        }
+    }
+
+    /// Reads until `n` reports are in (the test fails after 30 s); returns them all.
+    fn until(&mut self, n: usize) -> Vec<Value> {
+        use std::io::Read;
+        self.s
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        loop {
+            if !self.head {
+                if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&self.buf[..i]).to_lowercase();
+                    assert!(
+                        head.starts_with("http/1.1 200")
+                            && head.contains("transfer-encoding: chunked"),
+                        "{head}"
+                    );
+                    self.buf.drain(..i + 4);
+                    self.head = true;
+                }
+            }
+            while self.head {
+                let Some(eol) = self.buf.windows(2).position(|w| w == b"\r\n") else {
+                    break;
+                };
+                let size =
+                    usize::from_str_radix(std::str::from_utf8(&self.buf[..eol]).unwrap(), 16)
+                        .unwrap();
+                if self.buf.len() < eol + 2 + size + 2 {
+                    break;
+                }
+                self.data
+                    .extend_from_slice(&self.buf[eol + 2..eol + 2 + size]);
+                self.buf.drain(..eol + 2 + size + 2);
+            }
+            let got: Vec<Value> = serde_json::Deserializer::from_slice(&self.data)
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+            if got.len() >= n {
+                return got;
+            }
+            let mut tmp = [0u8; 65536];
+            let k = self.s.read(&mut tmp).expect("reports within 30 s");
+            assert!(k > 0, "closed after {} reports", got.len());
+            self.buf.extend_from_slice(&tmp[..k]);
+        }
+    }
+}
+
+fn chunk_of(records: &[String]) -> Vec<u8> {
+    let data = records.concat();
+    let mut w = format!("{:x}\r\n", data.len()).into_bytes();
+    w.extend_from_slice(data.as_bytes());
+    w.extend_from_slice(b"\r\n");
+    w
+}
+
+#[test]
+fn tenants_refuse_v3_requests_in_v3_shape_and_a_stream_over_its_byte_budget_fails_alone() {
+    let b = broker();
+    let topic = b.topic("restv3tenant", 1);
+    let other = b.topic("restv3other", 1);
+    // 400 B/s with a 4,000 B burst: the stream's first group fits, its second is over
+    // what is left (even after seconds of refill), its third fits again.
+    let cfg = common::temp_config(
+        "restv3-tenant",
+        &format!(
+            "[tenants.acme]\ntokens = [\"tok-acme\"]\ntopics = [\"{topic}\"]\nbytes_per_sec = 400\nburst_secs = 10.0\nmax_body_bytes = 4000\n"
+        ),
+    );
+    let d = common::start_with_config(&cfg, &topic, "1", &[]);
+    let id = cluster_id(&d);
+    let mut c = Client::connect(d.addr).unwrap();
+    let path = |t: &str| format!("/v3/clusters/{id}/topics/{t}/records");
+    let auth = ("Authorization", "Bearer tok-acme");
+    let rec = |i: usize| format!(r#"{{"value":{{"type":"STRING","data":"{i:0>60}"}}}}"#);
+    for (p, headers, status) in [
+        (path(&topic), vec![JSON], 401),
+        (path(&other), vec![JSON, auth], 403),
+    ] {
+        let r = c.request(&post(&p, rec(0).as_bytes(), &headers)).unwrap();
+        assert_eq!(r.status, status, "{}", r.text());
+        let e = json(&r);
+        assert_eq!(e["error_code"].as_u64(), Some(status as u64), "{e}");
+        assert!(!e["message"].as_str().unwrap().is_empty(), "{e}");
+    }
+    let r = c
+        .request(&post(
+            &path(&topic),
+            b"{}",
+            &[JSON, ("Authorization", "Bearer nope")],
+        ))
+        .unwrap();
+    assert_eq!(
+        (r.status, json(&r)["error_code"].as_u64()),
+        (401, Some(401))
+    );
+
+    // Each group is sent once the reports of the one before are in, so that each is
+    // read (and charged) alone.
+    let mut s = std::net::TcpStream::connect(d.addr).unwrap();
+    use std::io::Write;
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nAuthorization: Bearer tok-acme\r\nTransfer-Encoding: chunked\r\n\r\n",
+        path(&topic)
+    );
+    let group = |from: usize, n: usize| chunk_of(&(from..from + n).map(rec).collect::<Vec<_>>());
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&group(0, 30)).unwrap(); // 2,970 B
+    let mut reports = Reports::new(s.try_clone().unwrap());
+    reports.until(30);
+    s.write_all(&group(30, 20)).unwrap(); // 1,980 B: over the ~1,030 B left
+    reports.until(50);
+    s.write_all(&group(50, 1)).unwrap();
+    s.write_all(b"0\r\n\r\n").unwrap();
+    let got = reports.until(51);
+    let codes: Vec<u64> = got
+        .iter()
+        .map(|o| o["error_code"].as_u64().unwrap())
+        .collect();
+    let mut want = vec![200; 30];
+    want.extend([429; 20]);
+    want.push(200);
+    assert_eq!(codes, want);
+    let recs = read_topic(&b.addr, &topic, 1, 31, SETTLE);
+    assert_eq!(recs.len(), 31, "the first group and the last");
+    assert_eq!(recs[30].value, format!("{:0>60}", 50).into_bytes());
+}

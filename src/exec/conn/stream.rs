@@ -128,6 +128,8 @@ impl Conn {
         match r {
             Ok(Some(consumed)) if wrote => {
                 self.rb.consume(self.head.len + consumed);
+                self.rb.decoded.clear();
+                self.rb.shrink(&*exec);
                 Ok(keep != Keep::Close)
             }
             _ => Ok(false),
