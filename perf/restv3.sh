@@ -11,17 +11,7 @@
 # (`tansu_cluster`, which tests/tansu.sh's broker reports); a wrong id would show as
 # non-2xx answers in the output.
 set -euo pipefail
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${1:-}
-if [ -z "$BIN" ] || [ "${BIN#--}" != "$BIN" ]; then
-    (cd "$REPO" && cargo build --release --bin ingestd)
-    BIN=$REPO/target/release/ingestd
-else
-    shift
-fi
-BIN=$(realpath "$BIN")
-W=$(mktemp -d /tmp/ingestd-restv3-bench.XXXXXX)
-trap 'rm -rf "$W"' EXIT
+source "$(dirname "$0")/wrap.sh"
 python3 - "$W" <<'PY'
 import json, sys
 w = sys.argv[1]
@@ -43,8 +33,7 @@ head = ("POST /v3/clusters/tansu_cluster/topics/perf/records HTTP/1.1\r\nHost: b
 open(f"{w}/v3.req", "wb").write(head + body)
 PY
 for name in raw v2 v3stream; do
-    printf '#!/bin/sh\nexec %s "$@"\n' "$BIN" >"$W/$name"
-    chmod +x "$W/$name"
+    wrapper "$name"
 done
 printf 'BENCH_BODY_FILE=%s\nBENCH_CONTENT_TYPE=application/x-ndjson\nBENCH_HEADER=Kafka-Ack: kafka\n' "$W/raw.ndjson" >"$W/raw.env"
 printf 'BENCH_BODY_FILE=%s\nBENCH_CONTENT_TYPE=application/vnd.kafka.json.v2+json\nBENCH_HEADER=Kafka-Ack: kafka\n' "$W/v2.json" >"$W/v2.env"

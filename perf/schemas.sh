@@ -8,17 +8,7 @@
 #
 # BINARY defaults to target/release/ingestd (built first). SCHEMAS_BENCH=one,ndjson picks.
 set -euo pipefail
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${1:-}
-if [ -z "$BIN" ] || [ "${BIN#--}" != "$BIN" ]; then
-    (cd "$REPO" && cargo build --release --bin ingestd)
-    BIN=$REPO/target/release/ingestd
-else
-    shift
-fi
-BIN=$(realpath "$BIN")
-W=$(mktemp -d /tmp/ingestd-schemas-bench.XXXXXX)
-trap 'rm -rf "$W"' EXIT
+source "$(dirname "$0")/wrap.sh"
 
 cat >"$W/order.json" <<'JSON'
 {
@@ -49,12 +39,8 @@ open(f"{w}/lines.ndjson", "w").write("\n".join(order(i) for i in range(100)) + "
 PY
 printf '[topic.perf]\nschema = "%s"\n' "$W/order.json" >"$W/schema.toml"
 : >"$W/none.toml"
-wrapper() { # wrapper NAME CONFIG: the binary with that configuration (perf/ab.sh runs it)
-    printf '#!/bin/sh\nexec %s --config %s "$@"\n' "$BIN" "$2" >"$W/$1"
-    chmod +x "$W/$1"
-}
-wrapper noschema "$W/none.toml"
-wrapper schema "$W/schema.toml"
+wrapper noschema --config "$W/none.toml"
+wrapper schema --config "$W/schema.toml"
 
 WHICH=${SCHEMAS_BENCH:-one,ndjson}
 if [[ $WHICH == *one* ]]; then

@@ -9,17 +9,7 @@
 # BINARY defaults to target/release/ingestd (built first). The JWT is EdDSA, signed with
 # the test key tests/data/jwt/ed25519-a (openssl), verified once per connection (cached).
 set -euo pipefail
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${1:-}
-if [ -z "$BIN" ] || [ "${BIN#--}" != "$BIN" ]; then
-    (cd "$REPO" && cargo build --release --bin ingestd)
-    BIN=$REPO/target/release/ingestd
-else
-    shift
-fi
-BIN=$(realpath "$BIN")
-W=$(mktemp -d /tmp/ingestd-tenants-bench.XXXXXX)
-trap 'rm -rf "$W"' EXIT
+source "$(dirname "$0")/wrap.sh"
 
 b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
 
@@ -45,16 +35,12 @@ S=$(openssl pkeyutl -sign -rawin -in "$W/signing-input" -keyform DER \
     -inkey "$REPO/tests/data/jwt/ed25519-a.key.der" | b64url)
 JWT="$H.$P.$S"
 
-wrapper() { # wrapper NAME CONFIG: the binary with that configuration (perf/ab.sh runs it)
-    printf '#!/bin/sh\nexec %s --config %s "$@"\n' "$BIN" "$2" >"$W/$1"
-    chmod +x "$W/$1"
-}
 : >"$W/none.toml"
-wrapper none "$W/none.toml"
-wrapper tenants100 "$W/t100.toml"
+wrapper none --config "$W/none.toml"
+wrapper tenants100 --config "$W/t100.toml"
 { printf 'tenant_header = ""\n'; tenants; } >"$W/t100-nohdr.toml"
-wrapper tenants100-noheader "$W/t100-nohdr.toml"
-wrapper jwt "$W/jwt.toml"
+wrapper tenants100-noheader --config "$W/t100-nohdr.toml"
+wrapper jwt --config "$W/jwt.toml"
 
 WHICH=${TENANTS_BENCH:-tenants,noheader,jwt}
 if [[ $WHICH == *tenants* ]]; then
