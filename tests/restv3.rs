@@ -613,3 +613,66 @@ fn tenants_refuse_v3_requests_in_v3_shape_and_a_stream_over_its_byte_budget_fail
     assert_eq!(recs.len(), 31, "the first group and the last");
     assert_eq!(recs[30].value, format!("{:0>60}", 50).into_bytes());
 }
+
+#[test]
+fn a_record_its_topics_schema_refuses_fails_alone_in_streams_and_batches() {
+    let b = broker();
+    let topic = b.topic("restv3schema", 1);
+    let schema =
+        std::env::temp_dir().join(format!("ingestd-v3-schema-{}.json", std::process::id()));
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}"#,
+    )
+    .unwrap();
+    let cfg = common::temp_config(
+        "restv3-schema",
+        &format!("[topic.{topic:?}]\nschema = {:?}\n", schema),
+    );
+    let d = common::start_with_config(&cfg, &topic, "1", &[]);
+    let id = cluster_id(&d);
+    let mut c = Client::connect(d.addr).unwrap();
+    let path = format!("/v3/clusters/{id}/topics/{topic}/records");
+    let rec = |v: &str| format!(r#"{{"value":{{"type":"JSON","data":{v}}}}}"#);
+    // One record: refused whole, the schema's report with v3's error code.
+    let r = c
+        .request(&post(&path, rec(r#"{"n":"x"}"#).as_bytes(), &[JSON]))
+        .unwrap();
+    assert_eq!(r.status, 422, "{}", r.text());
+    let e = json(&r);
+    assert_eq!(e["error_code"], 422, "{e}");
+    assert_eq!(e["errors"][0]["path"], "/n", "{e}");
+    // A stream (one chunk: one group) and a batch: the invalid record alone fails.
+    let stream = [rec(r#"{"n":1}"#), rec(r#"{"m":2}"#), rec(r#"{"n":3}"#)].concat();
+    let r = c
+        .request(&chunked(&path, &[stream.as_bytes()], &[JSON]))
+        .unwrap();
+    let codes: Vec<_> = objects(&r)
+        .iter()
+        .map(|o| o["error_code"].as_u64().unwrap())
+        .collect();
+    assert_eq!(codes, [200, 422, 200], "{}", r.text());
+    let batch = format!(
+        r#"{{"entries":[{{"id":"a","value":{{"type":"JSON","data":{{"n":"no"}}}}}},{{"id":"b","value":{{"type":"JSON","data":{{"n":4}}}}}}]}}"#
+    );
+    let r = c
+        .request(&post(&format!("{path}:batch"), batch.as_bytes(), &[JSON]))
+        .unwrap();
+    assert_eq!(r.status, 207, "{}", r.text());
+    let v = json(&r);
+    assert_eq!(
+        (
+            v["successes"][0]["id"].as_str(),
+            v["failures"][0]["id"].as_str()
+        ),
+        (Some("b"), Some("a")),
+        "{v}"
+    );
+    assert_eq!(v["failures"][0]["error_code"], 422, "{v}");
+    let recs = read_topic(&b.addr, &topic, 1, 3, SETTLE);
+    let values: Vec<_> = recs
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+        .collect();
+    assert_eq!(values, [r#"{"n":1}"#, r#"{"n":3}"#, r#"{"n":4}"#]);
+}

@@ -218,6 +218,13 @@ fn produce<'a>(exec: &'a Exec, req: &Request<'a>) -> Result<Answer<'a>, HttpErro
                 _ if stream => restv3::parse_stream(body)?,
                 _ => restv3::parse_one(body)?,
             };
+            let mut parsed = parsed;
+            // Many records in one request: one refused by the topic's schema fails alone.
+            if op == restv3::Op::Batch || stream {
+                if let Some(s) = policy.schemas.get(topic) {
+                    refuse_invalid_alone(exec, s, &mut parsed);
+                }
+            }
             rest_records = parsed.records;
             let reply = restv3::Reply {
                 op,
@@ -433,8 +440,45 @@ fn judge<'s>(
     } else {
         (422, HttpError::SchemaRefused)
     };
-    *exec.schema_report.borrow_mut() = report::body(status, &s.topic, j.records, &j.problems);
+    // REST v2's error codes are the status and two digits; v3's the status.
+    let code = match p.v3 {
+        Some(_) => u32::from(status),
+        None => u32::from(status) * 100 + 1,
+    };
+    *exec.schema_report.borrow_mut() = report::body(status, code, &s.topic, j.records, &j.problems);
     Err(e)
+}
+
+/// For a v3 stream or batch in reject mode: the records the topic's schema refuses
+/// fail alone (422 in their own entry) and are not produced; the rest go on. (Dead-letter
+/// mode keeps its usual course: every record is produced, the invalid ones elsewhere.)
+fn refuse_invalid_alone(exec: &Exec, s: &TopicSchema, parsed: &mut restv3::Parsed) {
+    if s.on_invalid != OnInvalid::Reject {
+        return;
+    }
+    let mut j = Judge::new(s);
+    for r in &parsed.records {
+        j.record(r.key.as_deref(), &r.value);
+    }
+    if j.problems.is_empty() {
+        return;
+    }
+    let invalid: std::collections::HashSet<usize> = j.problems.iter().map(|q| q.record).collect();
+    s.count(exec.index as usize, schema::REJECTED, invalid.len());
+    // The k-th entry that is Ok is the k-th record.
+    let oks = parsed.entries.iter_mut().filter(|e| e.outcome.is_ok());
+    for (k, e) in oks.enumerate() {
+        if invalid.contains(&k) {
+            e.outcome = Err(HttpError::Unprocessable(
+                "the record does not match the topic's schema: it was not produced",
+            ));
+        }
+    }
+    let mut k = 0;
+    parsed.records.retain(|_| {
+        k += 1;
+        !invalid.contains(&(k - 1))
+    });
 }
 
 /// Counts a queued request's judged records (none when its topic has no schema), and

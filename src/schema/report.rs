@@ -29,7 +29,13 @@ struct Body<'a> {
 }
 
 /// The JSON body of a refusal with `status` (400 or 422).
-pub fn body(status: u16, topic: &str, records: usize, problems: &[Problem]) -> Vec<u8> {
+pub fn body(
+    status: u16,
+    error_code: u32,
+    topic: &str,
+    records: usize,
+    problems: &[Problem],
+) -> Vec<u8> {
     let first = problems.first();
     let message = match first {
         Some(p) if status == 400 => format!("the body is not JSON: {}", p.bad.reason()),
@@ -39,7 +45,7 @@ pub fn body(status: u16, topic: &str, records: usize, problems: &[Problem]) -> V
         ),
     };
     let b = Body {
-        error_code: u32::from(status) * 100 + 1,
+        error_code,
         message,
         topic,
         records,

@@ -162,7 +162,7 @@ fn a_request_is_judged_record_by_record_and_reported() {
     j.record(None, br#"{"id":"x","price":1}"#);
     j.record(None, br#"{"id":"o-3","price":-1}"#);
     assert_eq!(j.valid(), 1);
-    let body = report::body(422, "orders", j.records, &j.problems);
+    let body = report::body(422, 42201, "orders", j.records, &j.problems);
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["error_code"], 42201);
     assert_eq!(v["invalid_records"], 2);
@@ -174,7 +174,7 @@ fn a_request_is_judged_record_by_record_and_reported() {
     assert!(v["message"].as_str().unwrap().contains("2 of 3"));
     // At most LISTED entries, the total always.
     let many: Vec<_> = (0..50).map(|_| j.problems[0].clone()).collect();
-    let v: Value = serde_json::from_slice(&report::body(422, "orders", 50, &many)).unwrap();
+    let v: Value = serde_json::from_slice(&report::body(422, 42201, "orders", 50, &many)).unwrap();
     assert_eq!(v["errors"].as_array().unwrap().len(), report::LISTED);
     assert_eq!(v["invalid_records"], 50);
     // Counters carry over a rebuild.
