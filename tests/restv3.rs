@@ -652,11 +652,9 @@ fn a_record_its_topics_schema_refuses_fails_alone_in_streams_and_batches() {
         .map(|o| o["error_code"].as_u64().unwrap())
         .collect();
     assert_eq!(codes, [200, 422, 200], "{}", r.text());
-    let batch = format!(
-        r#"{{"entries":[{{"id":"a","value":{{"type":"JSON","data":{{"n":"no"}}}}}},{{"id":"b","value":{{"type":"JSON","data":{{"n":4}}}}}}]}}"#
-    );
+    let batch = br#"{"entries":[{"id":"a","value":{"type":"JSON","data":{"n":"no"}}},{"id":"b","value":{"type":"JSON","data":{"n":4}}}]}"#;
     let r = c
-        .request(&post(&format!("{path}:batch"), batch.as_bytes(), &[JSON]))
+        .request(&post(&format!("{path}:batch"), batch, &[JSON]))
         .unwrap();
     assert_eq!(r.status, 207, "{}", r.text());
     let v = json(&r);
