@@ -169,6 +169,35 @@ fn v3_records_batches_and_streams_arrive_exactly_with_their_offsets() {
         .collect();
     assert_eq!(codes, [200, 400, 200], "{}", r.text());
     assert_eq!(reports[2]["partition_id"], 0);
+    // Kafka refusing one record of a group (a partition the topic lacks) fails that one
+    // alone; the other is produced and says so.
+    let r = c
+        .request(&chunked(
+            &path,
+            &[br#"{"value":{"type":"STRING","data":"nowhere"},"partition_id":99}{"value":{"type":"STRING","data":"kept"}}"#],
+            &[JSON],
+        ))
+        .unwrap();
+    let mixed = objects(&r);
+    let codes: Vec<_> = mixed
+        .iter()
+        .map(|o| o["error_code"].as_u64().unwrap())
+        .collect();
+    assert_eq!(codes, [400, 200], "{}", r.text());
+    // A stream that ends inside a value: the records before it, then its error; the
+    // connection goes on (the framing is intact).
+    let r = c
+        .request(&chunked(
+            &path,
+            &[br#"{"value":{"type":"STRING","data":"before"}}{"value":{"type""#],
+            &[JSON],
+        ))
+        .unwrap();
+    let codes: Vec<_> = objects(&r)
+        .iter()
+        .map(|o| o["error_code"].as_u64().unwrap())
+        .collect();
+    assert_eq!(codes, [200, 400], "{}", r.text());
 
     // Refused whole, in v3's error shape, on the same connection; nothing produced.
     for (p, body, ct, status) in [
@@ -225,8 +254,13 @@ fn v3_records_batches_and_streams_arrive_exactly_with_their_offsets() {
         assert!(e.get("offset").is_none(), "{e}");
     }
 
-    let recs = read_topic(&b.addr, &topic, 3, 6, SETTLE);
-    assert_eq!(recs.len(), 6, "exactly the accepted records: {recs:?}");
+    let recs = read_topic(&b.addr, &topic, 3, 8, SETTLE);
+    assert_eq!(recs.len(), 8, "exactly the accepted records: {recs:?}");
+    assert_eq!(
+        find(&recs, b"kept").offset,
+        mixed[1]["offset"].as_i64().unwrap()
+    );
+    find(&recs, b"before");
     let r = find(&recs, br#"{"foo":"bar"}"#);
     assert_eq!(
         (r.key.as_deref(), r.partition, r.offset),
@@ -271,6 +305,7 @@ fn v3_batch_entries_are_limited_and_a_spool_answers_201_without_offsets() {
             ("INGESTD_SPOOL_DIR", dir.to_str().unwrap()),
             ("INGESTD_REST_V3_BATCH_MAX_ENTRIES", "2"),
             ("INGESTD_REST_V3_ACK", "durable"),
+            ("INGESTD_MAX_BODY_BYTES", "4096"),
         ],
     );
     let id = cluster_id(&d);
@@ -328,13 +363,59 @@ fn v3_batch_entries_are_limited_and_a_spool_answers_201_without_offsets() {
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(json(&r)["offset"].is_i64());
-    let recs = read_topic(&b.addr, &topic, 1, 4, SETTLE);
+    // max_body_bytes (4,096) bounds one record of a stream, not the stream nor a chunk:
+    // a 10 KB chunk of 100 records is taken; a record over the limit ends the stream.
+    let many: Vec<String> = (0..100)
+        .map(|i| format!(r#"{{"value":{{"type":"STRING","data":"s{i:0>64}"}}}}"#))
+        .collect();
+    let big = many.concat();
+    assert!(big.len() > 2 * 4096);
+    let r = c
+        .request(&chunked(&path, &[big.as_bytes()], &[JSON]))
+        .unwrap();
+    let codes: Vec<_> = objects(&r)
+        .iter()
+        .map(|o| o["error_code"].as_u64().unwrap())
+        .collect();
+    assert_eq!(codes, vec![201; 100], "{}", r.text());
+    let huge = format!(
+        r#"{{"value":{{"type":"STRING","data":"{}"}}}}"#,
+        "h".repeat(5000)
+    );
+    // A complete record over the limit fails alone (413); the one after it is taken.
+    let r = c
+        .request(&chunked(
+            &path,
+            &[huge.as_bytes(), many[1].as_bytes()],
+            &[JSON],
+        ))
+        .unwrap();
+    let codes: Vec<_> = objects(&r)
+        .iter()
+        .map(|o| o["error_code"].as_u64().unwrap())
+        .collect();
+    assert_eq!(codes, [413, 201], "{}", r.text());
+    // One still arriving that is already over it ends the stream: the rest of that body
+    // cannot be read, so the connection ends after the answer.
+    let mut w = chunked(&path, &[&huge.as_bytes()[..4500]], &[JSON]);
+    w.truncate(w.len() - 5); // no last chunk: the record is still "arriving"
+    let r = c.request(&w).unwrap();
+    let codes: Vec<_> = objects(&r)
+        .iter()
+        .map(|o| o["error_code"].as_u64().unwrap())
+        .collect();
+    assert_eq!(codes, [413], "{}", r.text());
+    assert!(c.closed(Duration::from_secs(10)));
+    let extra = 1;
+    let recs = read_topic(&b.addr, &topic, 1, 104 + extra, SETTLE);
     let mut values: Vec<_> = recs
         .iter()
         .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+        .filter(|v| !v.starts_with('s'))
         .collect();
     values.sort();
     assert_eq!(values, ["one", "two", "v0", "v1"]);
+    assert_eq!(recs.len(), 104 + extra);
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -27,12 +27,21 @@ pub type Acked = Result<Ack, HttpError>;
 pub enum Ack {
     /// ack=kafka: first and last (partition, offset).
     Kafka((i32, i64), (i32, i64)),
-    /// ack=kafka with one waiter per record (REST v2 answers list every record):
-    /// each record's (partition, offset), in request order.
-    Each(std::rc::Rc<[(i32, i64)]>),
+    /// ack=kafka with one waiter per record (REST answers list every record): each
+    /// record's (partition, offset) or its own failure, in request order.
+    Each(std::rc::Rc<[Delivered]>),
     /// Written to the spool (202), or synced (`durable`, 201); the id of the first
     /// record (executor, sequence).
     Spooled { durable: bool, id: (u8, u64) },
+}
+
+/// One record's fate under ack=kafka: where it landed, or why not.
+pub type Delivered = Result<(i32, i64), HttpError>;
+
+/// Every record's place, or the first failure among them (for answers that are one
+/// status for the whole request: REST v2, plain bodies).
+pub fn all_delivered(each: &[Delivered]) -> Result<Vec<(i32, i64)>, HttpError> {
+    each.iter().copied().collect()
 }
 
 struct Waiter {
@@ -621,12 +630,13 @@ impl Exec {
                 .iter()
                 .map(|&t| TicketGuard { exec: self, t })
                 .collect();
-            let mut offsets = Vec::with_capacity(t.each.len());
+            // Each record's own outcome: one that failed does not take the others' with
+            // it (a v3 stream reports each record).
+            let mut each = Vec::with_capacity(t.each.len());
             for &k in &t.each {
-                let (po, _) = AckWait { exec: self, t: k }.await?;
-                offsets.push(po);
+                each.push(AckWait { exec: self, t: k }.await.map(|(po, _)| po));
             }
-            return Ok(Ack::Each(offsets.into()));
+            return Ok(Ack::Each(each.into()));
         }
         let Some(t) = t.kafka else {
             let s = t.spool.as_ref().expect("a ticket waits for something");

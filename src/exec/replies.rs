@@ -5,7 +5,7 @@
 
 use crate::error::HttpError;
 use crate::exec::handler::Rest;
-use crate::exec::local::{Ack, Acked};
+use crate::exec::local::{all_delivered, Ack, Acked};
 use crate::exec::{restv2, restv3};
 use crate::http::cors;
 use crate::http::response::{self, Conn as Keep, DateLine};
@@ -263,11 +263,11 @@ pub fn write_acked(
             code
         }
         // Per-record waits are REST's (`write_rest`); as a plain answer, first and last.
-        Ok(Ack::Each(po)) => {
-            let res = match (po.first(), po.last()) {
+        Ok(Ack::Each(each)) => {
+            let res = all_delivered(each).and_then(|po| match (po.first(), po.last()) {
                 (Some(&f), Some(&l)) => Ok(Ack::Kafka(f, l)),
                 _ => Err(HttpError::Delivery(crate::error::FailReason::Broker)),
-            };
+            });
             write_acked(out, &res, topic, count, keep, head_only, date, retry_after)
         }
         Ok(Ack::Kafka((p0, o0), (p1, o1))) => {
@@ -311,10 +311,20 @@ pub fn write_rest(
         Rest::V2(parts) => parts,
         Rest::V3(reply) => return write_v3(out, res, reply, keep, head_only, date, retry_after),
     };
+    // v2's answer is one status for the request: a record that failed fails it.
+    let whole;
+    let res = match res {
+        Ok(Ack::Each(each)) => {
+            whole = all_delivered(each).map(|po| Ack::Each(po.into_iter().map(Ok).collect()));
+            &whole
+        }
+        r => r,
+    };
     let mut body = Vec::with_capacity(64 * parts.len() + 64);
     let status = match res {
         Ok(Ack::Each(po)) => {
-            restv2::answer(&mut body, restv2::exact(po));
+            let po: Vec<_> = po.iter().filter_map(|d| (*d).ok()).collect();
+            restv2::answer(&mut body, restv2::exact(&po));
             (200, "OK")
         }
         // REST requests under ack=kafka wait per record (`Ack::Each`); with only first
@@ -351,8 +361,15 @@ fn write_v3(
     date: &DateLine,
     retry_after: &'static str,
 ) -> u16 {
-    if let (Err(e), restv3::Op::Records, false) = (res, reply.op, reply.stream) {
-        response::v3_error(out, e, date, keep, retry_after, head_only);
+    // One record's failure is the request's, with the error's status and headers.
+    let single = reply.op == restv3::Op::Records && !reply.stream;
+    let failed = match res {
+        Err(e) => Some(*e),
+        Ok(Ack::Each(each)) => each.iter().find_map(|d| (*d).err()),
+        Ok(_) => None,
+    };
+    if let (true, Some(e)) = (single, failed) {
+        response::v3_error(out, &e, date, keep, retry_after, head_only);
         return e.status().0;
     }
     let mut body = Vec::with_capacity(256 * reply.entries.len() + 64);
@@ -379,10 +396,10 @@ fn write_v3(
 /// The body of a v3 answer (`restv3::answer`) once its records' fate is known; its
 /// status.
 pub fn v3_body(body: &mut Vec<u8>, res: &Acked, reply: &restv3::Reply) -> u16 {
-    let none = || std::iter::repeat((None, None));
+    let none = || std::iter::repeat(Ok((None, None)));
     match res {
-        Ok(Ack::Each(po)) => {
-            let mut landed = po.iter().map(|&(p, o)| (Some(p), Some(o)));
+        Ok(Ack::Each(each)) => {
+            let mut landed = each.iter().map(|d| d.map(|(p, o)| (Some(p), Some(o))));
             restv3::answer(body, reply, restv3::Fate::Each(200, &mut landed))
         }
         Ok(Ack::Kafka(..)) => restv3::answer(body, reply, restv3::Fate::Each(200, &mut none())),

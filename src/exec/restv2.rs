@@ -216,7 +216,7 @@ pub(crate) fn compact(json: &[u8]) -> Vec<u8> {
 }
 
 /// After a string's opening quote: the offset of its closing quote, escapes skipped.
-pub(crate) fn string_end(v: &[u8]) -> Option<usize> {
+fn string_end(v: &[u8]) -> Option<usize> {
     let mut i = 0;
     while i < v.len() {
         let k = memchr::memchr2(b'"', b'\\', &v[i..])?;

@@ -17,7 +17,7 @@
 //! it; tombstones are not produced).
 
 use crate::error::HttpError;
-use crate::exec::restv2::{base64, compact, header_values, string_end, Record};
+use crate::exec::restv2::{base64, compact, header_values, Record};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::io::Write;
@@ -286,57 +286,145 @@ pub const INCOMPLETE: HttpError =
     HttpError::BadRequest("the stream ended inside a JSON value: that record is not produced");
 
 /// Where the top-level values of concatenated JSON text lie (the whitespace between
-/// them skipped), found without parsing them: brackets are counted outside strings, a
+/// them skipped), found without parsing them: brackets are matched outside strings, a
 /// string ends at its closing quote, anything else (a stray byte, a number) at the next
 /// whitespace, bracket or quote. Each value is then parsed alone, so a malformed one
-/// fails alone. The list stops before a value that is not complete yet (`more`: bytes may
-/// still come, so a bare scalar touching the end may not be whole); returns the values
-/// and where the last one ended.
+/// fails alone; a closing bracket of the wrong kind ends its value there (so one
+/// unbalanced record does not swallow the next). The list stops before a value that is not
+/// complete yet (`more`: bytes may still come, so a bare scalar touching the end may not
+/// be whole); returns the values and where the last one ended.
 pub fn split_values(buf: &[u8], more: bool) -> (Vec<std::ops::Range<usize>>, usize) {
-    let (mut values, mut i, mut end) = (Vec::new(), 0, 0);
-    while i < buf.len() {
-        let b = buf[i];
-        if b.is_ascii_whitespace() {
-            i += 1;
-            continue;
-        }
-        let close = match b {
-            b'{' | b'[' => container_end(&buf[i..]),
-            b'"' => string_end(&buf[i + 1..]).map(|e| e + 2),
-            _ => {
-                let n = buf[i..]
-                    .iter()
-                    .position(|&c| c.is_ascii_whitespace() || matches!(c, b'{' | b'[' | b'"'))
-                    .unwrap_or(buf.len() - i);
-                (i + n < buf.len() || !more).then_some(n)
-            }
-        };
-        let Some(n) = close else { break };
-        values.push(i..i + n);
-        i += n;
-        end = i;
-    }
-    (values, end)
+    let mut s = Splitter::default();
+    let values = s.split(buf, more);
+    (values, s.end)
 }
 
-/// The length of the bracketed value at the start of `v`, once its brackets balance.
-fn container_end(v: &[u8]) -> Option<usize> {
-    let (mut depth, mut i) = (0usize, 0);
-    while i < v.len() {
-        match v[i] {
-            b'"' => i += string_end(&v[i + 1..])? + 1,
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(i + 1);
+/// `split_values` that resumes where it stopped: a value arriving bit by bit is scanned
+/// once, not again on every read (a stream's incomplete tail).
+#[derive(Debug, Default)]
+pub struct Splitter {
+    /// Where the last complete value ended.
+    pub end: usize,
+    /// The value being scanned: where it starts, and how far it was scanned.
+    start: Option<usize>,
+    pos: usize,
+    /// The closers its open brackets wait for, innermost last.
+    open: Vec<u8>,
+    in_str: bool,
+}
+
+impl Splitter {
+    /// The complete values in `buf` since the last call (`buf` holds what it held then,
+    /// and more; see `drained`).
+    pub fn split(&mut self, buf: &[u8], more: bool) -> Vec<std::ops::Range<usize>> {
+        let mut values = Vec::new();
+        loop {
+            let start = match self.start {
+                Some(s) => s,
+                None => {
+                    let Some(k) = buf[self.pos..]
+                        .iter()
+                        .position(|b| !b.is_ascii_whitespace())
+                    else {
+                        self.pos = buf.len();
+                        return values;
+                    };
+                    let s = self.pos + k;
+                    self.start = Some(s);
+                    self.pos = s;
+                    s
                 }
+            };
+            match self.scan(buf, start, more) {
+                Some(end) => {
+                    values.push(start..end);
+                    self.end = end;
+                    self.start = None;
+                    self.pos = end;
+                    self.open.clear();
+                    self.in_str = false;
+                }
+                None => return values,
             }
-            _ => {}
         }
-        i += 1;
     }
-    None
+
+    /// Scans the value at `start` from `pos` on: its end once complete.
+    fn scan(&mut self, buf: &[u8], start: usize, more: bool) -> Option<usize> {
+        let first = buf[start];
+        if self.pos == start {
+            self.pos += 1;
+            match first {
+                b'{' => self.open.push(b'}'),
+                b'[' => self.open.push(b']'),
+                b'"' => self.in_str = true,
+                _ => {}
+            }
+        }
+        if !matches!(first, b'{' | b'[' | b'"') {
+            // A scalar or a stray byte: up to whitespace, a bracket or a quote.
+            let rest = &buf[self.pos..];
+            let k = rest
+                .iter()
+                .position(|&c| c.is_ascii_whitespace() || matches!(c, b'{' | b'[' | b'"'));
+            return match k {
+                Some(k) => Some(self.pos + k),
+                None if more => {
+                    self.pos = buf.len();
+                    None
+                }
+                None => Some(buf.len()),
+            };
+        }
+        while self.pos < buf.len() {
+            if self.in_str {
+                // To the closing quote, escapes skipped (memchr: strings are most bytes).
+                match memchr::memchr2(b'"', b'\\', &buf[self.pos..]) {
+                    None => self.pos = buf.len(),
+                    Some(k) if buf[self.pos + k] == b'"' => {
+                        self.pos += k + 1;
+                        self.in_str = false;
+                        if self.open.is_empty() {
+                            return Some(self.pos);
+                        }
+                    }
+                    // An escape: its next byte is taken as is (it may not be here yet).
+                    Some(k) => self.pos = (self.pos + k + 2).min(buf.len() + 1),
+                }
+                if self.pos > buf.len() {
+                    // The escaped byte has not arrived: look at it again next time.
+                    self.pos = buf.len() - 1;
+                    return None;
+                }
+                continue;
+            }
+            let c = buf[self.pos];
+            self.pos += 1;
+            match c {
+                b'"' => self.in_str = true,
+                b'{' => self.open.push(b'}'),
+                b'[' => self.open.push(b']'),
+                b'}' | b']' => {
+                    if self.open.pop() != Some(c) {
+                        // The wrong closer: the value is malformed and ends here.
+                        return Some(self.pos);
+                    }
+                    if self.open.is_empty() {
+                        return Some(self.pos);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// The caller dropped the first `n` bytes of its buffer (`n <= end`).
+    pub fn drained(&mut self, n: usize) {
+        self.end -= n;
+        self.pos -= n;
+        self.start = self.start.map(|s| s - n);
+    }
 }
 
 /// Is `id` a batch entry id as the spec draws them: 1 to 80 of `[0-9A-Za-z_-]`.
@@ -460,29 +548,36 @@ pub fn error_body(out: &mut Vec<u8>, status: u16, message: &str, id: Option<&str
     out.push(b'}');
 }
 
-/// What became of the produced records, in order: each one's (partition, offset) and
-/// the status its answer claims (200 acknowledged, 201 synced, 202 queued), or the error
-/// that took them all.
+/// What became of the produced records, in order: each one's (partition, offset) or
+/// its own failure, with the status a success claims (200 acknowledged, 201 synced, 202
+/// queued); or the error that took them all.
 pub enum Fate<'a> {
-    Each(u16, &'a mut dyn Iterator<Item = Landed>),
+    Each(u16, &'a mut dyn Iterator<Item = Result<Landed, HttpError>>),
     Failed(&'a HttpError),
 }
 
 /// The answer to a v3 produce request: its status and body (JSON).
 pub fn answer(out: &mut Vec<u8>, r: &Reply, fate: Fate) -> u16 {
-    let (code, mut landed, failed): (u16, Box<dyn Iterator<Item = Landed>>, _) = match fate {
+    type Fates<'f> = Box<dyn Iterator<Item = Result<Landed, HttpError>> + 'f>;
+    let (code, mut landed, failed): (u16, Fates, _) = match fate {
         Fate::Each(code, it) => (code, Box::new(it), None),
         Fate::Failed(e) => (e.status().0, Box::new(std::iter::empty()), Some(e)),
     };
     let mut one = |out: &mut Vec<u8>, e: &Entry, batch: bool| {
         let id = e.id.as_deref().filter(|_| batch);
         match (&e.outcome, failed) {
-            (Ok(s), None) => {
-                let at = landed.next().unwrap_or((None, None));
-                let at = (at.0.or((s.partition >= 0).then_some(s.partition)), at.1);
-                success(out, code, r, s, at, id);
-                true
-            }
+            (Ok(s), None) => match landed.next().unwrap_or(Ok((None, None))) {
+                Ok(at) => {
+                    let at = (at.0.or((s.partition >= 0).then_some(s.partition)), at.1);
+                    success(out, code, r, s, at, id);
+                    true
+                }
+                // Kafka failed this record alone.
+                Err(x) => {
+                    error_body(out, x.status().0, x.message(), id);
+                    false
+                }
+            },
             (Ok(_), Some(f)) => {
                 error_body(out, f.status().0, f.message(), id);
                 false
@@ -601,7 +696,7 @@ mod tests {
         let code = answer(
             &mut out,
             &reply(Op::Records, false, &p),
-            Fate::Each(200, &mut std::iter::once((Some(1), Some(0)))),
+            Fate::Each(200, &mut std::iter::once(Ok((Some(1), Some(0))))),
         );
         assert_eq!(code, 200);
         assert_eq!(
@@ -649,7 +744,7 @@ mod tests {
         assert_eq!(p.entries.len(), 4);
         assert!(p.entries[1].outcome.is_err() && p.entries[3].outcome.is_err());
         let mut out = Vec::new();
-        let mut landed = [(Some(0), Some(7)), (Some(2), Some(9))].into_iter();
+        let mut landed = [(Some(0), Some(7)), (Some(2), Some(9))].into_iter().map(Ok);
         let code = answer(
             &mut out,
             &reply(Op::Records, true, &p),
@@ -684,6 +779,20 @@ mod tests {
             .map(|v| v.unwrap()["error_code"].as_u64().unwrap())
             .collect();
         assert_eq!(codes, [504, 400, 504, 400]);
+        // Kafka failing one record: that one alone says so.
+        let mut out = Vec::new();
+        let unknown = HttpError::Delivery(crate::error::FailReason::UnknownPartition);
+        let mut landed = [Err(unknown), Ok((Some(2), Some(9)))].into_iter();
+        answer(
+            &mut out,
+            &reply(Op::Records, true, &p),
+            Fate::Each(200, &mut landed),
+        );
+        let codes: Vec<u64> = serde_json::Deserializer::from_slice(&out)
+            .into_iter::<serde_json::Value>()
+            .map(|v| v.unwrap()["error_code"].as_u64().unwrap())
+            .collect();
+        assert_eq!(codes, [400, 400, 200, 400]);
         assert!(parse_stream(b"  ").is_err());
     }
 
@@ -708,6 +817,34 @@ mod tests {
             ]
         );
         assert_eq!(&text[end..], b"\n {\"d\":");
+        // Fed a byte at a time, resuming each time, it finds the same values.
+        let mut sp = Splitter::default();
+        let mut found = Vec::new();
+        for n in 1..=text.len() {
+            found.extend(sp.split(&text[..n], true));
+        }
+        assert_eq!(found, v);
+        assert_eq!(sp.end, end);
+        // ... and after the caller drops what it took.
+        let mut sp = Splitter::default();
+        let mut buf = b"{\"a\":\"x\\".to_vec();
+        assert!(sp.split(&buf, true).is_empty());
+        buf.extend_from_slice(b"\"\"} {\"b\":[1}{\"c\":2}");
+        let got = sp.split(&buf, true);
+        assert_eq!(
+            got.len(),
+            3,
+            "an escaped quote, then a wrong closer ends its value: {got:?}"
+        );
+        assert_eq!(&buf[got[1].clone()], b"{\"b\":[1}");
+        let end = sp.end;
+        buf.drain(..end);
+        sp.drained(end);
+        buf.extend_from_slice(b" [2]");
+        assert_eq!(
+            sp.split(&buf, true),
+            vec![std::ops::Range { start: 1, end: 4 }]
+        );
         // A scalar touching the end may go on while more can come.
         assert_eq!(split_values(b"{} 12", true).0.len(), 1);
         assert_eq!(split_values(b"{} 12", false).0.len(), 2);
@@ -736,7 +873,7 @@ mod tests {
         .unwrap();
         assert_eq!(p.records.len(), 2);
         let mut out = Vec::new();
-        let mut landed = [(Some(0), Some(1)), (Some(2), Some(5))].into_iter();
+        let mut landed = [(Some(0), Some(1)), (Some(2), Some(5))].into_iter().map(Ok);
         let code = answer(
             &mut out,
             &reply(Op::Batch, false, &p),
@@ -757,7 +894,7 @@ mod tests {
         answer(
             &mut out,
             &reply(Op::Batch, false, &p),
-            Fate::Each(202, &mut std::iter::repeat((None, None))),
+            Fate::Each(202, &mut std::iter::repeat(Ok((None, None)))),
         );
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert!(v["successes"][0].get("offset").is_none(), "{v}");

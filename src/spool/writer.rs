@@ -126,7 +126,12 @@ impl Future for Settled<'_> {
             (Stage::Failed(e), _) => Poll::Ready(Err(e)),
             (Stage::Synced, _) | (Stage::Written, false) => Poll::Ready(Ok(())),
             _ => {
-                t.commit.wakers.borrow_mut().push(cx.waker().clone());
+                // Polled again by the same task (a REST v3 stream checks its oldest
+                // group on every pass): one waker, not one per poll.
+                let mut w = t.commit.wakers.borrow_mut();
+                if !w.iter().any(|k| k.will_wake(cx.waker())) {
+                    w.push(cx.waker().clone());
+                }
                 Poll::Pending
             }
         }

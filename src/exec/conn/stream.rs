@@ -2,7 +2,8 @@
 //! are records. The answer (`200`, chunked) starts at once, and each record's report is
 //! written as soon as it is known, in request order, while the client keeps sending.
 //!
-//! The values complete after each read (`restv3::split_values`) are one group: produced
+//! The values complete after each read (`restv3::Splitter`, which resumes where the last
+//! read left it) are one group: produced
 //! together as one request would be (`handler::handle` with the group as its body),
 //! reported together. A bad record fails alone (its report is its error), malformed JSON
 //! included; an error of the whole group (queue full, a byte budget's 429) fails that
@@ -17,12 +18,13 @@ use crate::exec::handler::{self, Answer, Request, Rest};
 use crate::exec::link::Link;
 use crate::exec::local::{Ack, Exec, Ticket};
 use crate::exec::replies::v3_body;
-use crate::exec::restv3::{split_values, Entry, Op, Reply, INCOMPLETE};
+use crate::exec::restv3::{Entry, Op, Reply, Splitter, INCOMPLETE};
 use crate::exec::route::Route;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::response;
 use std::collections::VecDeque;
 use std::io;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 /// The records of one read, queued together; their reports leave together.
@@ -151,36 +153,77 @@ impl Conn {
         let window = exec.cfg.rest_v3_stream_window;
         let idle = Duration::from_millis(exec.cfg.body_timeout_ms);
         let mut inflight = 0;
-        // Some(consumed) once the body ended; broken: it cannot be read on.
+        let mut split = Splitter::default();
+        // Some(consumed) once the body ended; `broken` once it cannot be read on (with
+        // the error that ends it, reported after the records before it).
         let mut ended: Option<usize> = None;
         let mut broken = false;
         loop {
+            let mut last = None;
             if ended.is_none() && !broken {
                 let (wire, decoded) = self.rb.split_for_decode(hl);
-                match self.chunked.decode(wire, decoded, self.body_limit) {
+                // What a stream holds at once is bounded below, not each chunk: a client
+                // may write many records as one large chunk.
+                match self.chunked.decode(wire, decoded, usize::MAX) {
                     Ok(Some(c)) => ended = Some(c),
                     Ok(None) => self.rb.cut(hl, self.chunked.take_consumed()),
-                    Err(e) => {
-                        pending.push_back(Group::failed(e, 1));
-                        broken = true;
-                    }
+                    Err(e) => last = Some(e),
                 }
                 if self.rb.recharge(exec).is_err() {
-                    pending.push_back(Group::failed(HttpError::MemoryFull, 1));
-                    broken = true;
+                    last = Some(HttpError::MemoryFull);
                 }
             }
             // Each complete value is a record (a malformed one fails alone).
-            let (values, end) = split_values(&self.rb.decoded, ended.is_none() && !broken);
+            let more = ended.is_none() && last.is_none() && !broken;
+            let values = split.split(&self.rb.decoded, more);
             if !values.is_empty() {
-                let g = self.group(exec, end, values.len(), tls);
-                inflight += g.records();
-                pending.push_back(g);
+                let end = split.end;
+                // A record larger than a body may be fails alone (413); the runs of
+                // records between such ones are groups.
+                let mut from = 0;
+                let mut run = 0;
+                for v in &values {
+                    if v.len() <= self.body_limit {
+                        run += 1;
+                        continue;
+                    }
+                    if run > 0 {
+                        let g = self.group(exec, from..v.start, run, tls);
+                        push(pending, &mut inflight, g);
+                    }
+                    push(
+                        pending,
+                        &mut inflight,
+                        Group::failed(HttpError::PayloadTooLarge, 1),
+                    );
+                    (from, run) = (v.end, 0);
+                }
+                if run > 0 {
+                    push(
+                        pending,
+                        &mut inflight,
+                        self.group(exec, from..end, run, tls),
+                    );
+                }
                 self.rb.decoded.drain(..end);
+                split.drained(end);
             }
-            if ended.is_some() && self.rb.decoded.iter().any(|b| !b.is_ascii_whitespace()) {
-                pending.push_back(Group::failed(INCOMPLETE, 1));
+            let tail = self.rb.decoded.iter().any(|b| !b.is_ascii_whitespace());
+            if last.is_none() && tail && self.rb.decoded.len() > self.body_limit {
+                // One record larger than a body may be.
+                last = Some(HttpError::PayloadTooLarge);
+            }
+            if last.is_none() && exec.shutting_down.get() {
+                // Shutting down: what was taken is reported, the rest is not read.
+                last = Some(HttpError::ShuttingDown);
+            }
+            if ended.is_some() && tail {
+                last = Some(INCOMPLETE);
+            }
+            if let Some(e) = last {
+                push(pending, &mut inflight, Group::failed(e, 1));
                 self.rb.decoded.clear();
+                broken |= ended.is_none();
             }
             let done = ended.is_some() || broken;
             // Reports known now, in order; every one once nothing more comes, and the
@@ -232,18 +275,18 @@ impl Conn {
                 Some(Err(e)) if e.kind() == io::ErrorKind::OutOfMemory => HttpError::MemoryFull,
                 Some(Err(_)) => return Err(Stop::Close),
             };
-            pending.push_back(Group::failed(e, 1));
+            push(pending, &mut inflight, Group::failed(e, 1));
             broken = true;
         }
     }
 
-    /// Produces the `n` complete objects of `rb.decoded[..end]` as one request would be.
-    fn group(&mut self, exec: &Exec, end: usize, n: usize, tls: bool) -> Group {
+    /// Produces the `n` complete values of `rb.decoded[bytes]` as one request would be.
+    fn group(&mut self, exec: &Exec, bytes: Range<usize>, n: usize, tls: bool) -> Group {
         // A stream's bytes count against its tenant's byte budget as they come.
-        if let Err(e) = exec.guard.admit_body(self.admitted, end) {
+        if let Err(e) = exec.guard.admit_body(self.admitted, bytes.len()) {
             return Group::failed(e, n);
         }
-        let req = self.request(&self.rb.decoded[..end], tls);
+        let req = self.request(&self.rb.decoded[bytes], tls);
         let g = match handler::handle(exec, Route::Produce, &req) {
             Ok(Answer::Later {
                 ticket,
@@ -268,6 +311,12 @@ impl Conn {
         exec.answer_note.borrow_mut().clear();
         g
     }
+}
+
+/// Queues a group; `inflight` counts every report still to be written.
+fn push(pending: &mut VecDeque<Group>, inflight: &mut usize, g: Group) {
+    *inflight += g.records();
+    pending.push_back(g);
 }
 
 /// Writes a group's reports as one chunk, once they are known.
