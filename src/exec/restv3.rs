@@ -419,9 +419,18 @@ impl Splitter {
         None
     }
 
-    /// The caller dropped the first `n` bytes of its buffer (`n <= end`).
+    /// How much of the buffer it is done with: up to the last complete value, or, between
+    /// values, everything scanned (whitespace).
+    pub fn done_with(&self) -> usize {
+        match self.start {
+            Some(_) => self.end,
+            None => self.pos,
+        }
+    }
+
+    /// The caller dropped the first `n` bytes of its buffer (`n <= done_with()`).
     pub fn drained(&mut self, n: usize) {
-        self.end -= n;
+        self.end = self.end.saturating_sub(n);
         self.pos -= n;
         self.start = self.start.map(|s| s - n);
     }
@@ -845,6 +854,12 @@ mod tests {
             sp.split(&buf, true),
             vec![std::ops::Range { start: 1, end: 4 }]
         );
+        // Between values, the whitespace scanned is done with; inside one, only what
+        // came before it.
+        let mut sp = Splitter::default();
+        assert!(sp.split(b" \n {} \t ", true).len() == 1 && sp.done_with() == 8);
+        let mut sp = Splitter::default();
+        assert!(sp.split(b"{} {\"a\"", true).len() == 1 && sp.done_with() == 2);
         // A scalar touching the end may go on while more can come.
         assert_eq!(split_values(b"{} 12", true).0.len(), 1);
         assert_eq!(split_values(b"{} 12", false).0.len(), 2);

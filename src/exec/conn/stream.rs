@@ -205,9 +205,12 @@ impl Conn {
                         self.group(exec, from..end, run, tls),
                     );
                 }
-                self.rb.decoded.drain(..end);
-                split.drained(end);
             }
+            // What is done with leaves the buffer: the values taken and the whitespace
+            // after them (a client sending only whitespace holds nothing).
+            let done_with = split.done_with();
+            self.rb.decoded.drain(..done_with);
+            split.drained(done_with);
             let tail = self.rb.decoded.iter().any(|b| !b.is_ascii_whitespace());
             if last.is_none() && tail && self.rb.decoded.len() > self.body_limit {
                 // One record larger than a body may be.
