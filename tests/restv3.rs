@@ -42,6 +42,14 @@ fn cluster_id(d: &Ingestd) -> String {
     id
 }
 
+/// The `error_code` of each of a stream's reports, in order.
+fn error_codes(r: &Response) -> Vec<u64> {
+    objects(r)
+        .iter()
+        .map(|o| o["error_code"].as_u64().unwrap())
+        .collect()
+}
+
 fn chunked(path: &str, chunks: &[&[u8]], headers: &[(&str, &str)]) -> Vec<u8> {
     let mut w = format!("POST {path} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n");
     for (n, v) in headers {
@@ -163,10 +171,7 @@ fn v3_records_batches_and_streams_arrive_exactly_with_their_offsets() {
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     let reports = objects(&r);
-    let codes: Vec<_> = reports
-        .iter()
-        .map(|o| o["error_code"].as_u64().unwrap())
-        .collect();
+    let codes = error_codes(&r);
     assert_eq!(codes, [200, 400, 200], "{}", r.text());
     assert_eq!(reports[2]["partition_id"], 0);
     // Kafka refusing one record of a group (a partition the topic lacks) fails that one
@@ -179,10 +184,7 @@ fn v3_records_batches_and_streams_arrive_exactly_with_their_offsets() {
         ))
         .unwrap();
     let mixed = objects(&r);
-    let codes: Vec<_> = mixed
-        .iter()
-        .map(|o| o["error_code"].as_u64().unwrap())
-        .collect();
+    let codes = error_codes(&r);
     assert_eq!(codes, [400, 200], "{}", r.text());
     // A stream that ends inside a value: the records before it, then its error; the
     // connection goes on (the framing is intact).
@@ -193,10 +195,7 @@ fn v3_records_batches_and_streams_arrive_exactly_with_their_offsets() {
             &[JSON],
         ))
         .unwrap();
-    let codes: Vec<_> = objects(&r)
-        .iter()
-        .map(|o| o["error_code"].as_u64().unwrap())
-        .collect();
+    let codes = error_codes(&r);
     assert_eq!(codes, [200, 400], "{}", r.text());
 
     // Refused whole, in v3's error shape, on the same connection; nothing produced.
@@ -373,10 +372,7 @@ fn v3_batch_entries_are_limited_and_a_spool_answers_201_without_offsets() {
     let r = c
         .request(&chunked(&path, &[big.as_bytes()], &[JSON]))
         .unwrap();
-    let codes: Vec<_> = objects(&r)
-        .iter()
-        .map(|o| o["error_code"].as_u64().unwrap())
-        .collect();
+    let codes = error_codes(&r);
     assert_eq!(codes, vec![201; 100], "{}", r.text());
     let huge = format!(
         r#"{{"value":{{"type":"STRING","data":"{}"}}}}"#,
@@ -390,20 +386,14 @@ fn v3_batch_entries_are_limited_and_a_spool_answers_201_without_offsets() {
             &[JSON],
         ))
         .unwrap();
-    let codes: Vec<_> = objects(&r)
-        .iter()
-        .map(|o| o["error_code"].as_u64().unwrap())
-        .collect();
+    let codes = error_codes(&r);
     assert_eq!(codes, [413, 201], "{}", r.text());
     // One still arriving that is already over it ends the stream: the rest of that body
     // cannot be read, so the connection ends after the answer.
     let mut w = chunked(&path, &[&huge.as_bytes()[..4500]], &[JSON]);
     w.truncate(w.len() - 5); // no last chunk: the record is still "arriving"
     let r = c.request(&w).unwrap();
-    let codes: Vec<_> = objects(&r)
-        .iter()
-        .map(|o| o["error_code"].as_u64().unwrap())
-        .collect();
+    let codes = error_codes(&r);
     assert_eq!(codes, [413], "{}", r.text());
     assert!(c.closed(Duration::from_secs(10)));
     let extra = 1;
@@ -728,10 +718,7 @@ fn a_record_its_topics_schema_refuses_fails_alone_in_streams_and_batches() {
     let r = c
         .request(&chunked(&path, &[stream.as_bytes()], &[JSON]))
         .unwrap();
-    let codes: Vec<_> = objects(&r)
-        .iter()
-        .map(|o| o["error_code"].as_u64().unwrap())
-        .collect();
+    let codes = error_codes(&r);
     assert_eq!(codes, [200, 422, 200], "{}", r.text());
     let batch = br#"{"entries":[{"id":"a","value":{"type":"JSON","data":{"n":"no"}}},{"id":"b","value":{"type":"JSON","data":{"n":4}}}]}"#;
     let r = c
