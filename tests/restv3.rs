@@ -618,12 +618,12 @@ fn tenants_refuse_v3_requests_in_v3_shape_and_a_stream_over_its_byte_budget_fail
     let b = broker();
     let topic = b.topic("restv3tenant", 1);
     let other = b.topic("restv3other", 1);
-    // 400 B/s with a 4,000 B burst: the stream's first group fits, its second is over
-    // what is left (even after seconds of refill), its third fits again.
+    // 200 B/s with a 4,000 B burst: the stream's first group fits, its second is over
+    // what is left (even after 4 s of refill, for a slow machine), its third fits again.
     let cfg = common::temp_config(
         "restv3-tenant",
         &format!(
-            "[tenants.acme]\ntokens = [\"tok-acme\"]\ntopics = [\"{topic}\"]\nbytes_per_sec = 400\nburst_secs = 10.0\nmax_body_bytes = 4000\n"
+            "[tenants.acme]\ntokens = [\"tok-acme\"]\ntopics = [\"{topic}\"]\nbytes_per_sec = 200\nburst_secs = 20.0\nmax_body_bytes = 4000\n"
         ),
     );
     let d = common::start_with_config(&cfg, &topic, "1", &[]);

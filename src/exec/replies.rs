@@ -311,22 +311,19 @@ pub fn write_rest(
         Rest::V2(parts) => parts,
         Rest::V3(reply) => return write_v3(out, res, reply, keep, head_only, date, retry_after),
     };
-    // v2's answer is one status for the request: a record that failed fails it.
-    let whole;
-    let res = match res {
-        Ok(Ack::Each(each)) => {
-            whole = all_delivered(each).map(|po| Ack::Each(po.into_iter().map(Ok).collect()));
-            &whole
-        }
-        r => r,
-    };
     let mut body = Vec::with_capacity(64 * parts.len() + 64);
     let status = match res {
-        Ok(Ack::Each(po)) => {
-            let po: Vec<_> = po.iter().filter_map(|d| (*d).ok()).collect();
-            restv2::answer(&mut body, restv2::exact(&po));
-            (200, "OK")
-        }
+        // v2's answer is one status for the request: a record that failed fails it.
+        Ok(Ack::Each(each)) => match all_delivered(each) {
+            Ok(po) => {
+                restv2::answer(&mut body, restv2::exact(&po));
+                (200, "OK")
+            }
+            Err(e) => {
+                response::rest_error(out, &e, date, keep, retry_after, head_only);
+                return e.status().0;
+            }
+        },
         // REST requests under ack=kafka wait per record (`Ack::Each`); with only first
         // and last known, no offset is claimed.
         Ok(Ack::Kafka(..)) => {
