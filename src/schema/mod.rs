@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+pub mod flat;
 pub mod judge;
 pub mod metrics;
 pub mod report;
@@ -21,9 +22,12 @@ pub mod tape;
 /// Largest schema file read (a schema is configuration, not data).
 const MAX_SCHEMA_FILE: u64 = 4 << 20;
 
-/// One schema file, compiled twice: for the tape (`tape.rs`: judging allocates nothing)
-/// and for `serde_json::Value` (an invalid record's error: its pointer and reason).
+/// One schema file, compiled up to three times: the one-pass form when the schema is
+/// simple enough (`flat.rs`: it can only say "surely valid"), for the tape (`tape.rs`:
+/// judging allocates nothing) and for `serde_json::Value` (an invalid record's error:
+/// its pointer and reason).
 pub struct Compiled {
+    flat: Option<flat::Flat>,
     fast: jsonschema::Validator<tape::Tape>,
     validator: jsonschema::Validator,
     pub file: PathBuf,
@@ -111,6 +115,7 @@ impl Compiled {
             .build(schema)
             .map_err(refused)?;
         Ok(Compiled {
+            flat: flat::Flat::compile(schema),
             fast,
             validator,
             file: PathBuf::new(),
@@ -121,14 +126,28 @@ impl Compiled {
         })
     }
 
+    /// Whether the one-pass form applies to this schema.
+    pub fn has_flat(&self) -> bool {
+        self.flat.is_some()
+    }
+
     /// Whether a parsed value passes.
     pub fn is_valid(&self, v: &Value) -> bool {
         self.validator.is_valid(v)
     }
 
-    /// Judges one record's bytes: on the tape, and only for an invalid record once more
-    /// as a `Value`, for its error.
+    /// Judges one record's bytes: in one pass where the schema allows, else (or when that
+    /// pass is not sure) on the tape, and only for an invalid record once more as a
+    /// `Value`, for its error.
     pub fn check(&self, bytes: &[u8]) -> Result<(), Bad> {
+        if self.flat.as_ref().is_some_and(|f| f.surely_valid(bytes)) {
+            return Ok(());
+        }
+        self.check_full(bytes)
+    }
+
+    /// `check` without the one-pass form (tests compare the two).
+    pub fn check_full(&self, bytes: &[u8]) -> Result<(), Bad> {
         match tape::with_doc(bytes, |d| self.fast.is_valid(d.root())) {
             Ok(true) => Ok(()),
             Ok(false) => self.explain(bytes),

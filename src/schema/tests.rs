@@ -237,3 +237,214 @@ fn the_tape_judges_nested_values_escapes_and_names_like_a_value() {
         Err(Bad::NotJson(_))
     ));
 }
+
+/// Schemas the one-pass form (`flat.rs`) takes, each with a record it accepts (records are
+/// that one, mutated): it may say "surely valid" only where the full path says valid too.
+const FLAT_SCHEMAS: [(&str, &str); 6] = [
+    (
+        r#"{"type":"object","required":["id","customer","price","qty","note"],
+        "properties":{"id":{"type":"string","maxLength":64},
+        "customer":{"type":"string","minLength":1},"price":{"type":"number","minimum":0},
+        "qty":{"type":"integer","minimum":1},"note":{"type":"string"}}}"#,
+        r#"{"id":"o-1","customer":"c","price":1234.5,"qty":3,"note":"nnn"}"#,
+    ),
+    (
+        r#"{"$schema":"http://json-schema.org/draft-07/schema#","type":"object",
+        "additionalProperties":false,"required":["a"],
+        "properties":{"a":{"type":["integer","null"],"exclusiveMinimum":-2.5,"maximum":1e3},
+        "b":{"type":"object","properties":{"c":{"type":"boolean"}},"required":["c"]},
+        "id":{"type":"array"},"note":{"maxLength":3,"minLength":2}}}"#,
+        r#"{"a":1,"b":{"c":true},"id":[],"note":"xy"}"#,
+    ),
+    (
+        r#"{"type":["string","number","object"],"minLength":2,"exclusiveMaximum":10,
+        "exclusiveMinimum":-2}"#,
+        r#"{"x":1,"id":"abc"}"#,
+    ),
+    (
+        r#"{"properties":{"price":{"type":"number","exclusiveMaximum":0.1,"minimum":-1e15}},
+        "title":"t","description":"d"}"#,
+        r#"{"price":0.05,"x":[1,{"y":null}]}"#,
+    ),
+    (
+        r#"{"type":"object","properties":{"qty":{"type":"integer","maximum":9007199254740992},
+        "note":true,
+        "id":{"type":"string","minLength":0,"maxLength":0}},"required":["zz","qty"]}"#,
+        r#"{"zz":{},"qty":-7,"id":""}"#,
+    ),
+    (
+        r#"{"$schema":"https://json-schema.org/draft/2019-09/schema","type":"object",
+        "properties":{"a":{"type":"object","additionalProperties":false,
+        "properties":{"a":{"type":"number","minimum":0.30000000000000004}}}}}"#,
+        r#"{"a":{"a":0.5},"b":"é"}"#,
+    ),
+];
+
+/// Pieces mutations use: keys the schemas know, values at every edge the fast path
+/// decides (escapes, non-ASCII, numbers near limits and beyond exact, bad grammar).
+const KEYS: [&str; 12] = [
+    "id", "customer", "price", "qty", "note", "a", "b", "c", "zz", "x", "i\\u0064", "é",
+];
+const VALUES: [&str; 62] = [
+    "9007199254740992",
+    "9007199254740993",
+    "0",
+    "-0",
+    "1",
+    "3",
+    "-2",
+    "-2.5",
+    "-2.4",
+    "1000",
+    "1000.0",
+    "1e3",
+    "1E3",
+    "1001",
+    "0.1",
+    "0.10",
+    "1e-1",
+    "0.30000000000000004",
+    "0.3",
+    "0.30000000000000003",
+    "10",
+    "9.999999999999999",
+    "123456789012345",
+    "1234567890123456",
+    "12345678901234567890",
+    "1e22",
+    "1e23",
+    "1e-22",
+    "2.0e0",
+    "0e999",
+    "-1e15",
+    "-1000000000000001",
+    "1.",
+    "01",
+    "-",
+    ".5",
+    "1e",
+    "+1",
+    "\"\"",
+    "\"x\"",
+    "\"xy\"",
+    "\"xyz\"",
+    "\"wxyz\"",
+    "\"é\"",
+    "\"éé\"",
+    "\"a\\\"b\"",
+    "\"\\u00e9\"",
+    "\"a\tb\"",
+    "\"\u{7f}\"",
+    "true",
+    "false",
+    "null",
+    "tru",
+    "nul",
+    "[]",
+    "[1,[2,{}]]",
+    "[1,]",
+    "{}",
+    "{\"c\":true}",
+    "{\"c\":1}",
+    "{\"c\":true,\"c\":false}",
+    "{\"c\":true,}",
+];
+const GLUE: [&str; 7] = [",", " , ", "\n,\t", ",,", ":", "", ", "];
+
+#[test]
+fn the_one_pass_form_never_accepts_what_the_full_path_refuses() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand = |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    for (text, base) in FLAT_SCHEMAS {
+        let schema: Value = serde_json::from_str(text).unwrap();
+        let c = Compiled::from_schema(&schema).unwrap();
+        let flat = c
+            .flat
+            .as_ref()
+            .unwrap_or_else(|| panic!("no one-pass form: {text}"));
+        assert!(flat.surely_valid(base.as_bytes()), "{base} under {text}");
+        let Value::Object(m) = serde_json::from_str(base).unwrap() else {
+            panic!()
+        };
+        let (mut fast, mut valid) = (0, 0);
+        for _ in 0..30_000 {
+            let mut members: Vec<(String, String)> = m
+                .iter()
+                .map(|(k, v)| (format!("\"{k}\""), v.to_string()))
+                .collect();
+            for _ in 0..rand(3) {
+                let i = rand(members.len().max(1));
+                let k = format!("\"{}\"", KEYS[rand(KEYS.len())]);
+                let v = VALUES[rand(VALUES.len())].to_string();
+                match rand(5) {
+                    0 if !members.is_empty() => members[i].1 = v,
+                    1 if !members.is_empty() => drop(members.remove(i)),
+                    2 => members.insert(i.min(members.len()), (k, v)),
+                    3 if !members.is_empty() => members.push(members[i].clone()),
+                    _ => members.push((k, v)),
+                }
+            }
+            let mut r = [" {", "{", "{\n"][rand(3)].to_string();
+            for (n, (k, v)) in members.iter().enumerate() {
+                if n > 0 {
+                    r.push_str(if rand(4) == 0 {
+                        GLUE[rand(GLUE.len())]
+                    } else {
+                        ","
+                    });
+                }
+                r.push_str(k);
+                r.push_str(if rand(20) == 0 {
+                    ""
+                } else {
+                    [":", " : "][rand(2)]
+                });
+                r.push_str(v);
+            }
+            r.push_str(if rand(20) == 0 {
+                ["", "}}", "]", "} x"][rand(4)]
+            } else {
+                "}"
+            });
+            if rand(8) == 0 {
+                r = VALUES[rand(VALUES.len())].to_string();
+            }
+            let full = c.check_full(r.as_bytes()).is_ok();
+            assert_eq!(c.check(r.as_bytes()).is_ok(), full, "{r:?} under {text}");
+            if let Ok(v) = serde_json::from_str::<Value>(&r) {
+                assert_eq!(c.is_valid(&v), full, "{r:?} under {text}");
+            }
+            if full {
+                valid += 1;
+                fast += usize::from(flat.surely_valid(r.as_bytes()));
+            }
+        }
+        // It must also be the path valid records take, or it saves nothing.
+        assert!(valid > 1_000, "{valid} valid records under {text}");
+        assert!(
+            fast * 10 > valid * 7,
+            "{fast} of {valid} judged in one pass: {text}"
+        );
+    }
+}
+
+#[test]
+fn schemas_outside_the_one_pass_form_keep_the_full_path() {
+    for text in [
+        ORDER, // pattern, format, items
+        r#"{"$schema":"http://json-schema.org/draft-04/schema#","type":"integer"}"#,
+        r#"{"type":"object","properties":{"a":{"enum":[1,2]}}}"#,
+        r#"{"type":"object","additionalProperties":false,"required":["a"]}"#,
+        r#"{"type":"object","properties":{"a":{"minimum":1,"exclusiveMinimum":0}}}"#,
+        r#"{"minimum":18014398509481984}"#,
+        r#"{"$defs":{},"type":"string"}"#,
+    ] {
+        let c = Compiled::from_schema(&serde_json::from_str(text).unwrap()).unwrap();
+        assert!(!c.has_flat(), "{text}");
+    }
+}
