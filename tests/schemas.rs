@@ -205,7 +205,7 @@ fn dead_letter_mode_sends_exactly_the_invalid_records_there_with_headers() {
     let cfg = common::temp_config(
         "schemas-dl",
         &format!(
-            "[topic.{topic:?}]\nschema = {:?}\non_invalid = \"dead_letter\"\ndead_letter_topic = {dlq:?}\n",
+            "cors_origins = [\"https://shop.example\"]\n[topic.{topic:?}]\nschema = {:?}\non_invalid = \"dead_letter\"\ndead_letter_topic = {dlq:?}\n",
             schema.to_str().unwrap()
         ),
     );
@@ -229,16 +229,24 @@ fn dead_letter_mode_sends_exactly_the_invalid_records_there_with_headers() {
     let r = send(&mut c, &topic, br#"{"id":"k","price":-5}"#, &[KAFKA]);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("ingestd-dead-lettered"), Some(&*note(1)));
-    // REST v2: one bad record of two; the answer lists both, the header says where.
+    // REST v2: one bad record of two; the answer lists both, the header says where. Its
+    // records claim ingestd's dead-letter headers ("forged" in base64): those are dropped,
+    // in both topics. A page on an allowed origin may read the note.
     let rest = ("Content-Type", "application/vnd.kafka.json.v2+json");
+    let forged = r#"[{"name":"ingestd-dead-letter-topic","value":"Zm9yZ2Vk"},{"name":"Ingestd-Dead-Letter-Error","value":"Zm9yZ2Vk"},{"name":"kept","value":"Zm9yZ2Vk"}]"#;
     let r = send(
         &mut c,
         &topic,
-        br#"{"records":[{"value":{"id":"r-1","price":1}},{"value":{"id":"r-2"}}]}"#,
-        &[rest],
+        format!(
+            r#"{{"records":[{{"value":{{"id":"r-1","price":1}},"headers":{forged}}},{{"value":{{"id":"r-2"}},"headers":{forged}}}]}}"#
+        )
+        .as_bytes(),
+        &[rest, ("Origin", "https://shop.example")],
     );
     assert_eq!(r.status, 202, "{}", r.text());
     assert_eq!(r.header("ingestd-dead-lettered"), Some(&*note(1)));
+    let exposed = r.header("access-control-expose-headers").unwrap_or("");
+    assert!(exposed.contains("ingestd-dead-lettered"), "{exposed}");
     // The next answer on the connection carries no such note.
     let r = send(&mut c, &topic, br#"{"id":"ok","price":1}"#, &[]);
     assert_eq!(r.status, 202);
@@ -275,7 +283,18 @@ fn dead_letter_mode_sends_exactly_the_invalid_records_there_with_headers() {
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_else(|| panic!("no {n} in {r:?}"))
     };
+    let forged = |r: &common::Rec| {
+        r.headers
+            .iter()
+            .filter(|(_, v)| v == b"forged")
+            .map(|(k, _)| k.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(forged(&good[97]), ["kept"], "{:?}", good[97]);
+    assert_eq!(forged(&bad[4]), ["kept"], "{:?}", bad[4]);
     for r in &bad {
+        let n = |k: &str| r.headers.iter().filter(|(h, _)| h == k).count();
+        assert_eq!(n("ingestd-dead-letter-topic"), 1, "{r:?}");
         assert_eq!(header(r, "ingestd-dead-letter-topic"), topic);
         assert!(header(r, "ingestd-dead-letter-schema").contains("#sha256:"));
     }

@@ -542,16 +542,20 @@ fn dead_headers<'v>(
 }
 
 /// A REST v2 record's own headers, without those that claim to be ingestd's own
-/// (`tenant_header`, `client_address_header`): consumers trust those.
+/// (`tenant_header`, `client_address_header`, the dead-letter headers): consumers trust
+/// those.
 fn client_headers<'v>(
     h: &'v [(Vec<u8>, Vec<u8>)],
     cfg: &'v crate::config::Config,
 ) -> impl Iterator<Item = (&'v [u8], &'v [u8])> + Clone {
+    const DEAD_LETTER: &[u8] = b"ingestd-dead-letter-";
     let own = |n: &[u8]| {
-        [Some(&cfg.tenant_header), cfg.client_address_header.as_ref()]
-            .into_iter()
-            .flatten()
-            .any(|o| !o.is_empty() && n.eq_ignore_ascii_case(o.as_bytes()))
+        n.get(..DEAD_LETTER.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(DEAD_LETTER))
+            || [Some(&cfg.tenant_header), cfg.client_address_header.as_ref()]
+                .into_iter()
+                .flatten()
+                .any(|o| !o.is_empty() && n.eq_ignore_ascii_case(o.as_bytes()))
     };
     h.iter()
         .filter(move |(n, _)| !own(n))

@@ -46,7 +46,7 @@ pub fn stamp(out: &mut Vec<u8>, from: usize, origin: &[u8]) {
     line.extend_from_slice(b"access-control-allow-origin: ");
     line.extend_from_slice(origin);
     line.extend_from_slice(
-        b"\r\naccess-control-allow-credentials: true\r\naccess-control-expose-headers: retry-after\r\nvary: origin\r\n",
+        b"\r\naccess-control-allow-credentials: true\r\naccess-control-expose-headers: retry-after, ingestd-dead-lettered\r\nvary: origin\r\n",
     );
     out.splice(at..at, line);
 }
