@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Fuzzes ingestd's parsers for SECONDS in all (default 60): two thirds of it the HTTP
-# parser (target `parse`: parse_head, ChunkedDecoder), the rest the PROXY protocol header
-# parser (target `proxy`: http::proxy::parse), one after the other.
+# Fuzzes ingestd's parsers for SECONDS in all (default 60): half of it the HTTP parser
+# (target `parse`: parse_head, ChunkedDecoder), a quarter the PROXY protocol header parser
+# (target `proxy`: http::proxy::parse), a quarter the one-pass schema judge against the
+# full one (target `schema`: schema::flat), one after the other.
 #
 #   fuzz/run.sh [SECONDS]
 #
 # Installs cargo-fuzz once into ~/.cache/ingestd/cargo-fuzz (reused afterwards) and uses
 # the stable toolchain with RUSTC_BOOTSTRAP=1 (cargo-fuzz needs -Z flags; no nightly is
 # needed). The kept corpora fuzz/corpus/<target> are read, never written: new inputs go to
-# fuzz/target/corpus-work (parse) and fuzz/target/corpus-work-proxy. A crash leaves its
-# input in fuzz/artifacts/<target>/ and makes this script exit non-zero (the second
-# target does not run then). To keep what a long run found, copy the work directory into
+# fuzz/target/corpus-work (parse), fuzz/target/corpus-work-proxy and -schema. A crash
+# leaves its input in fuzz/artifacts/<target>/ and makes this script exit non-zero (the
+# later targets do not run then). To keep what a long run found, copy the work directory into
 # the kept corpus and shrink both again (keep each well under 2 MB):
 #   fuzz/run.sh --cmin
 # The kept `parse` corpus was seeded from every case of tests/hostile.rs:
@@ -40,24 +41,30 @@ fuzz() { "$CARGO_FUZZ" "$@"; }
 # past the longest header (2064 bytes), so the "always decided by then" check runs.
 PARSE_MAX_LEN=8192
 PROXY_MAX_LEN=4096
+SCHEMA_MAX_LEN=1024
 
 if [ "${1:-}" = "--cmin" ]; then
     fuzz cmin parse corpus/parse -- -max_len=$PARSE_MAX_LEN
     fuzz cmin proxy corpus/proxy -- -max_len=$PROXY_MAX_LEN
+    fuzz cmin schema corpus/schema -- -max_len=$SCHEMA_MAX_LEN
     exit
 fi
 
 SECONDS_TO_RUN=${1:-60}
-PARSE_SECONDS=$(( SECONDS_TO_RUN * 2 / 3 ))
+PARSE_SECONDS=$(( SECONDS_TO_RUN / 2 ))
 [ "$PARSE_SECONDS" -ge 1 ] || PARSE_SECONDS=1
-PROXY_SECONDS=$(( SECONDS_TO_RUN - PARSE_SECONDS ))
+PROXY_SECONDS=$(( SECONDS_TO_RUN / 4 ))
 [ "$PROXY_SECONDS" -ge 1 ] || PROXY_SECONDS=1
+SCHEMA_SECONDS=$(( SECONDS_TO_RUN - PARSE_SECONDS - PROXY_SECONDS ))
+[ "$SCHEMA_SECONDS" -ge 1 ] || SCHEMA_SECONDS=1
 WORK=target/corpus-work
 WORK_PROXY=target/corpus-work-proxy
-mkdir -p "$WORK" "$WORK_PROXY"
+WORK_SCHEMA=target/corpus-work-schema
+mkdir -p "$WORK" "$WORK_PROXY" "$WORK_SCHEMA"
 fuzz build parse
 fuzz build proxy
-echo "fuzz: parse for ${PARSE_SECONDS} s, proxy for ${PROXY_SECONDS} s" >&2
+fuzz build schema
+echo "fuzz: parse for ${PARSE_SECONDS} s, proxy for ${PROXY_SECONDS} s, schema for ${SCHEMA_SECONDS} s" >&2
 fuzz run parse "$WORK" corpus/parse -- \
     -dict=parse.dict \
     -max_len=$PARSE_MAX_LEN \
@@ -69,6 +76,13 @@ fuzz run proxy "$WORK_PROXY" corpus/proxy -- \
     -dict=proxy.dict \
     -max_len=$PROXY_MAX_LEN \
     -max_total_time="$PROXY_SECONDS" \
+    -timeout=10 \
+    -rss_limit_mb=2048 \
+    -print_final_stats=1
+fuzz run schema "$WORK_SCHEMA" corpus/schema -- \
+    -dict=schema.dict \
+    -max_len=$SCHEMA_MAX_LEN \
+    -max_total_time="$SCHEMA_SECONDS" \
     -timeout=10 \
     -rss_limit_mb=2048 \
     -print_final_stats=1
