@@ -65,24 +65,16 @@ fuzz build parse
 fuzz build proxy
 fuzz build schema
 echo "fuzz: parse for ${PARSE_SECONDS} s, proxy for ${PROXY_SECONDS} s, schema for ${SCHEMA_SECONDS} s" >&2
-fuzz run parse "$WORK" corpus/parse -- \
-    -dict=parse.dict \
-    -max_len=$PARSE_MAX_LEN \
-    -max_total_time="$PARSE_SECONDS" \
-    -timeout=10 \
-    -rss_limit_mb=2048 \
-    -print_final_stats=1
-fuzz run proxy "$WORK_PROXY" corpus/proxy -- \
-    -dict=proxy.dict \
-    -max_len=$PROXY_MAX_LEN \
-    -max_total_time="$PROXY_SECONDS" \
-    -timeout=10 \
-    -rss_limit_mb=2048 \
-    -print_final_stats=1
-fuzz run schema "$WORK_SCHEMA" corpus/schema -- \
-    -dict=schema.dict \
-    -max_len=$SCHEMA_MAX_LEN \
-    -max_total_time="$SCHEMA_SECONDS" \
-    -timeout=10 \
-    -rss_limit_mb=2048 \
-    -print_final_stats=1
+# One target: NAME WORK_DIR MAX_LEN SECONDS (its corpus and dictionary by its name).
+run() {
+    fuzz run "$1" "$2" "corpus/$1" -- \
+        -dict="$1.dict" \
+        -max_len="$3" \
+        -max_total_time="$4" \
+        -timeout=10 \
+        -rss_limit_mb=2048 \
+        -print_final_stats=1
+}
+run parse "$WORK" $PARSE_MAX_LEN "$PARSE_SECONDS"
+run proxy "$WORK_PROXY" $PROXY_MAX_LEN "$PROXY_SECONDS"
+run schema "$WORK_SCHEMA" $SCHEMA_MAX_LEN "$SCHEMA_SECONDS"
