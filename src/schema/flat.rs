@@ -75,16 +75,12 @@ pub struct Flat {
 impl Flat {
     /// The fast form of `schema`, or `None` when it uses anything else.
     pub fn compile(schema: &Value) -> Option<Flat> {
-        let o = schema.as_object()?;
-        if let Some(d) = o.get("$schema") {
+        if let Some(d) = schema.get("$schema") {
             if !DRAFTS.contains(&d.as_str()?) {
                 return None;
             }
         }
-        let mut rest = o.clone();
-        rest.remove("$schema");
-        rest.remove("$id");
-        Flat::node(&Value::Object(rest), 0)
+        Flat::node(schema, 0)
     }
 
     fn node(schema: &Value, depth: usize) -> Option<Flat> {
@@ -114,6 +110,7 @@ impl Flat {
                 }
                 "additionalProperties" => f.closed = !v.as_bool()?,
                 "required" => {}
+                "$schema" | "$id" if depth == 0 => {}
                 k if ANNOTATIONS.contains(&k) => {}
                 _ => return None,
             }
@@ -158,7 +155,7 @@ impl Flat {
     fn value(&self, s: &mut Scan, depth: usize) -> Option<()> {
         match s.peek()? {
             b'"' => {
-                s.want(STRING, self.types)?;
+                allows(self.types, STRING)?;
                 let chars = s.string()?;
                 (self.min_len.is_none_or(|m| chars >= m) && self.max_len.is_none_or(|m| chars <= m))
                     .then_some(())
@@ -172,10 +169,10 @@ impl Flat {
                 .then_some(())
             }
             b'{' if self.types & OBJECT != 0 => self.object(s, depth),
-            _ if self.types == ANY || depth >= MAX_DEPTH => s.any(depth),
-            b'[' => s.want(ARRAY, self.types).and_then(|_| s.any(depth)),
-            b't' | b'f' => s.want(BOOL, self.types).and_then(|_| s.any(depth)),
-            b'n' => s.want(NULL, self.types).and_then(|_| s.any(depth)),
+            _ if self.types == ANY => s.any(depth),
+            b'[' => allows(self.types, ARRAY).and_then(|_| s.any(depth)),
+            b't' | b'f' => allows(self.types, BOOL).and_then(|_| s.any(depth)),
+            b'n' => allows(self.types, NULL).and_then(|_| s.any(depth)),
             _ => None,
         }
     }
@@ -214,6 +211,11 @@ impl Flat {
         }
         (self.required & !seen == 0).then_some(())
     }
+}
+
+/// Whether the type set `types` has `t`.
+fn allows(types: u8, t: u8) -> Option<()> {
+    (types & t != 0).then_some(())
 }
 
 fn types(v: &Value) -> Option<u8> {
@@ -265,10 +267,6 @@ impl Scan<'_> {
 
     fn expect(&mut self, c: u8) -> Option<()> {
         (self.next()? == c).then_some(())
-    }
-
-    fn want(&self, t: u8, allowed: u8) -> Option<()> {
-        (allowed & t != 0).then_some(())
     }
 
     fn ws(&mut self) {
