@@ -638,6 +638,15 @@ impl Config {
                 return Err(format!("kafka.{k}: must be a string, number or boolean"));
             }
         }
+        // Without a report for every record, queue space would never come back, and
+        // librdkafka would free the header objects records share (kafka/flight.rs).
+        if self
+            .kafka
+            .get("delivery.report.only.error")
+            .is_some_and(|v| !matches!(v.as_str(), Some("false")) && v.as_bool() != Some(false))
+        {
+            return Err("kafka.delivery.report.only.error: ingestd needs a delivery report for every record; leave it false".into());
+        }
         // librdkafka checks each property's name and value without a broker.
         let mut cc = rdkafka::config::ClientConfig::new();
         for (k, v) in self.kafka_properties() {
@@ -1257,6 +1266,27 @@ mod tests {
             let cfg = Config::load(&cli(&[]), env.into_iter()).unwrap();
             let props: BTreeMap<_, _> = cfg.kafka_properties().into_iter().collect();
             assert_eq!(props["linger.ms"], "7");
+        }
+    }
+
+    #[test]
+    fn delivery_reports_for_errors_only_are_refused() {
+        for (v, ok) in [
+            (toml::Value::Boolean(true), false),
+            (toml::Value::String("true".into()), false),
+            (toml::Value::Boolean(false), true),
+            (toml::Value::String("false".into()), true),
+        ] {
+            let mut cfg = Config::default();
+            cfg.kafka
+                .insert("delivery.report.only.error".into(), v.clone());
+            match cfg.validate() {
+                Ok(()) => assert!(ok, "{v} accepted"),
+                Err(e) => {
+                    assert!(!ok, "{v}: {e}");
+                    assert!(e.contains("delivery.report.only.error"), "{e}");
+                }
+            }
         }
     }
 

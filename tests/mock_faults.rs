@@ -29,6 +29,9 @@ fn setup() -> (MockCluster<'static, DefaultProducerContext>, Server) {
         ack: AckMode::Kafka,
         executors: 1,
         ack_timeout_ms: 1500,
+        // Records with an `X-Trace` carry it as a header: those with the same value share
+        // one librdkafka header object (kafka/flight.rs).
+        forward_headers: vec!["x-trace".into()],
         ..Default::default()
     };
     cfg.validate().unwrap();
@@ -172,6 +175,45 @@ fn slow_broker_answers_504_at_the_ack_timeout() {
 fn fatal_producer_error_rebuilds_the_producer() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (mock, server) = setup();
+    // Meanwhile, connections keep records in flight that share a header object: the old
+    // producer is purged and dropped with them, and librdkafka must never free the shared
+    // object (a double free aborts this process) nor lose a record's header.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let addr = server.addr.unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let mut c = Client::connect(addr).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    let r = c
+                        .request(&post("/", b"traced", &[("X-Trace", "shared")]))
+                        .unwrap();
+                    assert!(r.status == 200 || r.status >= 500, "{}", r.status);
+                }
+            });
+        }
+        fatal_then_rebuilt(&mock, &server);
+        stop.store(true, Ordering::Relaxed);
+    });
+    // Every record that reached Kafka, before and after the rebuild, carries exactly the
+    // headers it was sent with.
+    let recs = common::read_topic(&mock.bootstrap_servers(), "t", 2, 3, Duration::from_secs(1));
+    let shared = [("x-trace".to_string(), b"shared".to_vec())];
+    let mut traced = 0;
+    for r in &recs {
+        match &r.value[..] {
+            b"traced" | b"after" => {
+                traced += 1;
+                assert_eq!(r.headers, shared, "{r:?}");
+            }
+            _ => assert!(r.headers.is_empty(), "{r:?}"),
+        }
+    }
+    assert!(traced > 0, "{recs:?}");
+    server.shutdown();
+}
+
+fn fatal_then_rebuilt(mock: &MockCluster<'static, DefaultProducerContext>, server: &Server) {
     let mut c = Client::connect(server.addr.unwrap()).unwrap();
     assert_eq!(c.request(&post("/", b"before", &[])).unwrap().status, 200);
     // An out-of-order sequence on the head-of-line request is fatal for an idempotent
@@ -199,10 +241,8 @@ fn fatal_producer_error_rebuilds_the_producer() {
             >= 1
     });
     wait_until("200 again", Duration::from_secs(15), || {
-        c.request(&post("/", b"after", &[]))
+        c.request(&post("/", b"after", &[("X-Trace", "shared")]))
             .map(|r| r.status == 200)
             .unwrap_or(false)
     });
-    drop(c);
-    server.shutdown();
 }

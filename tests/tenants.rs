@@ -587,6 +587,68 @@ fn an_empty_tenant_header_puts_none_in_the_records() {
     let _ = std::fs::remove_file(&cfg);
 }
 
+/// The Kafka thread reuses librdkafka header objects by content (kafka/flight.rs): many
+/// tenants interleaved over many connections and both executors, with a forwarded header
+/// that gives most requests a set of their own (thousands of sets: the pool's table starts
+/// over several times while objects of old sets are in flight). Every record must carry
+/// exactly its own request's headers: a pooled object with another tenant's name would be
+/// a forged tenant.
+#[test]
+fn interleaved_tenants_each_get_their_own_headers_on_every_record() {
+    let b = broker();
+    let topic = b.topic("mixed", 4);
+    let tenants = 8;
+    let mut text = String::from("forward_headers = [\"x-trace\"]\n");
+    for t in 0..tenants {
+        text += &format!("[tenants.t{t}]\ntokens = [\"tok-{t}\"]\ntopics = [\"{topic}\"]\n");
+    }
+    let cfg = common::temp_config("mixed", &text);
+    let ing = start(&cfg, &topic, "2", &[]);
+    let (conns, each) = (16, 300);
+    std::thread::scope(|s| {
+        for c in 0..conns {
+            let addr = ing.addr;
+            let topic = &topic;
+            s.spawn(move || {
+                let mut cl = Client::connect(addr).unwrap();
+                for i in 0..each {
+                    // Tenants change from request to request on one connection too.
+                    let t = (c + i) % tenants;
+                    let body = format!("t{t}:{c}:{i}");
+                    let auth = bearer(&format!("tok-{t}"));
+                    let trace = format!("{c}-{i}");
+                    let mut h = vec![("Authorization", auth.as_str())];
+                    if i % 3 != 0 {
+                        h.push(("X-Trace", &trace));
+                    }
+                    let r = send(&mut cl, &format!("/topics/{topic}"), body.as_bytes(), &h);
+                    assert_eq!(r.status, 202, "{}", r.text());
+                }
+            });
+        }
+    });
+    let recs = read_topic(&b.addr, &topic, 4, conns * each, Duration::from_secs(2));
+    assert_eq!(recs.len(), conns * each);
+    for r in &recs {
+        let body = String::from_utf8(r.value.clone()).unwrap();
+        let mut parts = body.split(':');
+        let (t, c, i) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap().parse::<usize>().unwrap(),
+        );
+        let mut want = vec![("ingestd-tenant".to_string(), t.as_bytes().to_vec())];
+        if i % 3 != 0 {
+            want.push(("x-trace".to_string(), format!("{c}-{i}").into_bytes()));
+        }
+        let mut got = r.headers.clone();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "record {body}");
+    }
+    let _ = std::fs::remove_file(&cfg);
+}
+
 #[test]
 fn an_error_after_a_produce_request_on_the_same_connection_does_not_crash() {
     // A 401 keeps the connection; the next bytes are a malformed head, whose error answer

@@ -22,12 +22,21 @@ pub fn token_digest(t: &[u8]) -> [u8; 32] {
     d.as_ref().try_into().expect("32 bytes")
 }
 
-/// Constant-time equality (for tokens and digests).
+/// Constant-time equality (for tokens and digests): no early exit on the first byte that
+/// differs. Eight bytes at a time, as every request of a connection compares its token
+/// with the one cached for it (byte by byte, that was a third of admission's cost).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    let word = |c: &[u8]| u64::from_ne_bytes(c.try_into().expect("8 bytes"));
+    let (mut wa, mut wb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut diff = (&mut wa)
+        .zip(&mut wb)
+        .fold(0u64, |acc, (x, y)| acc | (word(x) ^ word(y)));
+    for (x, y) in wa.remainder().iter().zip(wb.remainder()) {
+        diff |= u64::from(x ^ y);
+    }
     std::hint::black_box(diff) == 0
 }
 
@@ -506,6 +515,22 @@ mod tests {
     fn invalid(toml_text: &str) -> String {
         let mut cfg: Config = toml::from_str(toml_text).unwrap();
         cfg.validate().unwrap_err()
+    }
+
+    #[test]
+    fn ct_eq_tells_every_difference_at_every_length() {
+        for n in 0..40usize {
+            let a: Vec<u8> = (0..n as u8).map(|i| i.wrapping_mul(37)).collect();
+            assert!(ct_eq(&a, &a.clone()), "{n}");
+            for i in 0..n {
+                for bit in [0x01, 0x80] {
+                    let mut b = a.clone();
+                    b[i] ^= bit;
+                    assert!(!ct_eq(&a, &b), "length {n}, byte {i}");
+                }
+            }
+            assert!(!ct_eq(&a, &[a.as_slice(), b"x"].concat()), "{n}");
+        }
     }
 
     #[test]

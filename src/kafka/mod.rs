@@ -5,6 +5,7 @@
 //! Kafka has) and `deadletter` (spooled records Kafka rejected for good).
 
 pub mod deadletter;
+pub mod flight;
 pub mod lane;
 pub mod probe;
 pub mod thread;

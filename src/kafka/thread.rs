@@ -4,6 +4,7 @@
 
 use crate::config::Config;
 use crate::error::FailReason;
+use crate::kafka::flight;
 use crate::kafka::lane::{
     record_cost, Completion, Completions, HeaderMeta, KafkaLane, KafkaWake, Opaque, RecordBatch,
 };
@@ -12,13 +13,13 @@ use crate::metrics::{bump, Metrics};
 use rdkafka::config::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{
-    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
-};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use std::cell::RefCell;
+use std::ffi::CStr;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -208,7 +209,17 @@ impl ClientContext for Ctx {
 impl ProducerContext for Ctx {
     type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+    fn delivery(&self, result: &DeliveryResult<'_>, key: usize) {
+        let msg_ptr = match result {
+            Ok(m) | Err((_, m)) => m.ptr(),
+        };
+        let Some(f) = flight::land(key) else {
+            error!(key, "delivery report for a record not in flight");
+            // SAFETY: this report's message, served on this thread.
+            unsafe { flight::release(msg_ptr, None) };
+            return;
+        };
+        let opaque = f.opaque;
         let waited = Opaque::decode(opaque).slot != 0;
         SINK.with(|s| {
             let mut s = s.borrow_mut();
@@ -233,6 +244,9 @@ impl ProducerContext for Ctx {
                         opaque,
                     )
                 });
+                // SAFETY: this report's message, served on this thread; its headers were
+                // copied by `keep`.
+                unsafe { flight::release(msg_ptr, Some(&f)) };
                 return;
             }
             Err((KafkaError::MessageProduction(code), m)) => (m, Err(FailReason::from_code(*code))),
@@ -256,17 +270,10 @@ impl ProducerContext for Ctx {
             };
             buried = SINK.with(|s| s.borrow_mut().bury(opaque, dead));
         }
-        let headers = msg.headers().map_or(0, |h| {
-            h.iter()
-                .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
-                .sum()
-        });
-        let cost = record_cost(
-            msg.key().map_or(0, <[u8]>::len),
-            msg.payload().map_or(0, <[u8]>::len),
-            headers,
-        );
-        SINK.with(|s| s.borrow_mut().settle(opaque, cost, res, buried));
+        SINK.with(|s| s.borrow_mut().settle(opaque, f.cost, res, buried));
+        // SAFETY: this report's message, served on this thread; nothing reads its
+        // headers after this.
+        unsafe { flight::release(msg_ptr, Some(&f)) };
     }
 }
 
@@ -323,7 +330,9 @@ pub struct KafkaShared {
 pub struct KafkaThread {
     /// Declared before `producer`: it must be dropped first.
     queue_wake: Option<QueueWake>,
-    producer: KafkaProducer,
+    /// Dropped only through `retire` (see `Drop`): its records point at shared header
+    /// objects that librdkafka must never free.
+    producer: ManuallyDrop<KafkaProducer>,
     cfg: Arc<Config>,
     bootstrap: String,
     lanes: Vec<KafkaLane>,
@@ -352,6 +361,8 @@ pub struct KafkaThread {
     window_start: Instant,
     window_records: usize,
     busy: bool,
+    /// `send_batch`'s buffer for a topic's C string.
+    topic_c: Vec<u8>,
 }
 
 /// The thread naps (see `KafkaWake`) once records arrive at 64 per ms or more: there the
@@ -375,7 +386,7 @@ impl KafkaThread {
         let handoff = Duration::from_millis(cfg.handoff_ms);
         Ok(KafkaThread {
             queue_wake: Some(QueueWake::enable(&producer, shared.wake.clone())),
-            producer,
+            producer: ManuallyDrop::new(producer),
             flush_timeout: Duration::from_millis(cfg.shutdown_timeout_ms),
             cfg,
             bootstrap,
@@ -394,6 +405,7 @@ impl KafkaThread {
             window_start: Instant::now(),
             window_records: 0,
             busy: false,
+            topic_c: Vec::new(),
         })
     }
 
@@ -486,87 +498,71 @@ impl KafkaThread {
     }
 
     fn send_batch(&mut self, b: &RecordBatch) {
+        // The topic as a C string, built in a buffer kept across batches.
+        let mut topic_c = std::mem::take(&mut self.topic_c);
         for r in &b.records {
-            let topic = std::str::from_utf8(b.get(r.topic)).unwrap_or("");
+            let topic = b.get(r.topic);
             let value = b.get(r.value);
             let key = r.key.map(|k| b.get(k));
-            let mut rec = BaseRecord::with_opaque_to(topic, r.opaque).payload(value);
-            if let Some(k) = key {
-                rec = rec.key(k);
-            }
-            if r.partition >= 0 {
-                rec = rec.partition(r.partition);
-            }
-            let mut hcost = 0;
-            if r.headers.1 > r.headers.0 {
-                let mut hs = OwnedHeaders::new_with_capacity((r.headers.1 - r.headers.0) as usize);
-                for h in &b.headers[r.headers.0 as usize..r.headers.1 as usize] {
-                    let name = std::str::from_utf8(b.get(h.name)).unwrap_or("");
-                    let value = b.get(h.value);
-                    hcost += name.len() + value.len();
-                    hs = hs.insert(Header {
-                        key: name,
-                        value: Some(value),
-                    });
-                }
-                rec = rec.headers(hs);
-            }
+            let hs = &b.headers[r.headers.0 as usize..r.headers.1 as usize];
+            let pairs = hs.iter().map(|h| (b.get(h.name), b.get(h.value)));
+            let hcost: usize = pairs.clone().map(|(n, v)| n.len() + v.len()).sum();
             let cost = record_cost(key.map_or(0, <[u8]>::len), value.len(), hcost);
             let waited = Opaque::decode(r.opaque).slot != 0;
             if waited {
                 self.shared.wake.set_waited(true);
             }
+            topic_c.clear();
+            topic_c.extend_from_slice(topic);
+            topic_c.push(0);
+            let boarding = flight::board(r.opaque, cost, pairs.clone());
             loop {
-                match self.producer.send(rec) {
-                    Ok(()) => {
+                let code = match CStr::from_bytes_with_nul(&topic_c) {
+                    Ok(t) => produce(&self.producer, t, r.partition, key, value, &boarding),
+                    // A NUL inside the name would name another topic in C.
+                    Err(_) => RDKafkaErrorCode::InvalidArgument,
+                };
+                match code {
+                    RDKafkaErrorCode::NoError => {
                         self.sent += 1;
                         self.waited_sent += u64::from(waited);
                         break;
                     }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
-                        if self.out_of_time() =>
-                    {
+                    RDKafkaErrorCode::QueueFull if self.out_of_time() => {
                         // Shutting down and out of time: no more waiting for room.
+                        flight::unboard(boarding);
                         SINK.with(|s| {
                             s.borrow_mut()
                                 .record(r.opaque, cost, Err(FailReason::Shutdown))
                         });
                         break;
                     }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    RDKafkaErrorCode::QueueFull => {
                         // Backpressure, not an error: let librdkafka deliver, then retry.
                         bump(&self.metrics.kafka.queue_full_waits, 1);
                         // Still making progress: keep the watchdog's heartbeat moving.
                         bump(&self.metrics.kafka.heartbeat, 1);
-                        rec = back;
                         self.producer.poll(Duration::from_millis(5));
                         self.dispatch();
                     }
-                    Err((KafkaError::MessageProduction(code), _))
-                        if FailReason::transient(code) =>
-                    {
-                        let hs = &b.headers[r.headers.0 as usize..r.headers.1 as usize];
-                        let hs = hs.iter().map(|h| (b.get(h.name), b.get(h.value)));
-                        let t = b.get(r.topic);
+                    code if FailReason::transient(code) => {
+                        flight::unboard(boarding);
                         SINK.with(|s| {
                             s.borrow_mut()
-                                .keep(t, key, value, hs, r.partition, r.opaque)
+                                .keep(topic, key, value, pairs, r.partition, r.opaque)
                         });
                         break;
                     }
-                    Err((e, _)) => {
-                        let reason = match e {
-                            KafkaError::MessageProduction(code) => FailReason::from_code(code),
-                            _ => FailReason::Broker,
-                        };
-                        debug!(%e, topic, "record rejected by librdkafka");
-                        let hs = &b.headers[r.headers.0 as usize..r.headers.1 as usize];
+                    code => {
+                        flight::unboard(boarding);
+                        let reason = FailReason::from_code(code);
+                        debug!(?code, topic = %String::from_utf8_lossy(topic), "record rejected by librdkafka");
                         let dead = crate::kafka::deadletter::Dead {
-                            topic: b.get(r.topic),
+                            topic,
                             partition: r.partition,
                             key,
                             value,
-                            headers: hs.iter().map(|h| (b.get(h.name), b.get(h.value))).collect(),
+                            headers: pairs.collect(),
                             reason: reason.label(),
                         };
                         SINK.with(|s| {
@@ -579,6 +575,7 @@ impl KafkaThread {
                 }
             }
         }
+        self.topic_c = topic_c;
     }
 
     /// Produces again the records kept after a passing failure, once they are due.
@@ -705,18 +702,10 @@ impl KafkaThread {
         );
         match create_producer(&self.cfg, &self.bootstrap, Some(&self.metrics)) {
             Ok(p) => {
-                // Purge the old producer and serve every report before dropping it (its
-                // drop flushes for only 500 ms and destroys what is left): the purged
-                // records come back as passing failures and are produced again on the new
-                // one.
-                self.producer
-                    .purge(PurgeConfig::default().queue().inflight());
-                let until = Instant::now() + Duration::from_secs(5);
-                while self.in_flight() > 0 && Instant::now() < until {
-                    self.producer.poll(Duration::from_millis(10));
-                }
+                // The old producer's purged records come back as passing failures and
+                // are produced again on the new one.
                 self.queue_wake = None;
-                drop(std::mem::replace(&mut self.producer, p));
+                retire(std::mem::replace(&mut *self.producer, p));
                 self.queue_wake = Some(QueueWake::enable(&self.producer, self.shared.wake.clone()));
                 self.dispatch();
                 bump(&self.metrics.kafka.producer_rebuilds, 1);
@@ -795,6 +784,83 @@ impl KafkaThread {
             info!("kafka producer flushed");
         }
     }
+}
+
+/// Drops a producer once every record it holds has had its delivery report: purges what
+/// it holds and serves the reports (a purged record comes back as a passing failure).
+/// Records without a report would be destroyed by librdkafka with the header objects
+/// they share (`flight`): if any are still out after the wait, the producer is leaked
+/// instead (its threads and memory, once, on a path that should never be taken).
+fn retire(p: KafkaProducer) {
+    p.purge(PurgeConfig::default().queue().inflight());
+    let until = Instant::now() + Duration::from_secs(5);
+    while flight::in_flight() > 0 && Instant::now() < until {
+        p.poll(Duration::from_millis(10));
+    }
+    match flight::in_flight() {
+        0 => drop(p),
+        n => {
+            error!(
+                records = n,
+                "the kafka producer kept records without a delivery report: leaking it"
+            );
+            std::mem::forget(p);
+        }
+    }
+}
+
+impl Drop for KafkaThread {
+    fn drop(&mut self) {
+        // The queue wake first (it points into the producer), then the producer.
+        self.queue_wake = None;
+        // SAFETY: `producer` is not used again: this is the thread's drop.
+        retire(unsafe { ManuallyDrop::take(&mut self.producer) });
+    }
+}
+
+/// Hands one record to librdkafka: what `BaseProducer::send` does, with the topic's C
+/// string and the header object given (rdkafka's `OwnedHeaders` cannot wrap a pooled one)
+/// and the flight's key as the opaque. librdkafka copies the value and key, and owns the
+/// header object once it accepts the record.
+fn produce(
+    producer: &KafkaProducer,
+    topic: &CStr,
+    partition: i32,
+    key: Option<&[u8]>,
+    value: &[u8],
+    b: &flight::Boarding,
+) -> RDKafkaErrorCode {
+    use rdkafka::bindings::rd_kafka_vtype_t::*;
+    let (key_ptr, key_len) = key.map_or((std::ptr::null_mut(), 0), |k| {
+        (k.as_ptr() as *mut std::ffi::c_void, k.len())
+    });
+    // SAFETY: the same arguments `BaseProducer::send` passes, all valid for the call:
+    // the producer's live handle, a NUL-terminated topic, slices librdkafka copies
+    // (RD_KAFKA_MSG_F_COPY), an opaque it only hands back, and a header object of ours
+    // (or null) whose ownership passes only on success.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_producev(
+            producer.client().native_ptr(),
+            RD_KAFKA_VTYPE_TOPIC,
+            topic.as_ptr(),
+            RD_KAFKA_VTYPE_PARTITION,
+            if partition >= 0 { partition } else { -1 },
+            RD_KAFKA_VTYPE_MSGFLAGS,
+            rdkafka::bindings::RD_KAFKA_MSG_F_COPY,
+            RD_KAFKA_VTYPE_VALUE,
+            value.as_ptr() as *mut std::ffi::c_void,
+            value.len(),
+            RD_KAFKA_VTYPE_KEY,
+            key_ptr,
+            key_len,
+            RD_KAFKA_VTYPE_OPAQUE,
+            b.key as *mut std::ffi::c_void,
+            RD_KAFKA_VTYPE_HEADERS,
+            b.headers,
+            RD_KAFKA_VTYPE_END,
+        )
+    };
+    err.into()
 }
 
 /// Where the Kafka thread is in its life; with the executors' `Exec::hand_over` the one
