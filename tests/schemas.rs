@@ -301,6 +301,12 @@ fn dead_letter_mode_sends_exactly_the_invalid_records_there_with_headers() {
     assert!(header(&bad[0], "ingestd-dead-letter-error").contains("/price"));
     assert!(header(&bad[1], "ingestd-dead-letter-error").contains("price"));
     assert!(header(&bad[2], "ingestd-dead-letter-error").contains("not JSON"));
+    // Every record delivered, its queue space came back whole: the dropped forged headers
+    // were never charged.
+    common::wait_until("queue empty", Duration::from_secs(10), || {
+        ing.metric("ingestd_queue_records", "") == 0.0
+    });
+    assert_eq!(ing.metric("ingestd_queue_bytes", ""), 0.0);
     let m = ing.metrics_text();
     assert_eq!(
         common::metric_sum(

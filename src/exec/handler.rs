@@ -302,7 +302,8 @@ fn produce<'a>(exec: &'a Exec, req: &Request<'a>) -> Result<Answer<'a>, HttpErro
     let (mut n, mut cost) = (0, 0);
     let mut cursor = Cursor::new(problems);
     records.each(body, key, p.partition, |k, v, _, h| {
-        let hbytes: usize = h.iter().map(|(n, v)| n.len() + v.len()).sum();
+        // What is queued: without the headers `client_headers` drops.
+        let hbytes: usize = client_headers(h, cfg).map(|(n, v)| n.len() + v.len()).sum();
         let dbytes: usize = dead_headers(dead, cursor.next_record())
             .map(|(n, v)| n.len() + v.len())
             .sum();

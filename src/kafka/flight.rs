@@ -18,7 +18,14 @@
 //!   (`in_flight() == 0`), else leaked (`thread::retire`); `delivery.report.only.error` is
 //!   refused by the configuration (records without a report would be destroyed by
 //!   librdkafka with their headers);
-//! - a failed `producev` leaves the object with us (librdkafka's contract).
+//! - a failed `producev` leaves the object with us (librdkafka's contract);
+//! - a panic in the delivery report aborts (`thread::Ctx::delivery`): unwinding out of
+//!   librdkafka's report loop would destroy the event's other messages with their headers;
+//! - nothing is shared when librdkafka plugins are loaded (`set_sharing`): an interceptor
+//!   may add to a record's headers.
+//!
+//! A set is shared from its second sighting on; one unique to its record (a spooled
+//! record's `ingestd-id`) gets a private object, freed after it, as before.
 //!
 //! An object is freed here when it is both forgotten by the content index and no record
 //! in flight points at it (`loans == 0`).
@@ -33,6 +40,7 @@
 use rdkafka::bindings as rd;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::ptr::NonNull;
 
 /// Header sets larger than this (name and value bytes, with their lengths) get an object
@@ -114,7 +122,16 @@ struct HeaderSets {
     objects: slab::Slab<Shared>,
     /// The content key being looked up (reused: no allocation per record).
     scratch: Vec<u8>,
+    /// Hashes of sets seen once, direct-mapped: a set is indexed on its second sighting,
+    /// so sets unique to their record (a spooled record's `ingestd-id`) get a private
+    /// object, as before, instead of churning the index.
+    seen: Vec<u64>,
+    /// Off when librdkafka plugins are loaded: an interceptor may edit a record's
+    /// headers, which must then be its own.
+    no_sharing: bool,
 }
+
+const SEEN_SLOTS: usize = 4096;
 
 impl HeaderSets {
     /// The object for a record with `pairs` (one more loan of it).
@@ -136,10 +153,22 @@ impl HeaderSets {
                 return self.add(Hdrs::build(pairs, n), false);
             }
         }
+        if self.no_sharing {
+            return self.add(Hdrs::build(pairs, n), false);
+        }
         if let Some(&id) = self.index.get(&k[..]) {
             let o = &mut self.objects[id as usize];
             o.loans += 1;
             return (o.hdrs, id);
+        }
+        let h = self.index.hasher().hash_one(&k[..]) | 1;
+        if self.seen.is_empty() {
+            self.seen = vec![0; SEEN_SLOTS];
+        }
+        let slot = &mut self.seen[(h % SEEN_SLOTS as u64) as usize];
+        if *slot != h {
+            *slot = h;
+            return self.add(Hdrs::build(pairs, n), false);
         }
         if self.index.len() >= MAX_SETS {
             self.forget_all();
@@ -272,6 +301,19 @@ pub fn in_flight() -> usize {
     AIR.with(|a| a.borrow().flights.len())
 }
 
+/// The records of a producer that is leaked with them (`thread::retire`): out of the
+/// table, so the next producer's count starts from zero. Their header objects stay lent
+/// for good: the leaked producer's messages still point at them.
+pub fn abandon() -> Vec<Flight> {
+    AIR.with(|a| a.borrow_mut().flights.drain().collect())
+}
+
+/// Whether records with the same headers share one object (see the module doc): not
+/// when librdkafka plugins are loaded. Set on the Kafka thread before it produces.
+pub fn set_sharing(on: bool) {
+    AIR.with(|a| a.borrow_mut().sets.no_sharing = !on);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +356,13 @@ mod tests {
         let mut s = HeaderSets::default();
         let a = [("ingestd-tenant", "t1")];
         let b = [("ingestd-tenant", "t2")];
+        // First sightings: private objects, freed with their record.
+        for set in [&a, &b] {
+            let (_, i) = s.lend(pairs(set));
+            assert!(!s.objects[i as usize].indexed);
+            s.give_back(i);
+            assert!(s.objects.get(i as usize).is_none());
+        }
         let (h1, i1) = s.lend(pairs(&a));
         let (h2, i2) = s.lend(pairs(&a));
         let (h3, i3) = s.lend(pairs(&b));
@@ -369,11 +418,16 @@ mod tests {
     #[test]
     fn the_index_starts_over_and_lent_objects_outlive_it() {
         let mut s = HeaderSets::default();
+        let (_, first) = s.lend(pairs(&[("a", "lent")]));
+        s.give_back(first);
         let (old, id) = s.lend(pairs(&[("a", "lent")]));
+        assert!(s.objects[id as usize].indexed);
         for i in 0..MAX_SETS {
             let v = i.to_string();
-            let (_, j) = s.lend(pairs(&[("a", &v)]));
-            s.give_back(j);
+            for _ in 0..2 {
+                let (_, j) = s.lend(pairs(&[("a", &v)]));
+                s.give_back(j);
+            }
         }
         // The index started over: the idle objects were freed, the lent one kept.
         assert!(s.index.len() < MAX_SETS);
@@ -390,8 +444,31 @@ mod tests {
     }
 
     #[test]
+    fn sets_seen_once_or_with_plugins_loaded_are_never_shared() {
+        let mut s = HeaderSets::default();
+        // Unique sets (a spooled record's id) never reach the index.
+        for i in 0..3 * SEEN_SLOTS {
+            let id = i.to_string();
+            let (_, j) = s.lend(pairs(&[("ingestd-id", &id)]));
+            s.give_back(j);
+        }
+        assert!(s.index.is_empty() && s.objects.is_empty());
+        s.no_sharing = true;
+        let t = [("ingestd-tenant", "t1")];
+        let lent: Vec<_> = (0..3).map(|_| s.lend(pairs(&t))).collect();
+        assert!(lent.windows(2).all(|w| w[0].0 .0 != w[1].0 .0));
+        for (_, j) in lent {
+            s.give_back(j);
+        }
+        assert!(s.objects.is_empty());
+    }
+
+    #[test]
     fn flights_hand_back_their_opaque_cost_and_object() {
         let h = [("ingestd-tenant", "t9")];
+        let warm = board(10, 1, pairs(&h));
+        let f = land(warm.key).unwrap();
+        AIR.with(|a| a.borrow_mut().sets.give_back(f.object));
         let b1 = board(11, 300, pairs(&h));
         let b2 = board(12, 301, pairs(&h));
         let b3 = board(13, 5, pairs(&[]));

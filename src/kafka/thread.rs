@@ -210,6 +210,21 @@ impl ProducerContext for Ctx {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, key: usize) {
+        // A panic must not unwind into rdkafka's report loop: the event's messages not yet
+        // served would be destroyed with the header objects they share (kafka/flight.rs),
+        // under records still in flight.
+        let served =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.report(result, key)));
+        if served.is_err() {
+            error!("panic while serving a delivery report: aborting");
+            std::process::abort();
+        }
+    }
+}
+
+impl Ctx {
+    /// One delivery report: the record's fate to its executor, its header object back.
+    fn report(&self, result: &DeliveryResult<'_>, key: usize) {
         let msg_ptr = match result {
             Ok(m) | Err((_, m)) => m.ptr(),
         };
@@ -421,6 +436,7 @@ impl KafkaThread {
                 .as_deref()
                 .map(crate::kafka::deadletter::DeadLetters::new);
         });
+        flight::set_sharing(may_share_headers(&self.cfg));
         info!("kafka thread started");
         // TEST HOOK (tests/notify.rs, watchdog test; `fault-injection` builds only):
         // INGESTD_TEST_FREEZE_KAFKA_AFTER_MS=N makes this thread stop making progress N ms
@@ -786,6 +802,14 @@ impl KafkaThread {
     }
 }
 
+/// Whether records with the same headers may share one header object (kafka/flight.rs):
+/// not when librdkafka plugins are loaded, as an interceptor may add to a record's headers.
+fn may_share_headers(cfg: &Config) -> bool {
+    !cfg.kafka_properties()
+        .iter()
+        .any(|(k, v)| k == "plugin.library.paths" && !v.trim().is_empty())
+}
+
 /// Drops a producer once every record it holds has had its delivery report: purges what
 /// it holds and serves the reports (a purged record comes back as a passing failure).
 /// Records without a report would be destroyed by librdkafka with the header objects
@@ -805,6 +829,14 @@ fn retire(p: KafkaProducer) {
                 "the kafka producer kept records without a delivery report: leaking it"
             );
             std::mem::forget(p);
+            // Their fate is unknown: not confirmed (a spooled one stays spooled), and
+            // their queue space comes back.
+            SINK.with(|s| {
+                let mut s = s.borrow_mut();
+                for f in flight::abandon() {
+                    s.record(f.opaque, f.cost, Err(FailReason::Broker));
+                }
+            });
         }
     }
 }
@@ -879,6 +911,19 @@ mod tests {
     use super::*;
     use crate::kafka::lane::make_lane;
     use rdkafka::mocking::MockCluster;
+
+    #[test]
+    fn header_objects_are_not_shared_with_plugins_loaded() {
+        let mut cfg = Config::default();
+        assert!(may_share_headers(&cfg));
+        cfg.kafka.insert(
+            "plugin.library.paths".into(),
+            "monitoring-interceptor".into(),
+        );
+        assert!(!may_share_headers(&cfg));
+        cfg.kafka.insert("plugin.library.paths".into(), " ".into());
+        assert!(may_share_headers(&cfg));
+    }
 
     /// Once stopping, the executors have exited: a result for a lane nobody drains any
     /// more (and that is full) is not work, so the thread flushes and exits instead of
