@@ -851,7 +851,7 @@ impl Drop for KafkaThread {
 }
 
 /// Hands one record to librdkafka: what `BaseProducer::send` does, with the topic's C
-/// string and the header object given (rdkafka's `OwnedHeaders` cannot wrap a pooled one)
+/// string and the header object given (rdkafka's `OwnedHeaders` cannot wrap a shared one)
 /// and the flight's key as the opaque. librdkafka copies the value and key, and owns the
 /// header object once it accepts the record.
 fn produce(
